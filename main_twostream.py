@@ -1,0 +1,5 @@
+"""Placeholder: the training script is wired up with the shared training loop (utils/)."""
+import sys
+
+if __name__ == "__main__":
+    sys.exit("error: main_twostream.py is not implemented yet")
