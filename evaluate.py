@@ -1,0 +1,167 @@
+"""Evaluate a trained model on the test user(s): predictions.csv, summary.json, confusion_matrix.png.
+
+Takes this project's checkpoints and the original Ego-RNN release's alike. The test pipeline is
+the original's (short side to 256, centre crop 224, frames at floor(linspace(1, N, seqLen)),
+flow: the mean logits of --numSeg stacks), run in fp32 with TF32 off so that an original
+checkpoint gives the original code's logits to float precision.
+
+    python evaluate.py --model ms_op --datasetDir DIR --modelStateDict experiments/main_ms_op_seq16/stage2/best_model.pth
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+from utils.errors import UserError, run_cli
+from utils.io import atomic_write_csv, atomic_write_json
+
+MODELS = ["rgb", "convlstm", "flow", "twostream", "ms", "ms_op"]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--datasetDir", required=True)
+    p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")
+    p.add_argument("--seqLen", type=int, default=None, help="default: the checkpoint's, else 25 as the original")
+    p.add_argument("--memSize", type=int, default=512)
+    p.add_argument("--stackSize", type=int, default=5)
+    p.add_argument("--numSeg", type=int, default=5, help="flow stacks averaged per video (flow model)")
+    p.add_argument("--frameSize", type=int, default=None, help="default: the checkpoint's, else 224")
+    p.add_argument("--testUsers", nargs="+", default=["S2"])
+    p.add_argument("--outDir", default=None, help="default: <checkpoint folder>/eval_<testUsers>")
+    p.add_argument("--batchSize", type=int, default=8)
+    p.add_argument("--numWorkers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32 (default) reproduces the original's logits; bf16 is faster")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
+    return p.parse_args(argv)
+
+
+def read_meta(path):
+    """Metadata of this project's checkpoints (empty for original Ego-RNN files)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--modelStateDict: no file at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"--modelStateDict: {path} is not a readable PyTorch checkpoint ({type(e).__name__})")
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        return {k: v for k, v in obj.items() if k != "model"}
+    return {}
+
+
+def build(kind, num_classes, mem_size):
+    import models
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every weight comes from the checkpoint
+        if kind in ("rgb", "convlstm", "ms", "ms_op"):
+            return models.EgoRNN(num_classes, mem_size=mem_size, attention=kind != "convlstm", pretrained="none")
+        flow = models.FlowResNet34(num_classes, pretrained="none")
+        if kind == "flow":
+            return flow
+        rgb = models.EgoRNN(num_classes, mem_size=mem_size, attention=True, pretrained="none")
+        return models.TwoStream(num_classes, flow, rgb)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from datasets import GTEA61
+    from models.checkpoints import checkpoint_num_classes, load_checkpoint
+    from utils.data import make_loader
+    from utils.experiment import feature_size, pick_device
+    from utils.plots import save_confusion_matrix
+    from utils.train import autocast, to_device
+
+    meta = read_meta(args.modelStateDict)
+    family = {"rgb": "rgb", "convlstm": "rgb", "ms": "rgb", "ms_op": "rgb"}.get(args.model, args.model)
+    if meta.get("family") and meta["family"] != family:
+        raise UserError(f"{args.modelStateDict} holds a '{meta.get('experiment')}' model, not a '{args.model}' one")
+    cfg = meta.get("model_config", {})
+    if family == "rgb" and "attention" in cfg and cfg["attention"] != (args.model != "convlstm"):
+        raise UserError(f"{args.modelStateDict} was trained {'with' if cfg['attention'] else 'without'} attention: "
+                        f"use --model {'rgb' if cfg['attention'] else 'convlstm'}")
+    seq_len = args.seqLen or meta.get("seqLen") or 25
+    frame_size = args.frameSize or meta.get("frameSize") or 224
+    mem_size = cfg.get("memSize", args.memSize)
+    for name, v in (("seqLen", seq_len), ("frameSize", frame_size), ("batchSize", args.batchSize), ("numSeg", args.numSeg)):
+        if v <= 0:
+            raise UserError(f"--{name} must be positive (got {v})")
+
+    device = pick_device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    modality = {"rgb": "rgb", "flow": "flow", "twostream": "twostream"}[family]
+    test_set = GTEA61(args.datasetDir, args.testUsers, modality, train=False, seqLen=seq_len,
+                      stackSize=args.stackSize, numSeg=args.numSeg if family == "flow" else 1,
+                      frameSize=frame_size, mapSize=feature_size(frame_size))
+    C = test_set.num_classes
+    file_classes = checkpoint_num_classes(args.modelStateDict)
+    if file_classes is not None and file_classes != C:
+        raise UserError(f"{args.modelStateDict} has {file_classes} classes but {args.datasetDir} has {C}: "
+                        f"evaluate it on the dataset it was trained on")
+    if meta.get("classes") and list(meta["classes"]) != list(test_set.classes):
+        raise UserError(f"{args.modelStateDict} was trained on other class names than those in {args.datasetDir}")
+
+    out_dir = args.outDir or os.path.join(os.path.dirname(os.path.abspath(args.modelStateDict)),
+                                          "eval_" + "_".join(args.testUsers))
+    if os.path.exists(os.path.join(out_dir, "predictions.csv")) and not args.overwrite:
+        raise UserError(f"{out_dir} already holds predictions.csv; pass --overwrite or another --outDir")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --outDir {out_dir}: {e.strerror}")
+
+    model = build(args.model, C, mem_size)
+    load_checkpoint(model, args.modelStateDict)
+    model.to(device).eval()
+    loader = make_loader(test_set, args.batchSize, False, 0, args.numWorkers, device.type == "cuda")
+
+    from tqdm import tqdm
+    logits_all, labels_all, index_all = [], [], []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
+            batch = to_device(batch, device)
+            with autocast(device, args.precision):
+                if family == "flow":
+                    out = model(batch["flow"])
+                elif family == "twostream":
+                    out = model(batch["flow"], batch["rgb"])
+                else:
+                    out = model(batch["rgb"])
+            logits_all.append(out["logits"].float().cpu())
+            labels_all.append(batch["label"].cpu())
+            index_all.append(batch["index"].cpu())
+    logits, labels, index = torch.cat(logits_all), torch.cat(labels_all), torch.cat(index_all)
+    preds = logits.argmax(1)
+
+    rows = [[test_set.video_ids[i], int(t), int(p)] + [f"{v:.7g}" for v in lg.tolist()]
+            for i, t, p, lg in zip(index.tolist(), labels.tolist(), preds.tolist(), logits)]
+    atomic_write_csv(os.path.join(out_dir, "predictions.csv"),
+                     ["video", "label", "pred"] + [f"logit_{c}" for c in range(C)], rows)
+    per_class = {}
+    for c, name in enumerate(test_set.classes):
+        mask = labels == c
+        per_class[name] = None if mask.sum() == 0 else round(100.0 * (preds[mask] == c).float().mean().item(), 4)
+    present = [v for v in per_class.values() if v is not None]
+    acc = 100.0 * (preds == labels).float().mean().item()
+    summary = {"accuracy": round(acc, 4), "mean_class_accuracy": round(float(np.mean(present)), 4) if present else None,
+               "per_class_accuracy": per_class, "num_videos": len(labels), "model": args.model,
+               "checkpoint": args.modelStateDict, "dataset": args.datasetDir, "test_users": args.testUsers,
+               "seqLen": seq_len, "frameSize": frame_size, "precision": args.precision}
+    atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    save_confusion_matrix(labels.tolist(), preds.tolist(), test_set.classes,
+                          os.path.join(out_dir, "confusion_matrix.png"),
+                          title=f"{args.model} on {' '.join(args.testUsers)}: {acc:.2f}%")
+    print(f"accuracy {acc:.2f}% ({int((preds == labels).sum())}/{len(labels)} videos), "
+          f"mean class accuracy {summary['mean_class_accuracy']}%; results in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,71 @@
+"""Reproducible data loading.
+
+Every clip's augmentation (crop, flip, flow start) is drawn from a seed that depends only on
+(run seed, epoch, clip index), and the clip order only on (run seed, epoch). So a run resumed
+after a crash sees exactly the clips an uninterrupted run would have seen, with any number of
+DataLoader workers, and the main process's RNG (dropout) is never touched by data loading."""
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class EpochSampler(Sampler):
+    """Yields (index, seed) pairs; call `set_epoch` before each epoch."""
+
+    def __init__(self, n, shuffle, seed):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        for i in order.tolist():
+            yield i, int(seeds[i])
+
+
+class SeededDataset(Dataset):
+    """Calls `dataset[i]` with python, numpy and torch RNGs seeded from the sampler's seed,
+    restoring the caller's RNG states afterwards."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        i, seed = key
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                torch.manual_seed(seed)
+                return self.dataset[i]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False):
+    sampler = EpochSampler(len(dataset), shuffle, seed)
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        # Re-forking workers every epoch costs seconds (copy-on-write page faults).
+        persistent_workers=num_workers > 0,
+        # Workers are seeded per clip; this generator only keeps DataLoader from drawing its
+        # base seed from the global RNG (which would shift dropout masks on resume).
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,370 @@
+"""What the five experiment scripts share: arguments, data, model building, losses, optimisers,
+and the stage-1 -> stage-2 sequence. Each `main_*.py` only names its experiment and its own
+extra arguments, then calls `run(kind, argv)`.
+
+Experiments (`kind`):
+  rgb       Ego-RNN RGB stream (`--noAttention`: the ConvLSTM row of Table 1)
+  ms        Ego-RNN + motion segmentation head (stage 2), classification or `--regression`
+  ms_op     SAMSOP-Net: Ego-RNN + MS head + order prediction head (`--noMS`: OP only)
+  flow      warp-flow ResNet-34 (one stage)
+  twostream joint two-stream training from a flow and a stage-2 RGB model (one stage)
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from utils.errors import UserError
+from utils.train import autocast, fit, seed_everything  # noqa: F401  (autocast re-exported)
+
+# Optimiser schedules of reference §1-2: per family and stage.
+DEFAULTS = {
+    "rgb": {1: dict(lr=1e-3, numEpochs=300, stepSize=[25, 75, 150], decayRate=0.1),
+            2: dict(lr=1e-4, numEpochs=150, stepSize=[25, 75], decayRate=0.1)},
+    "flow": {1: dict(lr=1e-2, numEpochs=750, stepSize=[150, 300, 500], decayRate=0.5)},
+    # StepLR(step_size=1, gamma=0.99): the lr decays a little every epoch.
+    "twostream": {1: dict(lr=1e-2, numEpochs=250, stepSize=[1], decayRate=0.99)},
+}
+FAMILY = {"rgb": "rgb", "ms": "rgb", "ms_op": "rgb", "flow": "flow", "twostream": "twostream"}
+STAGES = {"rgb": (1, 2), "flow": (1,), "twostream": (1,)}
+OP_FRAMES = 4
+
+
+def feature_size(frame_size):
+    """Side of ResNet-34's layer4 map for a square input (224 -> 7, 112 -> 4)."""
+    s = (frame_size + 2 * 3 - 7) // 2 + 1      # conv1, stride 2
+    s = (s + 2 - 3) // 2 + 1                   # max pool, stride 2
+    for _ in range(3):                          # layer2..4, stride 2 each
+        s = (s - 1) // 2 + 1
+    return s
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def base_parser(kind, description):
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    stages = STAGES[FAMILY[kind]]
+    p.add_argument("--stage", type=int, choices=stages, default=None,
+                   help="run only this stage (default: " + " then ".join(map(str, stages)) + ")")
+    p.add_argument("--datasetDir", required=True, help="GTEA-61 root (course or Ego-RNN layout)")
+    p.add_argument("--trainUsers", nargs="+", default=["S1", "S3", "S4"])
+    p.add_argument("--testUsers", nargs="+", default=["S2"])
+    p.add_argument("--outDir", default=None, help=f"default experiments/main_{kind}_seq<seqLen>")
+    p.add_argument("--seqLen", type=int, default=16, help="frames per clip (RGB)")
+    p.add_argument("--trainBatchSize", type=int, default=32)
+    p.add_argument("--valBatchSize", type=int, default=32)
+    p.add_argument("--numEpochs", type=int, default=None, help="default: the paper's for the stage")
+    p.add_argument("--lr", type=float, default=None, help="default: the paper's for the stage")
+    p.add_argument("--stepSize", type=int, nargs="+", default=None, help="lr decay epochs (milestones)")
+    p.add_argument("--decayRate", type=float, default=None, help="lr decay factor")
+    p.add_argument("--memSize", type=int, default=512, help="ConvLSTM memory channels")
+    p.add_argument("--stackSize", type=int, default=5, help="flow frames per stack")
+    p.add_argument("--pretrained", default="imagenet", help="imagenet | none | PATH to a resnet34 state dict")
+    p.add_argument("--frameSize", type=int, default=224)
+    p.add_argument("--numWorkers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast where the hardware runs it natively (auto), or force one")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from last.pth")
+    p.add_argument("--overwrite", action="store_true", help="replace the results in the stage folder")
+    p.add_argument("--camVideos", type=int, default=3, help="test videos drawn in cam/ (RGB models)")
+    if FAMILY[kind] == "rgb":
+        p.add_argument("--stage1Dict", default=None, help="stage-1 checkpoint (default <outDir>/stage1/best_model.pth)")
+        p.add_argument("--noAttention", action="store_true", help="plain ConvLSTM: layer4 features, no CAM")
+    if kind in ("ms", "ms_op"):
+        p.add_argument("--regression", action="store_true", help="MS head as regression (MSE on raw maps)")
+        p.add_argument("--msInput", choices=["attention", "layer4"], default="attention",
+                       help="features the MS head reads: attended (paper) or plain layer4 (SparNet)")
+        p.add_argument("--msWeight", type=float, default=1.0)
+    if kind == "ms_op":
+        p.add_argument("--noMS", action="store_true", help="order prediction only (the paper's ablation)")
+        p.add_argument("--opWeight", type=float, default=1.0)
+    if kind == "twostream":
+        p.add_argument("--flowModel", default=None, help="best flow model (default experiments/main_flow/stage1/best_model.pth)")
+        p.add_argument("--rgbModel", default=None,
+                       help="best stage-2 RGB model (default experiments/main_rgb_seq<seqLen>/stage2/best_model.pth)")
+        p.add_argument("--flowLr", type=float, default=1e-4, help="lr of the flow layer4 (reference §2)")
+    return p
+
+
+def check_args(kind, args):
+    for name in ("lr", "numEpochs", "trainBatchSize", "valBatchSize", "seqLen", "frameSize", "memSize", "stackSize"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive (got {value})")
+    if args.decayRate is not None and args.decayRate <= 0:
+        raise UserError(f"--decayRate must be positive (got {args.decayRate})")
+    if args.numWorkers < 0:
+        raise UserError(f"--numWorkers must be >= 0 (got {args.numWorkers})")
+    if kind == "ms_op" and args.seqLen < OP_FRAMES:
+        raise UserError(f"--seqLen {args.seqLen} is too short for the order prediction head, "
+                        f"which shuffles {OP_FRAMES} frames of the clip: use --seqLen >= {OP_FRAMES}")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    if args.frameSize < 32:
+        raise UserError(f"--frameSize {args.frameSize} is too small for ResNet-34: use >= 32")
+
+
+def stage_args(args, family, stage):
+    """Copy of args with the stage's defaults filled in."""
+    a = argparse.Namespace(**vars(args))
+    for k, v in DEFAULTS[family][stage].items():
+        if getattr(a, k) is None:
+            setattr(a, k, list(v) if isinstance(v, list) else v)
+    a.stage = stage
+    return a
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def pick_precision(name, device):
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+# ----------------------------------------------------------------------------- experiments
+
+class Experiment:
+    """One stage of one experiment: the pieces `utils.train.fit` needs."""
+
+    def __init__(self, kind, args, stage, device, precision, num_classes, classes):
+        self.kind, self.name, self.stage = kind, kind, stage
+        self.family = FAMILY[kind]
+        self.args = stage_args(args, self.family, stage)
+        self.device, self.precision = device, precision
+        self.num_classes, self.classes = num_classes, classes
+        self.stage_dir = os.path.join(args.outDir, f"stage{stage}")
+        self.map_size = feature_size(args.frameSize)
+
+    # what the heads add in this stage (MS and OP are trained in stage 2 only, as in the paper)
+    @property
+    def ms(self):
+        if self.kind == "ms" or (self.kind == "ms_op" and not self.args.noMS):
+            return "regression" if self.args.regression else "classification"
+        return None
+
+    @property
+    def op(self):
+        return self.kind == "ms_op"
+
+    @property
+    def heads_on(self):
+        return self.stage == 2
+
+    def modality(self, train):
+        if self.family == "flow":
+            return "flow"
+        if self.family == "twostream":
+            return "twostream"
+        return "rgb_mmaps" if (self.ms and self.heads_on and train) else "rgb"
+
+    def model_config(self):
+        if self.family == "rgb":
+            return {"attention": not self.args.noAttention, "memSize": self.args.memSize,
+                    "ms": self.ms if self.heads_on else None,
+                    "msInput": getattr(self.args, "msInput", "attention"),
+                    "op": self.op and self.heads_on}
+        return {"memSize": self.args.memSize}
+
+    def build_model(self, pretrained):
+        import models
+        cfg = self.model_config()
+        if self.family == "rgb":
+            return models.SAMSOPNet(self.num_classes, mem_size=cfg["memSize"], attention=cfg["attention"],
+                                    ms=cfg["ms"], ms_input=cfg["msInput"], op=cfg["op"], pretrained=pretrained)
+        if self.family == "flow":
+            return models.FlowResNet34(self.num_classes, pretrained=pretrained)
+        raise AssertionError("two-stream models are built from their two checkpoints")
+
+    # ---- forward and losses
+    def forward(self, model, batch, generator, train):
+        if self.family == "flow":
+            return model(batch["flow"])
+        if self.family == "twostream":
+            return model(batch["flow"], batch["rgb"])
+        return model(batch["rgb"], generator=generator, heads=train and self.heads_on)
+
+    def losses(self, out, batch):
+        loss = F.cross_entropy(out["logits"].float(), batch["label"])
+        result = {}
+        if "ms_out" in out:
+            ms_out = out["ms_out"].float()
+            head = self._ms_head
+            result["ms_loss"] = head.loss(ms_out.flatten(0, 1), batch["mmaps"].flatten(0, 1))
+            loss = loss + self.args.msWeight * result["ms_loss"]
+        if "op_logits" in out:
+            result["op_loss"] = F.cross_entropy(out["op_logits"].float(), out["op_target"])
+            loss = loss + self.args.opWeight * result["op_loss"]
+        result["loss"] = loss
+        return result
+
+    # ---- stages, optimisers
+    def set_train_mode(self, model):
+        from models.stages import set_train_mode
+        set_train_mode(model, self.stage)
+
+    def make_optimizer(self, model):
+        from models.stages import param_groups
+        a = self.args
+        if self.family == "rgb":
+            return torch.optim.Adam(param_groups(model, self.stage, a.lr), lr=a.lr, weight_decay=4e-5, eps=1e-4)
+        if self.family == "flow":
+            return torch.optim.SGD(param_groups(model, self.stage, a.lr), lr=a.lr, momentum=0.9, weight_decay=5e-4)
+        return torch.optim.SGD(param_groups(model, self.stage, a.lr, flow_lr=a.flowLr), lr=a.lr,
+                               momentum=0.9, weight_decay=5e-4)
+
+    def make_scheduler(self, optimizer):
+        a = self.args
+        if self.family == "twostream":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=a.stepSize[0], gamma=a.decayRate)
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=a.stepSize, gamma=a.decayRate)
+
+    def checkpoint(self, model, epoch, acc):
+        return {"model": model.state_dict(), "experiment": self.kind, "family": self.family,
+                "stage": self.stage, "num_classes": self.num_classes, "classes": list(self.classes),
+                "epoch": epoch, "test_acc": acc, "model_config": self.model_config(),
+                "seqLen": self.args.seqLen, "frameSize": self.args.frameSize}
+
+    def resolved_args(self):
+        d = dict(vars(self.args))
+        d.update(stage=self.stage, device=str(self.device), precision=self.precision,
+                 num_classes=self.num_classes, experiment=self.kind)
+        return d
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _load_model_file(path, what, hint):
+    if not path or not os.path.isfile(path):
+        raise UserError(f"{what}: no checkpoint at {path}; {hint}")
+    return path
+
+
+def build_stage_model(exp, train_set):
+    """The model of this stage, initialised as the paper says."""
+    import models
+    from models.checkpoints import load_checkpoint
+    a = exp.args
+    if exp.family == "twostream":
+        flow_path = _load_model_file(a.flowModel or "experiments/main_flow/stage1/best_model.pth", "--flowModel",
+                                     "train it with main_flow.py or pass --flowModel PATH")
+        rgb_path = _load_model_file(a.rgbModel or f"experiments/main_rgb_seq{a.seqLen}/stage2/best_model.pth",
+                                    "--rgbModel", "train it with main_rgb.py (stage 2) or pass --rgbModel PATH")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flow = models.FlowResNet34(exp.num_classes, pretrained="none")
+            rgb = models.EgoRNN(exp.num_classes, mem_size=a.memSize, attention=True, pretrained="none")
+        load_checkpoint(flow, flow_path)
+        load_checkpoint(rgb, rgb_path)
+        return models.TwoStream(exp.num_classes, flow, rgb)
+
+    if exp.stage == 1:
+        model = exp.build_model(a.pretrained)
+        if a.pretrained == "none" and exp.family == "rgb":
+            from utils.batchnorm import calibrate_batchnorm
+            calibrate_batchnorm(model, train_set, exp)
+        return model
+
+    # Stage 2 starts from the best stage-1 weights; the heads start fresh.
+    path = a.stage1Dict or os.path.join(a.outDir, "stage1", "best_model.pth")
+    if not os.path.isfile(path):
+        raise UserError(f"stage 2 needs a stage-1 checkpoint and there is none at {path}: run stage 1 first "
+                        f"(--stage 1) or pass --stage1Dict PATH")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the backbone's weights come from the checkpoint
+        model = exp.build_model("none")
+    load_checkpoint(model.egornn, path)
+    return model
+
+
+def run(kind, argv=None, description=None, extra_args=None):
+    parser = base_parser(kind, description or __doc__)
+    if extra_args:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    check_args(kind, args)
+    if args.outDir is None:
+        args.outDir = "experiments/main_flow" if kind == "flow" else f"experiments/main_{kind}_seq{args.seqLen}"
+    family = FAMILY[kind]
+    stages = [args.stage] if args.stage else list(STAGES[family])
+
+    torch.set_flush_denormal(True)  # subnormal ConvLSTM states slow CPU steps 2.5-4.5x (reference §8)
+    device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
+    print(f"{kind}: stages {stages}, device {device}, precision {precision}, output {args.outDir}")
+
+    # Check every stage folder before hours of training, so a refusal comes first.
+    from utils.train import RESULT_FILES
+    todo = []
+    for stage in stages:
+        d = os.path.join(args.outDir, f"stage{stage}")
+        done = os.path.exists(os.path.join(d, "summary.json"))
+        has = any(os.path.exists(os.path.join(d, f)) for f in RESULT_FILES)
+        if has and not (args.resume or args.overwrite):
+            raise UserError(f"{d} already holds results; pass --resume to continue or --overwrite to replace them")
+        if done and args.resume:
+            print(f"stage {stage}: finished earlier ({d}/summary.json), skipped")
+            continue
+        todo.append(stage)
+
+    from datasets import GTEA61
+    summaries = []
+    for stage in todo:
+        seed_everything(args.seed)
+        exp = Experiment(kind, args, stage, device, precision, num_classes=None, classes=None)
+        a = exp.args
+        common = dict(seqLen=a.seqLen, stackSize=a.stackSize, frameSize=a.frameSize, mapSize=exp.map_size,
+                      regression=bool(getattr(a, "regression", False)))
+        train_set = GTEA61(a.datasetDir, a.trainUsers, exp.modality(train=True), train=True, **common)
+        test_set = GTEA61(a.datasetDir, a.testUsers, exp.modality(train=False), train=False, **common)
+        exp.num_classes, exp.classes = train_set.num_classes, train_set.classes
+        model = build_stage_model(exp, train_set).to(device)
+        exp._ms_head = getattr(model, "ms_head", None)
+        from models.stages import set_stage
+        set_stage(model, stage)
+        from utils.data import make_loader
+        pin = device.type == "cuda"
+        train_loader = make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, pin)
+        test_loader = make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, pin)
+        print(f"stage {stage}: {len(train_set)} train / {len(test_set)} test videos, {exp.num_classes} classes, "
+              f"lr {a.lr}, {a.numEpochs} epochs, milestones {a.stepSize} x{a.decayRate}")
+        summary = fit(exp, model, train_loader, test_loader)
+        summaries.append(summary)
+        if exp.family == "rgb" and model.egornn.attention and a.camVideos > 0:
+            from utils.plots import save_cam_figures
+            best = torch.load(os.path.join(exp.stage_dir, "best_model.pth"), map_location="cpu", weights_only=True)
+            model.load_state_dict(best["model"])
+            paths = save_cam_figures(model, test_set, os.path.join(exp.stage_dir, "cam"), device, a.camVideos)
+            print(f"CAM figures: {len(paths)} in {os.path.join(exp.stage_dir, 'cam')}")
+        print(f"stage {stage} done: best test accuracy {summary['best_test_accuracy']:.2f}% "
+              f"(epoch {summary['best_epoch']}), final {summary['final_test_accuracy']:.2f}%, "
+              f"{summary['seconds']:.0f}s; log {exp.stage_dir}/log.csv, curves {exp.stage_dir}/curves.png")
+    return 0
+
+
+def main(kind, extra_args=None, description=None):
+    from utils.errors import run_cli
+    run_cli(lambda argv: run(kind, argv, description=description, extra_args=extra_args), sys.argv[1:])

@@ -1,0 +1,232 @@
+"""The one training loop every experiment script uses.
+
+`train_one_epoch` and `evaluate` are the pytorch/examples pair; `fit` runs one stage: it
+prepares the output folder, resumes exactly from `last.pth`, trains and evaluates every epoch,
+and writes `log.csv`, `best_model.pth`, `last.pth`, `curves.png` and `summary.json`, each
+atomically. What differs between experiments (model, data, losses, optimiser) comes in through
+an `Experiment` (utils/experiment.py)."""
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.errors import NonFiniteLossError, UserError
+from utils.io import atomic_torch_save, atomic_write_csv, atomic_write_json
+
+LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+               "ms_loss", "op_loss", "op_acc", "seconds"]
+RESULT_FILES = ["log.csv", "last.pth", "best_model.pth", "summary.json"]
+
+
+def autocast(device, precision):
+    """bf16 autocast for the forward pass; the losses are computed in fp32 by the caller."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def to_device(batch, device):
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class Meter:
+    """Sums of per-sample quantities; `mean()` divides each by its own count."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, name, value, count):
+        self.sums[name] = self.sums.get(name, 0.0) + float(value) * count
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    def mean(self, name, default=float("nan")):
+        return self.sums[name] / self.counts[name] if self.counts.get(name) else default
+
+
+def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
+    exp.set_train_mode(model)
+    loader.sampler.set_epoch(epoch)
+    meter = Meter()
+    bar = tqdm(loader, desc=f"stage {exp.stage} epoch {epoch} train", leave=False, dynamic_ncols=True)
+    for batch in bar:
+        batch = to_device(batch, exp.device)
+        with autocast(exp.device, exp.precision):
+            out = exp.forward(model, batch, generator, train=True)
+        losses = exp.losses(out, batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) in stage {exp.stage} epoch {epoch}; "
+                f"the last good checkpoint is kept in {exp.stage_dir} (try a lower --lr)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = batch["label"].shape[0]
+        correct = (out["logits"].argmax(1) == batch["label"]).sum().item()
+        meter.add("loss", loss.item(), n)
+        meter.add("acc", correct / n, n)
+        for k in ("ms_loss", "op_loss"):
+            if k in losses:
+                meter.add(k, losses[k].item(), n)
+        if "op_logits" in out:
+            meter.add("op_acc", (out["op_logits"].argmax(1) == out["op_target"]).float().mean().item(), n)
+        bar.set_postfix(loss=f"{meter.mean('loss'):.3f}", acc=f"{100 * meter.mean('acc'):.1f}")
+    return {"loss": meter.mean("loss"), "acc": 100 * meter.mean("acc"),
+            "ms_loss": meter.mean("ms_loss"), "op_loss": meter.mean("op_loss"),
+            "op_acc": 100 * meter.mean("op_acc")}
+
+
+@torch.no_grad()
+def evaluate(exp, model, loader, keep_logits=False):
+    """Action cross-entropy and accuracy on `loader` (heads off: they do not affect logits)."""
+    model.eval()
+    meter = Meter()
+    all_logits, all_labels, all_index = [], [], []
+    for batch in tqdm(loader, desc=f"stage {exp.stage} evaluate", leave=False, dynamic_ncols=True):
+        batch = to_device(batch, exp.device)
+        with autocast(exp.device, exp.precision):
+            out = exp.forward(model, batch, None, train=False)
+        logits = out["logits"].float()
+        n = batch["label"].shape[0]
+        meter.add("loss", torch.nn.functional.cross_entropy(logits, batch["label"]).item(), n)
+        meter.add("acc", (logits.argmax(1) == batch["label"]).float().mean().item(), n)
+        if keep_logits:
+            all_logits.append(logits.cpu())
+            all_labels.append(batch["label"].cpu())
+            all_index.append(batch["index"].cpu())
+    result = {"loss": meter.mean("loss"), "acc": 100 * meter.mean("acc")}
+    if keep_logits:
+        result.update(logits=torch.cat(all_logits), labels=torch.cat(all_labels), index=torch.cat(all_index))
+    return result
+
+
+# ----------------------------------------------------------------------------- run state
+
+def rng_state(generator):
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "generator": generator.get_state()}
+
+
+def set_rng_state(state, generator):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["generator"])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_stage_dir(stage_dir, resume, overwrite):
+    """Refuse to touch earlier results unless asked; returns True when there is a run to resume."""
+    try:
+        os.makedirs(stage_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {stage_dir}: {e.strerror}; pass a writable --outDir")
+    if not os.access(stage_dir, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {stage_dir} is not writable; pass a writable --outDir")
+    existing = [f for f in RESULT_FILES if os.path.exists(os.path.join(stage_dir, f))]
+    if not existing:
+        return False
+    if overwrite:
+        for name in os.listdir(stage_dir):
+            path = os.path.join(stage_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        return False
+    if resume:
+        return os.path.exists(os.path.join(stage_dir, "last.pth"))
+    raise UserError(f"{stage_dir} already holds results ({', '.join(existing)}); "
+                    f"pass --resume to continue that run or --overwrite to replace it")
+
+
+def load_last(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated file cannot happen (atomic writes) but a foreign one can
+        raise UserError(f"cannot read {path} to resume ({type(e).__name__}); pass --overwrite to start again")
+
+
+def fit(exp, model, train_loader, test_loader):
+    """Train one stage. Returns the summary dict."""
+    from utils.plots import save_curves
+
+    stage_dir = exp.stage_dir
+    resuming = prepare_stage_dir(stage_dir, exp.args.resume, exp.args.overwrite)
+    atomic_write_json(os.path.join(stage_dir, "args.json"), exp.resolved_args())
+
+    optimizer = exp.make_optimizer(model)
+    scheduler = exp.make_scheduler(optimizer)
+    generator = torch.Generator().manual_seed(exp.args.seed * 7919 + exp.stage)
+    rows, best_acc, best_epoch, start_epoch, elapsed = [], -1.0, 0, 1, 0.0
+    if resuming:
+        state = load_last(os.path.join(stage_dir, "last.pth"))
+        if state.get("experiment") != exp.name:
+            raise UserError(f"{stage_dir}/last.pth belongs to '{state.get('experiment')}', not '{exp.name}'; "
+                            f"pass --overwrite or another --outDir")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], generator)
+        rows, best_acc, best_epoch = state["rows"], state["best_acc"], state["best_epoch"]
+        start_epoch, elapsed = state["epoch"] + 1, state["seconds"]
+        print(f"resuming stage {exp.stage} from {stage_dir}/last.pth after epoch {state['epoch']}")
+
+    num_epochs = exp.args.numEpochs
+    bar = tqdm(range(start_epoch, num_epochs + 1), initial=start_epoch - 1, total=num_epochs,
+               desc=f"{exp.name} stage {exp.stage}", dynamic_ncols=True)
+    epoch = start_epoch - 1
+    try:
+        for epoch in bar:
+            t0 = time.time()
+            lr = optimizer.param_groups[0]["lr"]
+            train = train_one_epoch(exp, model, train_loader, optimizer, epoch, generator)
+            scheduler.step()
+            test = evaluate(exp, model, test_loader)
+            seconds = time.time() - t0
+            elapsed += seconds
+            rows.append([epoch, f"{lr:.3g}", f"{train['loss']:.6f}", f"{train['acc']:.4f}",
+                         f"{test['loss']:.6f}", f"{test['acc']:.4f}", _fmt(train["ms_loss"]),
+                         _fmt(train["op_loss"]), _fmt(train["op_acc"]), f"{seconds:.1f}"])
+            if test["acc"] > best_acc:  # strictly better: the first best epoch is kept, as the original
+                best_acc, best_epoch = test["acc"], epoch
+                atomic_torch_save(exp.checkpoint(model, epoch, test["acc"]), os.path.join(stage_dir, "best_model.pth"))
+            atomic_torch_save({"experiment": exp.name, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "epoch": epoch, "best_acc": best_acc,
+                               "best_epoch": best_epoch, "rows": rows, "seconds": elapsed,
+                               "rng": rng_state(generator)}, os.path.join(stage_dir, "last.pth"))
+            atomic_write_csv(os.path.join(stage_dir, "log.csv"), LOG_COLUMNS, rows)
+            save_curves(rows, os.path.join(stage_dir, "curves.png"), title=f"{exp.name} stage {exp.stage}")
+            bar.set_postfix(train_acc=f"{train['acc']:.1f}", test_acc=f"{test['acc']:.1f}", best=f"{best_acc:.1f}")
+            tqdm.write(f"epoch {epoch:3d}  lr {lr:.2g}  train loss {train['loss']:.4f} acc {train['acc']:5.1f}  "
+                       f"test loss {test['loss']:.4f} acc {test['acc']:5.1f}  ({seconds:.1f}s)")
+    except KeyboardInterrupt:
+        done = rows[-1][0] if rows else 0
+        print(f"\ninterrupted in epoch {epoch}; {stage_dir}/last.pth holds epoch {done}: "
+              f"rerun the same command with --resume to continue")
+        raise
+    bar.close()
+
+    final_acc = float(rows[-1][5]) if rows else float("nan")
+    summary = {"experiment": exp.name, "stage": exp.stage, "best_test_accuracy": best_acc,
+               "best_epoch": best_epoch, "final_test_accuracy": final_acc, "epochs": num_epochs,
+               "seconds": round(elapsed, 1), "num_test_videos": len(test_loader.dataset),
+               "num_train_videos": len(train_loader.dataset), "precision": exp.precision,
+               "dataset": exp.args.datasetDir}
+    atomic_write_json(os.path.join(stage_dir, "summary.json"), summary)
+    return summary
+
+
+def _fmt(x):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
