@@ -1,0 +1,425 @@
+"""GTEA-61 dataset: one loader for both on-disk layouts and all modalities.
+
+Layouts (auto-detected by `detect_layout`):
+  course  processed_frames2/<user>/<class>/<inst>/rgb/rgbNNNN.png
+          processed_frames2/<user>/<class>/<inst>/mmaps/mapNNNN.png     (motion maps)
+          flow_x_processed/<user>/<class>/<inst>/flow_x_NNNNN.png       (and flow_y_processed)
+          (`processed_frames/` is accepted as well as `processed_frames2/`)
+  egornn  frames/<user>/<class>/<inst>/image_NNNNN.jpg
+          flow_x/<user>/<class>/<inst>/flow_x_NNNNN.jpg                (and flow_y); no motion maps
+Either extension (.png/.jpg/.jpeg) is accepted in both layouts.
+
+What `GTEA61(...)[i]` returns (a dict; T = seqLen, S = numSeg, F = frameSize, s = mapSize):
+  "rgb"   float32 (T, 3, F, F)   time, channel (R, G, B), height, width; ImageNet-normalised
+                                 (modalities rgb, twostream, rgb_mmaps)
+  "flow"  float32 (S, 10, F, F)  stack, channel (x1, y1, x2, y2, ..., x5, y5), height, width;
+                                 (v/255 - 0.449) / 0.226; S = 1 unless numSeg > 1
+                                 (modalities flow, twostream; 10 = 2 * stackSize)
+  "mmaps" float32 (T, s, s)      time, height, width; motion map of each RGB frame, through
+                                 the same crop and flip; {0, 1} (> 0.4) or raw [0, 1] when
+                                 regression=True (modality rgb_mmaps)
+  "label" int, "index" int (position in this dataset)
+
+Videos, users and labels:
+  * users are the folders under the layout's top folder (S1..S4); `users` selects videos.
+  * class ids come from the sorted union of class-folder names over ALL users found in the
+    root (RGB and flow folders together), so a class missing or empty for one user never
+    shifts anyone's labels, and every modality and split of one root agrees on the ids.
+  * ignored: hidden and OS files (.DS_Store, ._*, Thumbs.db, desktop.ini, __MACOSX) and any
+    file whose name is not exactly <prefix><digits>.<ext>, e.g. the `rgb0003(1).png`
+    duplicates.
+  * videos with fewer than 5 frames (flow: fewer than max(5, stackSize)) are skipped; they
+    are counted in `num_skipped` and listed once in a warning printed to stderr.
+
+Frame choice (identical to Ego-RNN when frames are numbered 1..N without gaps):
+  * frames are the SORTED LIST of existing frame files, N = its length. RGB positions are
+    floor(linspace(1, N, seqLen, endpoint=False)), 1-based positions in that list. So a gap
+    in the numbering (say frame 7 missing) is simply skipped over: position k is the k-th
+    existing frame. (The original would crash opening the missing file.)
+  * RGB always uses the RGB frame count, in every modality. (The original two-stream loader
+    used the flow count for the RGB frames too; flow has one frame fewer, so its RGB frames
+    differed slightly from the RGB-only model's. Here the RGB stream of the two-stream model
+    sees exactly what the RGB model sees.)
+  * flow frames: the frame numbers present in both flow_x and flow_y, sorted; N_f = their
+    count. A stack is stackSize consecutive positions from a start p (1-based):
+      training: p uniform in 1 .. N_f - stackSize + 1 (the original's randint(1, N_f -
+                stackSize) never drew the last start; here all starts are possible);
+                numSeg > 1 draws numSeg independent starts, sorted;
+      test:     numSeg == 1: p = ceil((N_f - stackSize) / 2) (the original's centre stack);
+                numSeg > 1: p = int(linspace(1, N_f - stackSize + 1, numSeg, endpoint=False))
+                (the original makeDatasetFlow's evaluation stacks);
+      N_f <= stackSize: p = 1.
+  * motion maps: map number = RGB frame number; a missing map number takes the nearest
+    existing one (ties: the later one, as the course code searched forward first).
+"""
+import bisect
+import math
+import os
+import random
+import re
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .transforms import (FLOW_MEAN, FLOW_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
+                         ClipTransform)
+
+MIN_FRAMES = 5
+MODALITIES = ("rgb", "flow", "twostream", "rgb_mmaps")
+
+_EXT = r"\.(?:png|jpe?g)$"
+_LAYOUTS = {
+    "course": {
+        "rgb": ("processed_frames2", "processed_frames"),
+        "flow_x": ("flow_x_processed",),
+        "flow_y": ("flow_y_processed",),
+        "rgb_sub": "rgb",
+        "rgb_re": re.compile(r"^rgb(\d+)" + _EXT, re.I),
+        "mmaps_sub": "mmaps",
+        "mmaps_re": re.compile(r"^map(\d+)" + _EXT, re.I),
+        "rgb_pattern": "processed_frames2/<user>/<class>/<inst>/rgb/rgbNNNN.png",
+        "flow_pattern": "{d}/<user>/<class>/<inst>/flow_{a}_NNNNN.png",
+    },
+    "egornn": {
+        "rgb": ("frames",),
+        "flow_x": ("flow_x",),
+        "flow_y": ("flow_y",),
+        "rgb_sub": None,
+        "rgb_re": re.compile(r"^image_(\d+)" + _EXT, re.I),
+        "mmaps_sub": None,
+        "mmaps_re": None,
+        "rgb_pattern": "frames/<user>/<class>/<inst>/image_NNNNN.jpg",
+        "flow_pattern": "{d}/<user>/<class>/<inst>/flow_{a}_NNNNN.jpg",
+    },
+}
+_FLOW_RE = {a: re.compile(r"^flow_" + a + r"_(\d+)" + _EXT, re.I) for a in ("x", "y")}
+_OS_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", "$recycle.bin",
+             "system volume information"}
+_EXPECTED = ("expected processed_frames2/<user>/<class>/<inst>/rgb/rgbNNNN.png (course layout) "
+             "or frames/<user>/<class>/<inst>/image_NNNNN.jpg (Ego-RNN layout)")
+
+
+class DatasetError(Exception):
+    """One-line, user-facing error naming the path and what is expected.
+
+    When a DataLoader worker raises it, PyTorch re-raises it in the main process as
+    DatasetError("Caught DatasetError in DataLoader worker ...<traceback>..."); the
+    constructor reduces such a message back to the original single line."""
+
+    def __init__(self, message=""):
+        message = str(message)
+        if message.startswith("Caught ") and "\n" in message:
+            lines = [ln for ln in message.splitlines() if ln.strip()]
+            m = re.match(r"^(?:[\w.]+\.)?DatasetError: (.*)$", lines[-1])
+            if m:
+                message = m.group(1)
+        message = message.replace("\r", " ").replace("\n", " ")
+        super().__init__(message)
+
+
+# ---- file system helpers ----------------------------------------------------------------
+def _visible(name):
+    return not (name.startswith(".") or name.lower() in _OS_NAMES)
+
+
+def _natural_key(name):
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p]
+
+
+def _subdirs(path):
+    """Visible sub-folder names of `path`, naturally sorted ([] if `path` is not a folder)."""
+    try:
+        with os.scandir(path) as it:
+            names = [e.name for e in it if _visible(e.name) and e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise DatasetError(f"cannot list folder {path}: {e.strerror or e}") from None
+    return sorted(names, key=_natural_key)
+
+
+def _frame_files(path, regex):
+    """Sorted [(number, filename)] of the frame files in `path` matching `regex`, or None if
+    `path` is not a folder. Duplicates of a number keep the first name in sorted order."""
+    try:
+        with os.scandir(path) as it:
+            names = [e.name for e in it if _visible(e.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise DatasetError(f"cannot list folder {path}: {e.strerror or e}") from None
+    found = {}
+    for name in sorted(names):
+        m = regex.match(name)
+        if m:
+            found.setdefault(int(m.group(1)), name)
+    return sorted(found.items())
+
+
+def _top(root, names):
+    for n in names:
+        p = os.path.join(root, n)
+        if os.path.isdir(p):
+            return n
+    return None
+
+
+def _describe_root_hint(root):
+    """A hint when the layout sits one folder below `root`."""
+    for sub in _subdirs(root):
+        for layout in _LAYOUTS.values():
+            if any(os.path.isdir(os.path.join(root, sub, n)) for n in layout["rgb"] + layout["flow_x"]):
+                return f" (did you mean {os.path.join(root, sub)}?)"
+    return ""
+
+
+def detect_layout(root):
+    """Return "course" or "egornn" for the dataset folder `root` (raises DatasetError)."""
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        raise DatasetError(f"dataset folder not found: {root} ({_EXPECTED} inside it)")
+    if not os.path.isdir(root):
+        raise DatasetError(f"dataset root is not a folder: {root} ({_EXPECTED} inside it)")
+    for name, layout in _LAYOUTS.items():  # course first: it is the richer one
+        if _top(root, layout["rgb"] + layout["flow_x"]):
+            return name
+    raise DatasetError(f"{root} holds neither GTEA-61 layout: {_EXPECTED}{_describe_root_hint(root)}")
+
+
+def _load(path, mode):
+    """Open an image once, decode it fully and return it in `mode`; DatasetError on failure."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im if im.mode == mode else im.convert(mode)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise DatasetError(f"cannot read image {path}: {reason} (expected a readable PNG/JPEG "
+                           "frame; re-extract or delete this file)") from None
+
+
+def _positions(n, count):
+    """0-based list positions floor(linspace(1, n, count, endpoint=False)) - 1."""
+    return [int(np.floor(i)) - 1 for i in np.linspace(1, n, count, endpoint=False)]
+
+
+class GTEA61(Dataset):
+    """GTEA-61 clips for one modality and a set of users (see the module docstring)."""
+
+    def __init__(self, root, users, modality, train, seqLen=16, stackSize=5, numSeg=1,
+                 frameSize=224, mapSize=7, regression=False):
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        if isinstance(users, str):
+            users = [u for u in re.split(r"[,\s]+", users) if u]
+        users = list(users)
+        if not users:
+            raise ValueError("users must name at least one user, e.g. ['S1', 'S3', 'S4']")
+        if seqLen < 1 or stackSize < 1 or numSeg < 1:
+            raise ValueError(f"seqLen, stackSize and numSeg must be >= 1, got {seqLen}, {stackSize}, {numSeg}")
+        self.root = os.fspath(root)
+        self.users = users
+        self.modality = modality
+        self.train = bool(train)
+        self.seqLen = int(seqLen)
+        self.stackSize = int(stackSize)
+        self.numSeg = int(numSeg)
+        self.frameSize = int(frameSize)
+        self.mapSize = int(mapSize)
+        self.regression = bool(regression)
+        self.layout = detect_layout(self.root)
+        self.transform = ClipTransform(self.train, self.frameSize, self.mapSize, self.regression)
+
+        self._needs_rgb = modality in ("rgb", "twostream", "rgb_mmaps")
+        self._needs_flow = modality in ("flow", "twostream")
+        self._needs_mmaps = modality == "rgb_mmaps"
+        self._scan()
+
+    # ---- indexing ---------------------------------------------------------------------
+    def _scan(self):
+        L = _LAYOUTS[self.layout]
+        root = self.root
+        tops = {k: _top(root, L[k]) for k in ("rgb", "flow_x", "flow_y")}
+
+        # class names and users: union over every user of every top folder present
+        classes, found_users = set(), set()
+        for top in tops.values():
+            if top is None:
+                continue
+            for u in _subdirs(os.path.join(root, top)):
+                found_users.add(u)
+                classes.update(_subdirs(os.path.join(root, top, u)))
+        self.classes = sorted(classes)
+        self.num_classes = len(self.classes)
+        class_id = {c: i for i, c in enumerate(self.classes)}
+
+        if self._needs_rgb and tops["rgb"] is None:
+            raise DatasetError(f"modality {self.modality} needs RGB frames but {root} has no "
+                               f"{L['rgb'][0]}/ folder: expected {L['rgb_pattern']}")
+        if self._needs_mmaps and L["mmaps_sub"] is None:
+            raise DatasetError(f"modality rgb_mmaps needs motion maps but {root} is in the Ego-RNN "
+                               "layout (frames/...), which has none: expected the course layout "
+                               "processed_frames2/<user>/<class>/<inst>/mmaps/mapNNNN.png")
+        if self._needs_flow:
+            for a in ("x", "y"):
+                if tops["flow_" + a] is None:
+                    d = L["flow_" + a][0]
+                    raise DatasetError(f"modality {self.modality} needs optical flow but {root} has no "
+                                       f"{d}/ folder: expected " + L["flow_pattern"].format(d=d, a=a))
+        primary = tops["rgb"] if self._needs_rgb else tops["flow_x"]
+        primary_dir = os.path.join(root, primary)
+
+        missing = [u for u in self.users if not os.path.isdir(os.path.join(primary_dir, u))]
+        if missing:
+            have = ", ".join(_subdirs(primary_dir)) or "none"
+            raise DatasetError(f"no videos for user(s) {', '.join(missing)} in {primary_dir}: no such "
+                               f"user folder (users found there: {have})")
+
+        self.video_ids, self.labels, self.num_frames = [], [], []
+        self._videos = []  # per video: dict of frame lists
+        skipped = []
+        min_flow = max(MIN_FRAMES, self.stackSize)
+        for u in self.users:
+            for c in _subdirs(os.path.join(primary_dir, u)):
+                for inst in _subdirs(os.path.join(primary_dir, u, c)):
+                    rel = os.path.join(u, c, inst)
+                    vid = os.path.join(primary, rel)
+                    v = {}
+                    if self._needs_rgb:
+                        d = os.path.join(root, primary, rel)
+                        if L["rgb_sub"]:
+                            d = os.path.join(d, L["rgb_sub"])
+                        files = _frame_files(d, L["rgb_re"]) or []
+                        if len(files) < MIN_FRAMES:
+                            skipped.append((vid, len(files)))
+                            continue
+                        v["rgb_dir"], v["rgb"] = d, files
+                    if self._needs_flow:
+                        flow = self._flow_files(tops, rel, vid)
+                        if len(flow) < min_flow:
+                            skipped.append((vid, len(flow)))
+                            continue
+                        v["flow"] = flow
+                    if self._needs_mmaps:
+                        d = os.path.join(root, primary, rel, L["mmaps_sub"])
+                        files = _frame_files(d, L["mmaps_re"])
+                        if not files:
+                            raise DatasetError(
+                                f"motion maps missing for video {vid}: {d} "
+                                f"{'has no mapNNNN.png files' if files is not None else 'does not exist'} "
+                                "(modality rgb_mmaps expects mmaps/mapNNNN.png next to rgb/)")
+                        v["mmaps_dir"] = d
+                        v["mmaps_nums"] = [n for n, _ in files]
+                        v["mmaps_names"] = [name for _, name in files]
+                    self.video_ids.append(vid)
+                    self.labels.append(class_id[c])
+                    self.num_frames.append(len(v["rgb"]) if "rgb" in v else len(v["flow"]))
+                    self._videos.append(v)
+
+        self.num_skipped = len(skipped)
+        self.skipped = skipped
+        if skipped:
+            need = f"{MIN_FRAMES}" if min_flow == MIN_FRAMES or not self._needs_flow \
+                else f"{MIN_FRAMES} (flow: {min_flow})"
+            listing = ", ".join(f"{vid} ({n})" for vid, n in skipped[:10])
+            more = f", ... {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            print(f"warning: skipped {len(skipped)} video(s) with fewer than {need} frames "
+                  f"(users {', '.join(self.users)}, modality {self.modality}): {listing}{more}",
+                  file=sys.stderr, flush=True)
+        if not self._videos:
+            extra = f" ({len(skipped)} skipped with too few frames)" if skipped else ""
+            pattern = L["rgb_pattern"] if self._needs_rgb else L["flow_pattern"].format(d=primary, a="x")
+            raise DatasetError(f"no videos for user(s) {', '.join(self.users)} in {primary_dir}{extra}: "
+                               f"expected {pattern}")
+
+    def _flow_files(self, tops, rel, vid):
+        """[(number, x_path, y_path)] of the flow frames present in both flow_x and flow_y."""
+        per_axis = {}
+        for a in ("x", "y"):
+            d = os.path.join(self.root, tops["flow_" + a], rel)
+            files = _frame_files(d, _FLOW_RE[a])
+            if files is None:
+                raise DatasetError(f"optical flow missing for video {vid}: no folder {d} "
+                                   f"(expected flow_{a}_NNNNN images there)")
+            per_axis[a] = (d, dict(files))
+        (dx, fx), (dy, fy) = per_axis["x"], per_axis["y"]
+        nums = sorted(set(fx) & set(fy))
+        return [(n, os.path.join(dx, fx[n]), os.path.join(dy, fy[n])) for n in nums]
+
+    # ---- sampling -----------------------------------------------------------------------
+    def rgb_positions(self, n):
+        """0-based positions (in the sorted frame list) of the seqLen RGB frames."""
+        return _positions(n, self.seqLen)
+
+    def flow_starts(self, n):
+        """0-based start positions of the flow stacks for a video with n flow frames."""
+        k = self.stackSize
+        if n <= k:
+            return [0] * self.numSeg
+        if self.train:
+            return sorted(random.randint(0, n - k) for _ in range(self.numSeg))
+        if self.numSeg == 1:
+            return [int(math.ceil((n - k) / 2)) - 1]
+        return [int(p) - 1 for p in np.linspace(1, n - k + 1, self.numSeg, endpoint=False)]
+
+    def __len__(self):
+        return len(self._videos)
+
+    def __getitem__(self, index):
+        if index < 0:
+            index += len(self)
+        v = self._videos[index]
+        params = self.transform.draw()
+        out = {}
+        if self._needs_rgb:
+            files = v["rgb"]
+            chosen = [files[p] for p in self.rgb_positions(len(files))]
+            cache = {}
+            imgs = []
+            for _, name in chosen:
+                if name not in cache:
+                    cache[name] = _load(os.path.join(v["rgb_dir"], name), "RGB")
+                imgs.append(cache[name])
+            out["rgb"] = self.transform.rgb(imgs, params)
+            if self._needs_mmaps:
+                out["mmaps"] = self._mmaps(v, [num for num, _ in chosen], params)
+        if self._needs_flow:
+            flow = v["flow"]
+            stacks = []
+            cache = {}
+            for start in self.flow_starts(len(flow)):
+                xs, ys = [], []
+                for p in range(start, min(start + self.stackSize, len(flow))):
+                    _, px, py = flow[p]
+                    if px not in cache:
+                        cache[px] = _load(px, "L")
+                        cache[py] = _load(py, "L")
+                    xs.append(cache[px])
+                    ys.append(cache[py])
+                stacks.append(self.transform.flow(xs, ys, params))
+            out["flow"] = torch.stack(stacks, 0)
+        out["label"] = self.labels[index]
+        out["index"] = index
+        return out
+
+    def _mmaps(self, v, frame_numbers, params):
+        nums, names = v["mmaps_nums"], v["mmaps_names"]
+        cache = {}
+        maps = []
+        for f in frame_numbers:
+            j = bisect.bisect_left(nums, f)
+            if j == len(nums) or (nums[j] != f and j > 0 and f - nums[j - 1] < nums[j] - f):
+                j -= 1  # the earlier one is strictly nearer (ties go to the later one)
+            name = names[j]
+            if name not in cache:
+                cache[name] = _load(os.path.join(v["mmaps_dir"], name), "L")
+            maps.append(cache[name])
+        return self.transform.mmaps(maps, params)
+
+    def __repr__(self):
+        return (f"GTEA61(root={self.root!r}, layout={self.layout}, users={self.users}, "
+                f"modality={self.modality}, train={self.train}, videos={len(self)}, "
+                f"classes={self.num_classes}, skipped={self.num_skipped})")

@@ -1,0 +1,198 @@
+"""Clip transforms of Ego-RNN (reference section 1), drawn ONCE per clip.
+
+One `ClipParams` (crop scale, crop position, flip) is drawn per clip with python's `random`
+and applied identically to every RGB frame, every flow image and every motion map of that
+clip (and, in the two-stream case, to both streams, as the original does).
+
+Training (``train=True``), per image:
+  1. resize the shorter side to ``resize_size(frameSize)`` = round(256 / 224 * frameSize)
+     (256 for the default 224), long side int(R * long / short), PIL bilinear;
+  2. multi-scale corner crop: a square of int(short_side * scale), scale in
+     (1, 0.875, 0.75, 0.65625), at one of 5 positions (centre, top-left, top-right,
+     bottom-left, bottom-right);
+  3. resize the crop to frameSize x frameSize (PIL bilinear);
+  4. horizontal flip with probability 0.5; a flipped flow_x image is inverted (255 - v)
+     because the horizontal motion changes sign; flow_y is not.
+Test (``train=False``): resize the shorter side to R, then centre crop frameSize with
+x1 = int(round((w - frameSize) / 2)) -- exactly torchvision's `resize` + `center_crop` on PIL
+images, which is exactly the original's Scale + CenterCrop (checked in tests/test_datasets.py).
+Then ToTensor (/255) and normalisation (ImageNet mean/std for RGB; 0.449/0.226 for flow).
+
+Differences from the original Ego-RNN code, all confined to training augmentation:
+  * crop positions are the intended ones: the original's 'tr' crop starts at y1=1 and its
+    'bl' crop at x1=1 (one row/column short of a square), and its centre box is one pixel
+    smaller when the crop size is odd. We do NOT reproduce that off-by-one; the crops here
+    are exact squares of the stated size at the stated corner.
+  * the original flips the whole resized image and then crops; here the crop is taken and
+    the (small) result flipped. The set of (region, flip) pairs is the same (the 5 positions
+    are mirror-symmetric) and each is equally likely, so the augmentation distribution is
+    the same, with less work.
+
+Motion maps follow the same geometry: the crop box is mapped to the map's own pixel grid
+(so a map of another resolution still lines up), the boxed region is resized straight to
+mapSize x mapSize (PIL bilinear, float precision), flipped with the clip, divided by 255 and
+then binarised (value > 0.4 -> 1) for classification, or kept raw in [0, 1] for regression.
+"""
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FLOW_MEAN = 0.449  # mean of the ImageNet means, as the original
+FLOW_STD = 0.226  # mean of the ImageNet stds
+
+SCALES = (1.0, 0.875, 0.75, 0.65625)
+POSITIONS = ("c", "tl", "tr", "bl", "br")
+MMAP_THRESHOLD = 0.4
+
+_BILINEAR = InterpolationMode.BILINEAR
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    """Augmentation parameters shared by all images of one clip."""
+
+    scale: float = 1.0
+    position: str = "c"
+    flip: bool = False
+
+
+def resize_size(frameSize):
+    """Short side before cropping: 256 for frameSize 224, scaled proportionally otherwise."""
+    return int(round(frameSize * 256 / 224))
+
+
+def resized_wh(w, h, short):
+    """(width, height) after resizing the shorter side to `short` (original's Scale rule)."""
+    if w <= h:
+        return short, int(short * h / w)
+    return int(short * w / h), short
+
+
+class ClipTransform:
+    """Per-clip transform. Call `draw()` once per clip, then `rgb`, `flow`, `mmaps` with the
+    returned params (None in test mode) for all images of that clip."""
+
+    def __init__(self, train, frameSize=224, mapSize=7, regression=False,
+                 threshold=MMAP_THRESHOLD, scales=SCALES):
+        if frameSize < 1 or mapSize < 1:
+            raise ValueError(f"frameSize and mapSize must be positive, got {frameSize}, {mapSize}")
+        self.train = bool(train)
+        self.frameSize = int(frameSize)
+        self.mapSize = int(mapSize)
+        self.regression = bool(regression)
+        self.threshold = float(threshold)
+        self.scales = tuple(scales)
+        self.short = resize_size(self.frameSize)
+        self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+
+    # ---- parameters -------------------------------------------------------------------
+    def draw(self):
+        """Draw the clip's parameters with python `random` (None at test time)."""
+        if not self.train:
+            return None
+        flip = random.random() < 0.5
+        scale = self.scales[random.randint(0, len(self.scales) - 1)]
+        position = POSITIONS[random.randint(0, len(POSITIONS) - 1)]
+        return ClipParams(scale=scale, position=position, flip=flip)
+
+    def crop_box(self, w, h, params):
+        """(left, top, width, height) of the crop in the coordinates of the image resized
+        to `resized_wh(w, h, self.short)`."""
+        rw, rh = resized_wh(w, h, self.short)
+        if params is None:
+            f = self.frameSize
+            return int(round((rw - f) / 2.0)), int(round((rh - f) / 2.0)), f, f
+        c = int(min(rw, rh) * params.scale)
+        pos = params.position
+        if pos == "c":
+            left, top = rw // 2 - c // 2, rh // 2 - c // 2
+        elif pos == "tl":
+            left, top = 0, 0
+        elif pos == "tr":
+            left, top = rw - c, 0
+        elif pos == "bl":
+            left, top = 0, rh - c
+        elif pos == "br":
+            left, top = rw - c, rh - c
+        else:
+            raise ValueError(f"unknown crop position {pos!r}")
+        return left, top, c, c
+
+    # ---- images -------------------------------------------------------------------------
+    def frame(self, img, params):
+        """PIL image -> PIL image frameSize x frameSize (resized and cropped, NOT flipped)."""
+        img = TF.resize(img, self.short, interpolation=_BILINEAR)
+        if params is None:
+            return TF.center_crop(img, self.frameSize)
+        w, h = img.size
+        left, top, cw, ch = self.crop_box(w, h, params)  # w, h already at the resized size
+        img = TF.crop(img, top, left, ch, cw)
+        return TF.resize(img, [self.frameSize, self.frameSize], interpolation=_BILINEAR)
+
+    def _arrays(self, imgs, params):
+        """Transform a list of PIL images into one uint8 array (T, F, F[, C]); images that
+        are the same object (a frame used twice) are transformed once."""
+        done = {}
+        out = []
+        for im in imgs:
+            key = id(im)
+            if key not in done:
+                done[key] = np.asarray(self.frame(im, params))
+            out.append(done[key])
+        arr = np.stack(out)
+        if params is not None and params.flip:
+            arr = arr[:, :, ::-1]
+        return arr
+
+    def rgb(self, imgs, params):
+        """List of T RGB PIL images -> float32 tensor (T, 3, F, F), ImageNet-normalised."""
+        arr = np.ascontiguousarray(self._arrays(imgs, params))  # T, F, F, 3
+        t = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().float().div_(255)
+        return t.sub_(self._mean).div_(self._std)
+
+    def flow(self, xs, ys, params):
+        """Lists of k flow_x / flow_y 'L' PIL images -> float32 tensor (2k, F, F), channels
+        x1, y1, ..., xk, yk, normalised with FLOW_MEAN / FLOW_STD."""
+        ax = self._arrays(xs, params)
+        ay = self._arrays(ys, params)
+        if params is not None and params.flip:
+            ax = 255 - ax  # horizontal motion changes sign; 128 (zero motion) -> 127
+        k, f1, f2 = ax.shape
+        out = np.empty((2 * k, f1, f2), dtype=np.uint8)
+        out[0::2] = ax
+        out[1::2] = ay
+        return torch.from_numpy(out).float().div_(255).sub_(FLOW_MEAN).div_(FLOW_STD)
+
+    def mmaps(self, maps, params):
+        """List of T motion-map PIL images ('L') -> float32 tensor (T, s, s): same crop and
+        flip as the frames, resized to s x s, /255, binarised at the threshold unless
+        regression."""
+        s = self.mapSize
+        done = {}
+        out = []
+        for im in maps:
+            key = id(im)
+            if key not in done:
+                w, h = im.size
+                rw, rh = resized_wh(w, h, self.short)
+                left, top, cw, ch = self.crop_box(w, h, params)
+                sx, sy = w / rw, h / rh
+                box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+                small = im.convert("F").resize((s, s), Image.BILINEAR, box=box)
+                done[key] = np.asarray(small, dtype=np.float32)
+            out.append(done[key])
+        arr = np.stack(out) / np.float32(255)
+        if params is not None and params.flip:
+            arr = arr[:, :, ::-1]
+        arr = np.clip(arr, 0.0, 1.0)
+        if not self.regression:
+            arr = (arr > self.threshold).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
