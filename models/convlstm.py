@@ -1,0 +1,76 @@
+"""Convolutional LSTM cell of Ego-RNN (reference.md section 1).
+
+    i  = sigmoid(W_xi * x + b_i + W_hi * h)
+    f  = sigmoid(W_xf * x + b_f + W_hf * h)
+    g  = tanh   (W_xc * x + b_c + W_hc * h)
+    o  = sigmoid(W_xo * x + b_o + W_ho * h)
+    c' = g * i + c * f
+    h' = o * tanh(c')
+
+`*` is a 3x3 convolution, stride 1, padding 1. Only the input (x) convolutions have a bias; there
+are no peepholes. Weights are Xavier-normal per convolution, biases zero, and the state starts at
+zeros. The classifier of Ego-RNN reads the final cell state c.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GATES = ("i", "f", "c", "o")
+
+
+class ConvLSTMCell(nn.Module):
+    def __init__(self, input_size, hidden_size, kernel_size=3):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.padding = kernel_size // 2
+        for gate in GATES:
+            conv_x = nn.Conv2d(input_size, hidden_size, kernel_size, padding=self.padding, bias=True)
+            conv_h = nn.Conv2d(hidden_size, hidden_size, kernel_size, padding=self.padding, bias=False)
+            nn.init.xavier_normal_(conv_x.weight)
+            nn.init.zeros_(conv_x.bias)
+            nn.init.xavier_normal_(conv_h.weight)
+            setattr(self, f"conv_x{gate}", conv_x)  # W_xi, W_xf, W_xc, W_xo (+ biases)
+            setattr(self, f"conv_h{gate}", conv_h)  # W_hi, W_hf, W_hc, W_ho
+
+    # The four gates are computed as one convolution with the four kernels stacked, which gives
+    # the same numbers as four separate convolutions but runs as one larger matrix product.
+    def _stacked(self, kind):
+        convs = [getattr(self, f"conv_{kind}{gate}") for gate in GATES]
+        weight = torch.cat([conv.weight for conv in convs])
+        bias = torch.cat([conv.bias for conv in convs]) if kind == "x" else None
+        return weight, bias
+
+    def input_gates(self, x):
+        """W_x* x + b for all four gates, (N, 4*hidden, h, w): it does not depend on the state."""
+        weight, bias = self._stacked("x")
+        return F.conv2d(x, weight, bias, padding=self.padding)
+
+    def step(self, gx, state, w_h=None):
+        """One time step from precomputed input gates gx; state (h, c) or None (zeros)."""
+        if state is None:
+            # Zero initial state: W_h* h is zero, so the hidden convolution is skipped.
+            c = torch.zeros_like(gx[:, :self.hidden_size])
+            gates = gx
+        else:
+            h, c = state
+            w_h = self._stacked("h")[0] if w_h is None else w_h
+            gates = gx + F.conv2d(h, w_h, padding=self.padding)
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+    def forward(self, x, state=None):
+        """x (N, input_size, h, w), state (h, c) or None -> (h, c), each (N, hidden_size, h, w)."""
+        return self.step(self.input_gates(x), state)
+
+    def forward_sequence(self, xs, state=None):
+        """xs (B, T, input_size, h, w) -> final (h, c); same result as calling forward T times.
+
+        The input convolutions of all T frames run as one batch before the recurrence."""
+        B, T = xs.shape[:2]
+        gx = self.input_gates(xs.flatten(0, 1)).unflatten(0, (B, T))
+        w_h = self._stacked("h")[0]
+        for t in range(T):
+            state = self.step(gx[:, t], state, w_h)
+        return state

@@ -1,0 +1,54 @@
+"""Ego-RNN warp-flow stream: ResNet-34 on stacks of 5 flow frames (reference.md section 2).
+
+Input: 10 channels = 5 consecutive (flow_x, flow_y) pairs, interleaved x1, y1, ..., x5, y5.
+Cross-modality init: the ImageNet conv1 kernel averaged over its 3 RGB channels and repeated over
+the 10 flow channels; the rest of the trunk is ImageNet's, the ImageNet fc is dropped.
+Head: avgpool -> 512 -> Dropout(0.5) -> Linear(512, C).
+With S stacks per video (evaluation), the logits and the features are averaged over the stacks.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from .backbone import PretrainedWeightsError, load_resnet34_state, warn_untrained
+
+
+class FlowResNet34(nn.Module):
+    def __init__(self, num_classes, pretrained="imagenet", in_channels=10):
+        super().__init__()
+        self.num_classes, self.in_channels = num_classes, in_channels
+        net = torchvision.models.resnet34(weights=None)
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
+        state = load_resnet34_state(pretrained)
+        if state is None:
+            warn_untrained("the flow ResNet-34")
+        else:
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            rgb = state["conv1.weight"]  # (64, 3, 7, 7)
+            state["conv1.weight"] = rgb.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
+            try:
+                net.fc = nn.Identity()
+                net.load_state_dict(state)
+            except RuntimeError as e:
+                raise PretrainedWeightsError(
+                    f"--pretrained {pretrained}: does not fit torchvision resnet34 "
+                    f"({str(e).splitlines()[0]})") from None
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, num_classes))
+
+    def forward(self, x):
+        """x (B, 10, H, W) or (B, S, 10, H, W) -> dict(logits (B, C), features (B, 512))."""
+        stacks = x.dim() == 5
+        B = x.shape[0]
+        if stacks:
+            x = x.flatten(0, 1)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        features = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        logits = self.classifier(features)
+        if stacks:
+            features, logits = features.view(B, -1, 512).mean(1), logits.view(B, -1, self.num_classes).mean(1)
+        return dict(logits=logits, features=features)

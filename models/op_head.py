@@ -1,0 +1,66 @@
+"""Order-prediction (OP) self-supervised head after OPN (Lee et al. ICCV 2017), reference.md section 4.
+
+Four frames of the clip, taken in temporal order, are shuffled by one of 12 permutation classes;
+the head predicts the class. The 24 orders of 4 frames form 12 classes because an order and its
+reverse share a class (an action reads the same forwards and backwards, e.g. open/close), and
+the sampler shows either of the two with probability 0.5.
+
+    per-frame feature (in_dim) -> fc6 (shared, 1024, ReLU, Dropout 0.5)
+    each of the 6 pairs i < j:  concat(fc6_i, fc6_j) -> fc7 (shared, 512, ReLU, Dropout 0.5)
+    concat of the 6 -> fc8 -> 12 logits (cross-entropy)
+
+Per-frame features: in SAMSOPNet the global-average-pooled layer4 output f_bn (512-d), "the end
+of ResNet-34" in the paper's words, taken from the backbone pass the clip already had. (The
+paper's code fed the flattened 512x7x7 map to fc6; pooling keeps fc6 small and works for any
+frame size.) Unlike the paper's code, the head has non-linearities, reverses permutations and
+draws frames and orders from a generator the caller can seed.
+"""
+from itertools import combinations
+
+import torch
+import torch.nn as nn
+
+NUM_FRAMES = 4
+
+
+class OrderPredictionHead(nn.Module):
+    # OPN's 12 classes (0-based), one order of each forward/backward pair.
+    PERMUTATIONS = ((0, 1, 2, 3), (0, 2, 1, 3), (0, 2, 3, 1), (0, 1, 3, 2), (0, 3, 1, 2), (0, 3, 2, 1),
+                    (1, 0, 2, 3), (1, 0, 3, 2), (1, 2, 0, 3), (2, 0, 1, 3), (2, 0, 3, 1), (2, 1, 0, 3))
+    PAIRS = tuple(combinations(range(NUM_FRAMES), 2))  # (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
+
+    def __init__(self, in_dim=512):
+        super().__init__()
+        self.in_dim = in_dim
+        self.fc6 = nn.Sequential(nn.Linear(in_dim, 1024), nn.ReLU(inplace=True), nn.Dropout(0.5))
+        self.fc7 = nn.Sequential(nn.Linear(2 * 1024, 512), nn.ReLU(inplace=True), nn.Dropout(0.5))
+        self.fc8 = nn.Linear(len(self.PAIRS) * 512, len(self.PERMUTATIONS))
+
+    @classmethod
+    def permutation_table(cls):
+        """(12, 2, 4) long: for each class its forward order and its reverse."""
+        forward = torch.tensor(cls.PERMUTATIONS)
+        return torch.stack([forward, forward.flip(1)], dim=1)
+
+    @classmethod
+    def sample(cls, batch, T, generator=None):
+        """Draw the order-prediction task for a batch of clips of T frames.
+
+        Returns frame_idx (B, 4): 4 distinct frames of the clip, sorted (temporal order);
+        order (B, 4): the shuffle, i.e. shown frame k is frame_idx[:, order[:, k]];
+        target (B,): its class, the same for an order and its reverse."""
+        if T < NUM_FRAMES:
+            raise ValueError(f"order prediction needs at least {NUM_FRAMES} frames per clip, got {T}")
+        frame_idx = torch.rand(batch, T, generator=generator).argsort(dim=1)[:, :NUM_FRAMES]
+        frame_idx = frame_idx.sort(dim=1).values
+        target = torch.randint(len(cls.PERMUTATIONS), (batch,), generator=generator)
+        reverse = (torch.rand(batch, generator=generator) < 0.5).long()
+        order = cls.permutation_table()[target, reverse]
+        return frame_idx, order, target
+
+    def forward(self, frame_feats):
+        """frame_feats (B, 4, in_dim), already in the shuffled order -> (B, 12) logits."""
+        f6 = self.fc6(frame_feats)
+        pairs = torch.stack([torch.cat([f6[:, i], f6[:, j]], dim=1) for i, j in self.PAIRS], dim=1)
+        f7 = self.fc7(pairs)  # (B, 6, 512)
+        return self.fc8(torch.flatten(f7, 1))
