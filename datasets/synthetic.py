@@ -189,10 +189,11 @@ def _shape_mask(shape, dx, dy, r, u):
     return m, shade
 
 
-def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1):
+def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1, camera=True):
     """Render one video. Returns dict with uint8 arrays: "rgb" (N, H, W, 3), "mmaps"
     (N, H, W), "flow_x" / "flow_y" (N-1, H, W), bool "moving" (N, H, W) (pixels of the
-    parts that move relative to the scene), and "camera" (N, 2) integer offsets."""
+    parts that move relative to the scene), and "camera" (N, 2) integer (x, y) offsets of the
+    frame in the scene. camera=False keeps the camera still (same video otherwise)."""
     W, H = size
     rng = np.random.default_rng([seed, user_index, zlib.crc32(cls.encode()), instance, length])
     style = USER_STYLES[user_index % len(USER_STYLES)]
@@ -230,6 +231,8 @@ def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1):
         cam[k] = np.clip(np.round(pos + rng.normal(0, 0.6, 2) * u), 0, 2 * M)
         vel = 0.85 * vel + rng.normal(0, 0.7, 2) * u
         pos = np.clip(pos + vel, 1, 2 * M - 1)
+    if not camera:
+        cam[:] = M
 
     ts = np.linspace(0.0, 1.0, length) if length > 1 else np.zeros(1)
     parts = [v.parts(float(t)) for t in ts]

@@ -18,10 +18,11 @@ class GteaTree:
         Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(path, format=fmt)
 
     def video(self, user, cls, inst, n, layout="course", size=(40, 30), numbers=None,
-              flow=True, mmaps=True, map_numbers=None, frame=None):
+              flow=True, mmaps=True, map_numbers=None, frame=None, mmap=None):
         w, h = size
         numbers = list(range(1, n + 1)) if numbers is None else list(numbers)
         frame = frame or (lambda k: np.full((h, w, 3), 10 * k))
+        mmap = mmap or (lambda k: np.full((h, w), 10 * k))
         rel = os.path.join(user, cls, str(inst))
         if layout == "course":
             base = os.path.join(self.root, "processed_frames2", rel)
@@ -29,7 +30,7 @@ class GteaTree:
                 self._save(frame(k), os.path.join(base, "rgb", f"rgb{k:04d}.png"), "PNG")
             if mmaps:
                 for k in (numbers if map_numbers is None else map_numbers):
-                    self._save(np.full((h, w), 10 * k), os.path.join(base, "mmaps", f"map{k:04d}.png"), "PNG")
+                    self._save(mmap(k), os.path.join(base, "mmaps", f"map{k:04d}.png"), "PNG")
             fx, fy, ext, fmt = "flow_x_processed", "flow_y_processed", "png", "PNG"
         else:
             base = os.path.join(self.root, "frames", rel)
