@@ -194,7 +194,8 @@ class Experiment:
         cfg = self.model_config()
         if self.family == "rgb":
             return models.SAMSOPNet(self.num_classes, mem_size=cfg["memSize"], attention=cfg["attention"],
-                                    ms=cfg["ms"], ms_input=cfg["msInput"], op=cfg["op"], pretrained=pretrained)
+                                    ms=cfg["ms"], ms_input=cfg["msInput"], op=cfg["op"], pretrained=pretrained,
+                                    ms_size=self.map_size)
         if self.family == "flow":
             return models.FlowResNet34(self.num_classes, pretrained=pretrained)
         raise AssertionError("two-stream models are built from their two checkpoints")

@@ -1,0 +1,213 @@
+"""End-to-end runs of the five scripts and evaluate.py on a tiny generated dataset: output files,
+learning, exact resume after SIGKILL, refusal to overwrite, and the one-line errors."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TINY = ["--pretrained", "none", "--frameSize", "64", "--seqLen", "4", "--trainBatchSize", "4",
+        "--valBatchSize", "8", "--numWorkers", "0", "--precision", "fp32", "--camVideos", "1"]
+
+
+def run(*args, check=True, timeout=300):
+    p = subprocess.run([PY, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+def read_log(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def assert_one_line_error(p, *needles):
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    err = p.stderr.strip().splitlines()
+    assert err and err[-1].startswith("error: "), p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    for n in needles:
+        assert n in err[-1], (n, err[-1])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data") / "syn"
+    run("-m", "datasets.synthetic", "--out", d, "--classes", "3", "--instances", "1", "--size", "80x60")
+    return d
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    """rgb (stages 1+2) and flow, shared by the tests below."""
+    out = tmp_path_factory.mktemp("runs")
+    run("main_rgb.py", "--datasetDir", data, "--outDir", out / "rgb", "--numEpochs", "2", *TINY)
+    run("main_flow.py", "--datasetDir", data, "--outDir", out / "flow", "--numEpochs", "1", *TINY)
+    return out
+
+
+def check_stage_dir(d, epochs, cam):
+    for f in ["args.json", "log.csv", "best_model.pth", "last.pth", "curves.png", "summary.json"]:
+        assert (d / f).is_file(), d / f
+    rows = read_log(d / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                             "ms_loss", "op_loss", "op_acc", "seconds"]
+    summary = json.loads((d / "summary.json").read_text())
+    accs = [float(r["test_acc"]) for r in rows]
+    assert summary["best_test_accuracy"] == pytest.approx(max(accs), abs=1e-3)
+    assert summary["final_test_accuracy"] == pytest.approx(accs[-1], abs=1e-3)
+    assert summary["epochs"] == epochs and summary["seconds"] > 0
+    assert accs.index(max(accs)) + 1 == summary["best_epoch"]
+    assert (d / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    if cam:
+        pngs = list((d / "cam").glob("*.png"))
+        assert pngs and pngs[0].read_bytes()[:4] == b"\x89PNG"
+    args = json.loads((d / "args.json").read_text())
+    assert args["precision"] == "fp32"
+    return rows, summary
+
+
+def test_rgb_two_stages_write_everything(runs):
+    rows1, _ = check_stage_dir(runs / "rgb" / "stage1", 2, cam=True)
+    rows2, _ = check_stage_dir(runs / "rgb" / "stage2", 2, cam=True)
+    assert float(rows1[0]["lr"]) == pytest.approx(1e-3) and float(rows2[0]["lr"]) == pytest.approx(1e-4)
+    assert rows2[0]["ms_loss"] == "" and rows2[0]["op_loss"] == ""
+    ckpt = torch.load(runs / "rgb" / "stage2" / "best_model.pth", weights_only=True)
+    assert ckpt["num_classes"] == 3 and ckpt["classes"] == ["open_box", "put_cup", "take_cup"]
+
+
+def test_flow_single_stage(runs):
+    check_stage_dir(runs / "flow" / "stage1", 1, cam=False)
+    assert not (runs / "flow" / "stage2").exists()
+
+
+@pytest.mark.parametrize("script,extra", [("main_ms.py", []), ("main_ms.py", ["--regression", "--msInput", "layer4"]),
+                                          ("main_ms_op.py", []), ("main_ms_op.py", ["--noMS"])])
+def test_ms_and_op_stage2_from_shared_stage1(runs, data, tmp_path, script, extra):
+    out = tmp_path / "x"
+    run(script, "--datasetDir", data, "--outDir", out, "--stage", "2", "--numEpochs", "1",
+        "--stage1Dict", runs / "rgb" / "stage1" / "best_model.pth", *extra, *TINY)
+    rows, _ = check_stage_dir(out / "stage2", 1, cam=True)
+    assert (rows[0]["ms_loss"] != "") == ("--noMS" not in extra)
+    assert (rows[0]["op_loss"] != "") == (script == "main_ms_op.py")
+    if script == "main_ms_op.py":
+        assert 0 <= float(rows[0]["op_acc"]) <= 100
+
+
+def test_twostream_from_flow_and_rgb(runs, data, tmp_path):
+    out = tmp_path / "ts"
+    run("main_twostream.py", "--datasetDir", data, "--outDir", out, "--numEpochs", "1",
+        "--flowModel", runs / "flow" / "stage1" / "best_model.pth",
+        "--rgbModel", runs / "rgb" / "stage2" / "best_model.pth", *TINY)
+    check_stage_dir(out / "stage1", 1, cam=False)
+
+
+def test_evaluate_writes_predictions(runs, data, tmp_path):
+    out = tmp_path / "ev"
+    p = run("evaluate.py", "--model", "rgb", "--datasetDir", data, "--outDir", out, "--numWorkers", "0",
+            "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth")
+    rows = list(csv.reader(open(out / "predictions.csv")))
+    assert rows[0] == ["video", "label", "pred", "logit_0", "logit_1", "logit_2"]
+    assert len(rows) > 1 and all(r[0].startswith("processed_frames2/S2/") for r in rows[1:])
+    for r in rows[1:]:
+        logits = [float(v) for v in r[3:]]
+        assert int(r[2]) == max(range(3), key=logits.__getitem__)
+    s = json.loads((out / "summary.json").read_text())
+    acc = 100 * sum(r[1] == r[2] for r in rows[1:]) / (len(rows) - 1)
+    assert s["accuracy"] == pytest.approx(acc, abs=1e-3) and s["num_videos"] == len(rows) - 1
+    assert set(s["per_class_accuracy"]) == {"open_box", "put_cup", "take_cup"}
+    assert (out / "confusion_matrix.png").is_file() and "accuracy" in p.stdout
+    # the checkpoint's model kind and the asked one disagree
+    p = run("evaluate.py", "--model", "flow", "--datasetDir", data, "--outDir", tmp_path / "ev2",
+            "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", check=False)
+    assert_one_line_error(p, "best_model.pth")
+
+
+def test_loss_falls_on_tiny_set(data, tmp_path):
+    run("main_rgb.py", "--datasetDir", data, "--outDir", tmp_path, "--stage", "1", "--numEpochs", "6",
+        "--lr", "1e-2", "--stepSize", "100", *TINY)
+    losses = [float(r["train_loss"]) for r in read_log(tmp_path / "stage1" / "log.csv")]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _resume_args(data, out):
+    return ["main_ms_op.py", "--datasetDir", data, "--outDir", out, "--numEpochs", "3",
+            "--stage1Dict", out.parent / "s1.pth", "--stage", "2", *TINY[:-6], "--numWorkers", "1",
+            "--precision", "fp32", "--camVideos", "0"]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(runs, data, tmp_path):
+    import shutil
+    shutil.copy(runs / "rgb" / "stage1" / "best_model.pth", tmp_path / "s1.pth")
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run(*_resume_args(data, full))
+    proc = subprocess.Popen([PY, *map(str, _resume_args(data, killed))], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "stage2" / "log.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.exists() and len(read_log(log)) >= 1):
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(read_log(log))
+    assert done < 3, "the run finished before it could be killed"
+    run(*_resume_args(data, killed), "--resume")
+
+    a, b = read_log(full / "stage2" / "log.csv"), read_log(killed / "stage2" / "log.csv")
+    assert [r["epoch"] for r in b] == ["1", "2", "3"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+    ma = torch.load(full / "stage2" / "best_model.pth", weights_only=True)
+    mb = torch.load(killed / "stage2" / "best_model.pth", weights_only=True)
+    assert ma["epoch"] == mb["epoch"]
+    for k in ma["model"]:
+        assert torch.equal(ma["model"][k], mb["model"][k]), k
+
+
+def test_refuses_to_overwrite_results(runs, data):
+    stage = runs / "flow" / "stage1"
+    before = {f: (stage / f).stat().st_mtime_ns for f in ["log.csv", "best_model.pth", "last.pth"]}
+    p = run("main_flow.py", "--datasetDir", data, "--outDir", runs / "flow", "--numEpochs", "1", *TINY, check=False)
+    assert_one_line_error(p, "already holds results", "--resume", "--overwrite")
+    assert before == {f: (stage / f).stat().st_mtime_ns for f in before}
+
+
+def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
+    base = ["--datasetDir", data, "--outDir", tmp_path / "o", *TINY]
+    # stage 2 without a stage-1 checkpoint: says where it looked
+    assert_one_line_error(run("main_rgb.py", *base, "--stage", "2", check=False),
+                          str(tmp_path / "o" / "stage1" / "best_model.pth"))
+    # a checkpoint of another model
+    assert_one_line_error(run("main_rgb.py", *base, "--stage", "2", "--stage1Dict",
+                              runs / "flow" / "stage1" / "best_model.pth", check=False), "flow")
+    # too few frames for the order prediction head
+    assert_one_line_error(run("main_ms_op.py", *base, "--seqLen", "3", check=False), "--seqLen")
+    assert_one_line_error(run("main_rgb.py", *base, "--lr", "0", check=False), "--lr")
+    assert_one_line_error(run("main_rgb.py", *base, "--numEpochs", "-1", check=False), "--numEpochs")
+    # dataset errors from the data layer
+    assert_one_line_error(run("main_rgb.py", *base[2:], "--datasetDir", tmp_path / "nope", check=False),
+                          str(tmp_path / "nope"))
+    assert_one_line_error(run("main_rgb.py", *base, "--testUsers", "S9", check=False), "S9")
+    # an output folder that cannot be created
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(run("main_rgb.py", *base[:2], "--outDir", blocker / "sub", *TINY, check=False),
+                          str(blocker / "sub"))
+    # a checkpoint with another class count
+    other = tmp_path / "other"
+    run("-m", "datasets.synthetic", "--out", other, "--classes", "4", "--instances", "1", "--size", "80x60")
+    assert_one_line_error(run("evaluate.py", "--model", "rgb", "--datasetDir", other, "--outDir", tmp_path / "e",
+                              "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", check=False),
+                          "classes")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
