@@ -47,14 +47,16 @@ class ConvLSTMCell(nn.Module):
 
     def step(self, gx, state, w_h=None):
         """One time step from precomputed input gates gx; state (h, c) or None (zeros)."""
+        # Under mixed precision the convolutions run in bf16/fp16, but the gates and the state
+        # are kept in float32 so the cell state does not lose precision over the clip.
         if state is None:
             # Zero initial state: W_h* h is zero, so the hidden convolution is skipped.
-            c = torch.zeros_like(gx[:, :self.hidden_size])
-            gates = gx
+            gates = gx.float()
+            c = torch.zeros_like(gates[:, :self.hidden_size])
         else:
             h, c = state
             w_h = self._stacked("h")[0] if w_h is None else w_h
-            gates = gx + F.conv2d(h, w_h, padding=self.padding)
+            gates = gx.float() + F.conv2d(h, w_h, padding=self.padding).float()
         i, f, g, o = gates.chunk(4, dim=1)
         c = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)
         h = torch.sigmoid(o) * torch.tanh(c)

@@ -25,7 +25,7 @@ def cam_attention(imagenet_logits, f_bn, fc_weight):
     -> attention (N, h, w) summing to 1 over positions, cam_class (N,)."""
     cam_class = imagenet_logits.argmax(dim=1)
     cam = torch.einsum("nk,nkhw->nhw", fc_weight[cam_class], f_bn)
-    attention = F.softmax(cam.flatten(1), dim=1).view_as(cam)
+    attention = F.softmax(cam.flatten(1).float(), dim=1).view_as(cam)  # float32 under autocast too
     return attention, cam_class
 
 
