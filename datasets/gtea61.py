@@ -286,7 +286,7 @@ class GTEA61(Dataset):
             for c in _subdirs(os.path.join(primary_dir, u)):
                 for inst in _subdirs(os.path.join(primary_dir, u, c)):
                     rel = os.path.join(u, c, inst)
-                    vid = os.path.join(primary, rel)
+                    vid = "/".join((primary, u, c, inst))
                     v = {}
                     if self._needs_rgb:
                         d = os.path.join(root, primary, rel)
