@@ -81,9 +81,7 @@ def _try_download(path):
     try:
         torch.hub.load_state_dict_from_url(IMAGENET_WEIGHTS.url, progress=False, check_hash=True,
                                            map_location="cpu", weights_only=True)
-    except BaseException as e:  # noqa: BLE001 - URLError, timeouts, hash errors, Ctrl-C mid-download
-        if isinstance(e, KeyboardInterrupt):
-            raise
+    except Exception as e:  # noqa: BLE001 - URLError, timeouts, HTTP and hash errors alike
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PretrainedWeightsError(
             f"ImageNet ResNet-34 weights are not in the torch cache and could not be downloaded "

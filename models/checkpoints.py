@@ -130,21 +130,15 @@ def _flow_to_project(state):
 
 
 def _twostream_to_project(state):
-    out = {}
-    for k, v in state.items():
-        top, _, rest = k.partition(".")
-        if top in ("flowModel", "flow_model"):
-            out.update({"flow_model." + kk: vv for kk, vv in _flow_to_project({rest: v}).items()})
-        elif top in ("frameModel", "rgb_model"):
-            out[top + "." + rest] = v  # mapped below, all RGB keys together
-        elif top == "fc2":
-            if "classifier.1.weight" not in state:
-                out["classifier.1." + rest] = v
-        else:
-            out[k] = v
-    rgb = {k.partition(".")[2]: v for k, v in out.items() if k.startswith(("frameModel.", "rgb_model."))}
-    out = {k: v for k, v in out.items() if not k.startswith(("frameModel.", "rgb_model."))}
-    out.update({"rgb_model." + k: v for k, v in _rgb_to_egornn(rgb).items()})
+    def part(*tops):  # the sub-dict under one of these top-level names, prefix removed
+        return {k.partition(".")[2]: v for k, v in state.items() if k.partition(".")[0] in tops}
+    out = {k: v for k, v in state.items()
+           if k.partition(".")[0] not in ("flowModel", "flow_model", "frameModel", "rgb_model", "fc2", "classifier")}
+    out.update({"flow_model." + k: v for k, v in _flow_to_project(part("flowModel", "flow_model")).items()})
+    out.update({"rgb_model." + k: v for k, v in _rgb_to_egornn(part("frameModel", "rgb_model")).items()})
+    # The original's classifier is both fc2.* and classifier.1.*.
+    head = {"classifier." + k: v for k, v in part("classifier").items()}
+    out.update(head or {"classifier.1." + k: v for k, v in part("fc2").items()})
     return out
 
 

@@ -14,8 +14,8 @@ Mode rule: a module whose parameters are all frozen is put in eval mode, so froz
 keep their ImageNet statistics and the dropouts of unused per-stream classifiers stay off.
 
 Speed: a frozen layer builds no autograd graph as long as neither its parameters nor its input
-require grad. Every parameter before layer4 is always frozen, so stem..layer3 never records a
-graph; in stage 1 nothing in the backbone does.
+require grad. In the RGB models every parameter before layer4 is always frozen, so stem..layer3
+never records a graph, and in stage 1 nothing in the backbone does (tests check both).
 """
 import torch.nn as nn
 
