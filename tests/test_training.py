@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TINY = ["--pretrained", "none", "--frameSize", "64", "--seqLen", "4", "--trainBatchSize", "4",
+TINY = ["--pretrained", "none", "--frameSize", "64", "--seqLen", "4", "--trainBatchSize", "4", "--memSize", "16",
         "--valBatchSize", "8", "--numWorkers", "0", "--precision", "fp32", "--camVideos", "1"]
 
 

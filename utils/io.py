@@ -1,5 +1,6 @@
-"""Small, safe file helpers: every file is written atomically (temporary file, then rename),
-so a run killed at any moment leaves either the old file or the new one, never half of one."""
+"""Small, safe file helpers: every file is written atomically (temporary file in the same
+folder, then rename), so a run killed at any moment leaves either the old file or the new one,
+never half of one."""
 import csv
 import io
 import json
@@ -16,8 +17,6 @@ def _atomic_write_bytes(path, data: bytes):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -42,9 +41,16 @@ def atomic_write_csv(path, header, rows):
 
 
 def atomic_torch_save(obj, path):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_savefig(fig, path, **kwargs):
