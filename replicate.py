@@ -1,0 +1,897 @@
+"""Replicate the paper's Tables 1-3 (and the OP-only ablation of its Section 5) with the five
+experiment scripts, exactly as a user would run them, one subprocess at a time.
+
+    python replicate.py --table all --datasetDir DIR                 # everything, paper settings
+    python replicate.py --table 2 --datasetDir DIR --dry-run         # print the commands only
+    python replicate.py --table 1 --datasetDir DIR --epochs1 30 --epochs2 15 --epochsFlow 75 \\
+        --epochsTwoStream 25 --extra "--trainBatchSize 8 --numWorkers 2"
+    python replicate.py --table all --datasetDir DIR --crossval       # 4 leave-one-user-out splits
+
+Cells (one command each; outputs under --outDir, default experiments/replicate):
+
+  shared/ego_rnn_stage1_seq<L>    main_rgb.py --stage 1                 Ego-RNN stage 1 (attention), shared by
+                                                                      ConvLSTM-attention, MS, MS+OP, OP-only
+  shared/convlstm_stage1_seq<L>   main_rgb.py --stage 1 --noAttention   stage 1 of the ConvLSTM row
+  table1/convlstm_seq<L>          main_rgb.py --stage 2 --noAttention --lr 1e-4
+  table1/attention_seq<L>         main_rgb.py --stage 2 --lr 1e-4
+  table1/flow                     main_flow.py                          (clip length does not enter it: one
+                                                                      run fills both columns of Table 1)
+  table1/twostream_seq<L>         main_twostream.py --flowModel table1/flow --rgbModel table1/attention_seq<L>
+  grid/<ms|ms_regression|ms_op>_seq<L>_lr<LR>   main_ms.py [--regression] | main_ms_op.py, --stage 2 --lr LR
+  grid/op_only_seq<L>_lr1e-4      main_ms_op.py --noMS --stage 2 --lr 1e-4 (only when 1e-4 is in --lrs)
+
+Every stage-2 command gets `--stage1Dict` pointing at the shared stage-1 `best_model.pth` of its clip
+length. Every command gets `--resume`: the scripts then skip finished stages and continue unfinished
+ones from `last.pth`. A cell whose result `summary.json` exists is not launched at all, so rerunning
+the same replicate.py command continues where it stopped (a finished cell is not redone when the
+epochs change: the tables say which epochs the cells used; delete a cell's folder to redo it). A failing cell is reported, the cells that
+need it are skipped, the others go on; the exit status is 1 if any cell failed, 130 when interrupted.
+
+Clip lengths: the paper's columns are 7 frames (Table 1 left, Table 2) and 16 frames (Table 1 right,
+Table 3). `--seqLens` replaces them: a value 7 or 16 fills its own column, any other value fills the
+next free column of the selected tables in the order 7, 16 (`--table 3 --seqLens 8` gives Table 3 at 8
+frames). The tables print both our and the paper's clip length.
+
+Epochs: by default each script's paper defaults (stage 1 300, stage 2 150, flow 750, two-stream 250).
+With fewer epochs the lr milestones are scaled in proportion (stage 1 [25, 75, 150] of 300 -> 30 epochs:
+[3, 8, 15]) and passed as `--stepSize`, unless `--paperMilestones`.
+
+Outputs in --outDir: table1.md, table2.md, table3.md (the selected tables, in the paper's layout, with
+the paper's number, our best-over-epochs and our final-epoch test accuracy side by side; "-" = not
+run or not finished), tables.png, results.json (every cell: command, status, accuracies), logs/ (one
+log per cell). With --crossval: crossval/test_S<k>/ per split (each with its own tables) and
+crossval.md (mean and sample standard deviation over the splits per cell).
+
+Dataset rule for the captions: a dataset is SYNTHETIC when (1) its folder holds the marker the
+generator `python -m datasets.synthetic` writes last, `.complete`, a JSON object of the generator's
+settings (layout, classes, ...), or (2) any top-level entry whose name starts with "synthetic" (any
+case), or (3) the folder name itself starts with "synthetic". Otherwise the tables say GTEA-61. A
+synthetic table says in its caption that its numbers are not GTEA-61 numbers.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+USERS = ("S1", "S2", "S3", "S4")
+FIXED_TRAIN, FIXED_TEST = ("S1", "S3", "S4"), ("S2",)
+PAPER_FRAMES = (7, 16)
+GRID_TABLE_FRAMES = {2: 7, 3: 16}                   # Table 2 = 7 frames, Table 3 = 16 frames
+PAPER_LRS = (1e-3, 1e-4, 1e-5)
+TABLE1_LR = 1e-4                                    # stage-2 lr of Table 1: the paper default
+OP_ONLY_LR = 1e-4
+
+# The paper's schedules (reference §1-2; the scripts' defaults, checked by the tests):
+# (epochs, lr milestones). Two-stream decays every epoch (StepLR(1, 0.99)): nothing to scale.
+PAPER_SCHEDULE = {"stage1": (300, [25, 75, 150]), "stage2": (150, [25, 75]),
+                  "flow": (750, [150, 300, 500]), "twostream": (250, None)}
+
+# The file datasets/synthetic.py writes last into a finished dataset: a JSON object of its settings.
+SYNTHETIC_MARKER = ".complete"
+SYNTHETIC_MARKER_KEYS = ("layout", "classes", "instances", "users")
+
+TABLE1_ROWS = [("convlstm", "ConvLSTM"), ("attention", "ConvLSTM-attention"),
+               ("flow", "Temporal-warp flow"), ("twostream", "Two stream (joint train)")]
+PAPER_TABLE1 = {"convlstm": {7: 52.59, 16: 57.76}, "attention": {7: 56.9, 16: 64.66},
+                "flow": {7: 42.24, 16: 42.24}, "twostream": {7: 64.66, 16: 68.10}}
+GRID_ROWS = [("ms", "Ego-rnn + MS Task"), ("ms_regression", "Ego-rnn + regression MS Task"),
+             ("ms_op", "Ego-rnn + MS Task + Order Task"),
+             ("op_only", "Ego-rnn + Order Task (OP only, Sec. 5 ablation; no number in the paper)")]
+PAPER_GRID = {  # Tables 2-3, % (the paper gives whole percents)
+    7: {"ms": {"1e-3": 7, "1e-4": 56, "1e-5": 44}, "ms_regression": {"1e-3": 12, "1e-4": 51, "1e-5": 39},
+        "ms_op": {"1e-3": 8, "1e-4": 57, "1e-5": 42}},
+    16: {"ms": {"1e-3": 11, "1e-4": 65, "1e-5": 54}, "ms_regression": {"1e-3": 10, "1e-4": 62, "1e-5": 49},
+         "ms_op": {"1e-3": 10, "1e-4": 66, "1e-5": 53}},
+}
+PAPER_TEST_VIDEOS = 116
+
+# Arguments replicate.py sets itself: not allowed in --extra.
+MANAGED = ("--stage", "--datasetDir", "--outDir", "--seqLen", "--lr", "--numEpochs", "--stepSize",
+           "--stage1Dict", "--flowModel", "--rgbModel", "--trainUsers", "--testUsers", "--resume",
+           "--overwrite", "--noAttention", "--regression", "--noMS")
+SCRIPT_KIND = {"main_rgb.py": "rgb", "main_flow.py": "flow", "main_twostream.py": "twostream",
+               "main_ms.py": "ms", "main_ms_op.py": "ms_op"}
+
+
+class UsageError(Exception):
+    """A wrong argument: one line `error: ...`, exit 2."""
+
+
+class Interrupted(Exception):
+    pass
+
+
+def fmt_lr(lr):
+    """1e-4 -> '1e-4', 2.5e-4 -> '2.5e-4' (used in folder names, commands and tables)."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def fmt_acc(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def scaled_milestones(milestones, epochs, paper_epochs):
+    """The paper's milestones scaled to a shorter run (at least epoch 1, no duplicates)."""
+    return sorted({max(1, int(m * epochs / paper_epochs + 0.5)) for m in milestones})
+
+
+# ----------------------------------------------------------------------------- the plan
+
+class Cell:
+    """One command: a script, its arguments, the folder it writes, the cells it needs."""
+
+    def __init__(self, key, script, args, out_dir, stage, deps=(), role=None, slots=()):
+        self.key, self.script, self.args, self.out_dir = key, script, list(args), out_dir
+        self.stage, self.deps, self.role = stage, list(deps), role
+        self.slots = list(slots)          # table positions it fills: (table, row, paper_frames, lr_key)
+        self.status, self.message = None, ""
+
+    @property
+    def result_dir(self):
+        return os.path.join(self.out_dir, f"stage{self.stage}")
+
+    @property
+    def summary_path(self):
+        return os.path.join(self.result_dir, "summary.json")
+
+    def finished(self):
+        return os.path.isfile(self.summary_path)
+
+    def summary(self):
+        try:
+            with open(self.summary_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def argv(self, extra):
+        return [self.script] + self.args + list(extra)
+
+
+def map_columns(tables, seq_lens):
+    """{paper frames (7 or 16): our seqLen} for the columns the selected tables need."""
+    needed = [p for p in PAPER_FRAMES
+              if 1 in tables or any(GRID_TABLE_FRAMES[t] == p for t in tables if t in GRID_TABLE_FRAMES)]
+    if seq_lens is None:
+        return {p: p for p in needed}
+    if len(set(seq_lens)) != len(seq_lens):
+        raise UsageError(f"--seqLens {' '.join(map(str, seq_lens))}: a clip length is given twice")
+    if any(L <= 0 for L in seq_lens):
+        raise UsageError("--seqLens must be positive")
+    if len(seq_lens) > len(needed):
+        names = " and ".join(f"{p} frames" for p in needed)
+        raise UsageError(f"--seqLens {' '.join(map(str, seq_lens))}: the selected table(s) have "
+                         f"{len(needed)} clip-length column(s) ({names}); give at most {len(needed)} value(s)")
+    mapping, rest = {}, []
+    for L in seq_lens:
+        (mapping.__setitem__(L, L) if L in needed and L not in mapping else rest.append(L))
+    free = [p for p in needed if p not in mapping]
+    for L, p in zip(rest, free):
+        mapping[p] = L
+    return dict(sorted(mapping.items()))
+
+
+def epochs_args(opts, role):
+    """--numEpochs / --stepSize for a role, from --epochs1/2/Flow/TwoStream (nothing: paper default)."""
+    value = {"stage1": opts.epochs1, "stage2": opts.epochs2, "flow": opts.epochsFlow,
+             "twostream": opts.epochsTwoStream}[role]
+    if value is None:
+        return []
+    args = ["--numEpochs", str(value)]
+    paper_epochs, milestones = PAPER_SCHEDULE[role]
+    if milestones and value < paper_epochs and not opts.paperMilestones:
+        args += ["--stepSize"] + [str(m) for m in scaled_milestones(milestones, value, paper_epochs)]
+    return args
+
+
+def build_plan(opts, tables, columns, split_dir, users=None):
+    """Cells of one split, in the order they run (every cell after the cells it needs)."""
+    cells = {}
+
+    def common(out_dir, role):
+        a = ["--datasetDir", opts.datasetDir, "--outDir", out_dir]
+        tail = epochs_args(opts, role)
+        if users is not None:
+            tail += ["--trainUsers", *users[0], "--testUsers", *users[1]]
+        if opts.frameSize is not None:
+            tail += ["--frameSize", str(opts.frameSize)]
+        if opts.pretrained is not None:
+            tail += ["--pretrained", opts.pretrained]
+        if opts.seed is not None:
+            tail += ["--seed", str(opts.seed)]
+        return a, tail + ["--resume"]
+
+    def add(key, script, middle, stage, role, deps=(), slot=None):
+        if key not in cells:
+            out_dir = os.path.join(split_dir, key)
+            head, tail = common(out_dir, role)
+            cells[key] = Cell(key, script, head + middle + tail, out_dir, stage, deps, role)
+        if slot is not None:
+            cells[key].slots.append(slot)
+        return cells[key]
+
+    def stage1(L, attention):
+        name = "ego_rnn" if attention else "convlstm"
+        middle = ["--stage", "1", "--seqLen", str(L)] + ([] if attention else ["--noAttention"])
+        return add(f"shared/{name}_stage1_seq{L}", "main_rgb.py", middle, 1, "stage1")
+
+    def stage2_middle(L, lr, s1):
+        best = os.path.join(s1.result_dir, "best_model.pth")
+        return ["--stage", "2", "--seqLen", str(L), "--lr", fmt_lr(lr), "--stage1Dict", best]
+
+    if 1 in tables:
+        flow = None
+        for p, L in columns.items():
+            # the attention chain first: its stage 1 is shared with Tables 2-3
+            s1a = stage1(L, True)
+            att = add(f"table1/attention_seq{L}", "main_rgb.py", stage2_middle(L, TABLE1_LR, s1a), 2, "stage2",
+                      [s1a.key], (1, "attention", p, None))
+            flow = add("table1/flow", "main_flow.py", [], 1, "flow", (), (1, "flow", p, None))
+            middle = ["--seqLen", str(L), "--flowModel", os.path.join(flow.result_dir, "best_model.pth"),
+                      "--rgbModel", os.path.join(att.result_dir, "best_model.pth")]
+            add(f"table1/twostream_seq{L}", "main_twostream.py", middle, 1, "twostream", [flow.key, att.key],
+                (1, "twostream", p, None))
+            s1n = stage1(L, False)
+            add(f"table1/convlstm_seq{L}", "main_rgb.py", stage2_middle(L, TABLE1_LR, s1n) + ["--noAttention"],
+                2, "stage2", [s1n.key], (1, "convlstm", p, None))
+    for table in (2, 3):
+        p = GRID_TABLE_FRAMES[table]
+        if table not in tables or p not in columns:
+            continue
+        L = columns[p]
+        s1a = stage1(L, True)
+        for lr in opts.lrs:
+            lk = fmt_lr(lr)
+            for row, script, flags in (("ms", "main_ms.py", []), ("ms_regression", "main_ms.py", ["--regression"]),
+                                       ("ms_op", "main_ms_op.py", [])):
+                add(f"grid/{row}_seq{L}_lr{lk}", script, stage2_middle(L, lr, s1a) + flags, 2, "stage2",
+                    [s1a.key], (table, row, p, lk))
+        if any(math.isclose(lr, OP_ONLY_LR) for lr in opts.lrs):
+            lk = fmt_lr(OP_ONLY_LR)
+            add(f"grid/op_only_seq{L}_lr{lk}", "main_ms_op.py", stage2_middle(L, OP_ONLY_LR, s1a) + ["--noMS"],
+                2, "stage2", [s1a.key], (table, "op_only", p, lk))
+    return list(cells.values())
+
+
+def splits(opts):
+    """(name, folder, users or None) of each split: the fixed one, or the 4 leave-one-user-out ones."""
+    if not opts.crossval:
+        return [("S2", opts.outDir, None)]
+    out = []
+    for test in USERS:
+        train = [u for u in USERS if u != test]
+        out.append((test, os.path.join(opts.outDir, "crossval", f"test_{test}"), (train, [test])))
+    return out
+
+
+def validate(cells, extra):
+    """Parse every command with its script's own parser before running anything."""
+    try:
+        sys.path.insert(0, ROOT)
+        from utils.experiment import base_parser, check_args
+        from utils.errors import UserError
+    except Exception as e:  # noqa: BLE001  (the scripts will report it themselves)
+        print(f"note: cannot import utils.experiment to check the commands first ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return
+    finally:
+        if sys.path and sys.path[0] == ROOT:
+            sys.path.pop(0)
+    seen = set()
+    for cell in cells:
+        kind = SCRIPT_KIND[cell.script]
+        argv = cell.args + list(extra)
+        if (kind, tuple(argv)) in seen:
+            continue
+        seen.add((kind, tuple(argv)))
+        parser = base_parser(kind, "")
+        err = _Capture()
+        with contextlib.redirect_stderr(err):
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit:
+                last = [ln for ln in err.text.splitlines() if ln.strip()]
+                msg = last[-1] if last else "invalid arguments"
+                raise UsageError(f"{cell.script} refuses the arguments of cell {cell.key} ({msg.removeprefix(parser.prog + ': ')}); "
+                                 f"check --extra") from None
+        try:
+            check_args(kind, args)
+        except UserError as e:
+            raise UsageError(f"cell {cell.key} ({cell.script}): {e}") from None
+
+
+class _Capture:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+# ----------------------------------------------------------------------------- running
+
+def script_path(name):
+    path = os.path.join(ROOT, name)
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def command(cell, extra):
+    return [sys.executable, script_path(cell.script)] + cell.args + list(extra)
+
+
+def _die_with_parent():
+    """Child: receive SIGTERM if replicate.py dies (Linux), so no orphan keeps training."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def run_cell(cell, extra, log_dir, verbose):
+    """Run one cell; returns (exit status, last error line). Raises Interrupted on Ctrl-C."""
+    cmd = command(cell, extra)
+    os.makedirs(log_dir, exist_ok=True)
+    log_path = os.path.join(log_dir, cell.key.replace("/", "__") + ".log")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not verbose:
+        env["TQDM_DISABLE"] = "1"          # per-epoch lines only, no progress bars in the logs
+    tail = b""
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {shlex.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        try:
+            while True:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+                if verbose:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                tail = (tail + chunk)[-8192:]
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            # A Ctrl-C in a terminal reached the script too (same process group); a SIGTERM to
+            # replicate.py did not: then tell it to stop the same way. Its files are written atomically.
+            for sig, timeout in ((None, 3), (signal.SIGINT, 120), (signal.SIGKILL, None)):
+                if sig is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(sig)
+                try:
+                    rest, _ = proc.communicate(timeout=timeout)  # keeps the script's last words in the log
+                    log.write(rest or b"")
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            raise Interrupted() from None
+        finally:
+            proc.stdout.close()
+    lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln.split(":")[0]]
+    message = errors[-1] if errors else (lines[-1] if lines else "")
+    return rc, message, log_path
+
+
+def execute(cells, extra, log_dir, verbose, on_progress):
+    """Run the cells in order, skipping finished ones; statuses in cell.status / cell.message."""
+    by_key = {c.key: c for c in cells}
+    todo = [c for c in cells if not c.finished()]
+    print(f"{len(cells)} cells, {len(cells) - len(todo)} finished earlier, {len(todo)} to run")
+    n = 0
+    for cell in cells:
+        if cell.finished():
+            cell.status = "finished earlier"
+            continue
+        bad = [d for d in cell.deps if by_key[d].status not in ("done", "finished earlier")]
+        if bad:
+            cell.status, cell.message = "skipped", f"needs {', '.join(bad)}, which did not finish"
+            print(f"[skip] {cell.key}: {cell.message}")
+            continue
+        n += 1
+        print(f"[{n}/{len(todo)}] {cell.key}: {shlex.join([cell.script] + cell.args[4:])}", flush=True)
+        t0 = time.time()
+        try:
+            rc, message, log_path = run_cell(cell, extra, log_dir, verbose)
+        except Interrupted:
+            cell.status, cell.message = "interrupted", "rerun the same command to continue"
+            on_progress()
+            raise
+        if rc == 0 and cell.finished():
+            cell.status = "done"
+            s = cell.summary() or {}
+            print(f"    done in {time.time() - t0:.0f} s: best {fmt_acc(s.get('best_test_accuracy'))}% "
+                  f"(epoch {s.get('best_epoch')}), final {fmt_acc(s.get('final_test_accuracy'))}%", flush=True)
+        else:
+            cell.status = "failed"
+            cell.message = f"exit {rc}: {message}" if rc else f"exit 0 but no {cell.summary_path}"
+            print(f"    FAILED ({cell.message}); log {log_path}", flush=True)
+        on_progress()
+
+
+# ----------------------------------------------------------------------------- dataset and tables
+
+def dataset_kind(dataset_dir):
+    """('synthetic' | 'GTEA-61', reason). The rule is in the module docstring."""
+    base = os.path.basename(os.path.normpath(dataset_dir))
+    try:
+        entries = os.listdir(dataset_dir)
+    except OSError:
+        entries = []
+    if SYNTHETIC_MARKER in entries:
+        try:
+            with open(os.path.join(dataset_dir, SYNTHETIC_MARKER)) as f:
+                params = json.load(f)
+        except (OSError, ValueError):
+            params = None
+        if isinstance(params, dict) and all(k in params for k in SYNTHETIC_MARKER_KEYS):
+            desc = ", ".join(f"{k} {params[k] if not isinstance(params[k], list) else ' '.join(map(str, params[k]))}"
+                             for k in ("classes", "instances", "users", "size", "seed") if k in params)
+            return "synthetic", f"marker {SYNTHETIC_MARKER} of datasets.synthetic: {desc}"
+    for e in sorted(entries):
+        if e.lower().startswith("synthetic"):
+            return "synthetic", f"file {e}"
+    if base.lower().startswith("synthetic"):
+        return "synthetic", f"folder name {base}"
+    return "GTEA-61", "no synthetic marker in the folder"
+
+
+def _read_summary(cell):
+    return cell.summary() if cell is not None and cell.finished() else None
+
+
+def _same_path(a, b):
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def build_tables(opts, tables, columns, cells, split_name, users, kind):
+    """Table descriptions (shared by the markdown and the figure)."""
+    slot_cell = {}
+    for c in cells:
+        for slot in c.slots:
+            slot_cell[slot] = c
+    lrs = list(PAPER_LRS) + [x for x in opts.lrs if not any(math.isclose(x, y) for y in PAPER_LRS)]
+    lr_keys = [fmt_lr(x) for x in sorted(lrs, reverse=True)]
+    out = []
+    for t in tables:
+        if t == 1:
+            cols = [(p, None) for p in PAPER_FRAMES]
+            rows = TABLE1_ROWS
+            paper = lambda row, p, lk: PAPER_TABLE1[row].get(p)  # noqa: E731
+        else:
+            p = GRID_TABLE_FRAMES[t]
+            cols = [(p, lk) for lk in lr_keys]
+            rows = GRID_ROWS
+            paper = lambda row, p, lk: PAPER_GRID[p].get(row, {}).get(lk)  # noqa: E731
+        col_specs = []
+        for p, lk in cols:
+            L = columns.get(p)
+            if t == 1:
+                label = f"{p} frames" if L in (None, p) else f"{p} frames (ours: {L})"
+            else:
+                label = f"lr {lk}"
+            col_specs.append({"paper_frames": p, "lr": lk, "seqLen": L, "label": label})
+        row_specs, shown = [], []
+        for row, name in rows:
+            values = []
+            for p, lk in cols:
+                cell = slot_cell.get((t, row, p, lk))
+                s = _read_summary(cell)
+                if cell is not None:
+                    shown.append(cell)
+                values.append({"paper": paper(row, p, lk), "cell": cell.key if cell else None,
+                               "best": s.get("best_test_accuracy") if s else None,
+                               "final": s.get("final_test_accuracy") if s else None,
+                               "best_epoch": s.get("best_epoch") if s else None,
+                               "epochs": s.get("epochs") if s else None,
+                               "test_videos": s.get("num_test_videos") if s else None})
+            row_specs.append({"key": row, "label": name, "values": values})
+        deps = {c.key: c for c in cells}
+        for c in list(shown):
+            shown += [deps[d] for d in c.deps if d in deps]
+        shown = sorted({c.key: c for c in shown}.values(), key=lambda c: c.key)
+        if t == 1:
+            ours = [f"{columns[p]}" for p in PAPER_FRAMES if p in columns and columns[p] != p]
+            title = "Table 1. Ego-RNN configurations, 7 and 16 frames" + (
+                f" (ours: {' and '.join(str(columns.get(p, '-')) for p in PAPER_FRAMES)})" if ours else "")
+        else:
+            p = GRID_TABLE_FRAMES[t]
+            L = columns.get(p)
+            title = f"Table {t}. Stage-2 learning rate, {p} frames" + ("" if L == p else f" (ours: {L or '-'} frames)")
+        out.append({"number": t, "title": title, "cells": [c.key for c in shown], "columns": col_specs, "rows": row_specs,
+                    "caption": _caption(opts, t, columns, shown, split_name, users, kind)})
+    return out
+
+
+def _caption(opts, t, columns, shown, split_name, users, kind):
+    dkind, reason = kind
+    lines = []
+    train, test = users if users else (FIXED_TRAIN, FIXED_TEST)
+    if dkind == "synthetic":
+        lines.append(f"**Dataset: SYNTHETIC** (`{opts.datasetDir}`; {reason}). **These numbers are not GTEA-61 "
+                     f"numbers** and say nothing about the paper's results; the paper's columns are shown for the "
+                     f"layout only.")
+    else:
+        lines.append(f"**Dataset: GTEA-61** (`{opts.datasetDir}`; {reason}).")
+    lines.append(f"Train {' '.join(train)}, test {' '.join(test)}"
+                 + ("" if list(test) == ["S2"] else " (the paper's numbers are for the fixed split, test S2)") + ".")
+    # clip lengths
+    if t == 1:
+        cl = ", ".join(f"{p}-frame column: ours {columns[p]}" for p in PAPER_FRAMES if p in columns)
+        lines.append(f"Clip length ({cl or 'no column run'}). Stage-2 lr {fmt_lr(TABLE1_LR)} (paper default). "
+                     f"The warp-flow stream reads one 5-frame flow stack whatever the clip length: one run fills "
+                     f"both columns (the paper's 42.24 / 42.24).")
+    else:
+        p = GRID_TABLE_FRAMES[t]
+        L = columns.get(p)
+        lines.append(f"Clip length: ours {L if L else '- (not run)'}, paper {p} frames. Stage 2 at each lr, from "
+                     f"the shared Ego-RNN stage 1 (attention) at lr 1e-3.")
+    # epochs actually used (from the results), else requested
+    by_role = {}
+    for c in shown:
+        s = _read_summary(c)
+        if s and s.get("epochs") is not None:
+            by_role.setdefault(c.role, set()).add(int(s["epochs"]))
+    parts = []
+    roles = ["stage1", "stage2"] + (["flow", "twostream"] if t == 1 else [])
+    names = {"stage1": "stage 1", "stage2": "stage 2", "flow": "flow", "twostream": "two-stream"}
+    for role in roles:
+        requested = {"stage1": opts.epochs1, "stage2": opts.epochs2, "flow": opts.epochsFlow,
+                     "twostream": opts.epochsTwoStream}[role]
+        paper = PAPER_SCHEDULE[role][0]
+        used = by_role.get(role)
+        if used:
+            val = "/".join(str(x) for x in sorted(used)) + (" (cells differ)" if len(used) > 1 else "")
+        else:
+            val = f"{requested or paper} requested, none finished"
+        parts.append(f"{names[role]}: {val}" + ("" if used == {paper} else f" (paper {paper})"))
+    lines.append("Epochs: " + "; ".join(parts) + "."
+                 + ("" if opts.paperMilestones or not any(
+                     x is not None for x in (opts.epochs1, opts.epochs2, opts.epochsFlow))
+                    else " Lr milestones scaled with the epochs."))
+    if opts.extra:
+        lines.append(f"Options given to every script: `{opts.extra}`.")
+    ntest = sorted({int(s["num_test_videos"]) for s in (_read_summary(c) for c in shown)
+                    if s and s.get("num_test_videos") is not None})
+    if ntest:
+        lines.append(f"Test videos: {'/'.join(map(str, ntest))} (the paper's S2: {PAPER_TEST_VIDEOS}; "
+                     f"one video = {100 / ntest[0]:.2f} points).")
+    other = sorted({s.get("dataset") for s in (_read_summary(c) for c in shown)
+                    if s and s.get("dataset") and not _same_path(s["dataset"], opts.datasetDir)})
+    if other:
+        lines.append(f"**Warning:** some cells were trained on another dataset folder ({', '.join(other)}).")
+    for c in shown:
+        s = _read_summary(c) if c.role == "stage1" else None
+        if s:
+            lines.append(f"Stage 1 `{c.key}`: best {fmt_acc(s.get('best_test_accuracy'))}, "
+                         f"final {fmt_acc(s.get('final_test_accuracy'))}.")
+    lines.append("`best` = best test accuracy over all epochs (what the paper reports; the model is picked on the "
+                 "test set, so it is optimistic); `final` = test accuracy after the last epoch. Accuracy in %; "
+                 "`-` = not run or not finished.")
+    return lines
+
+
+def table_markdown(tab, cells):
+    t = tab["number"]
+    title = tab["title"]
+    out = [f"# {title} (replication)", ""] + [ln + "  " for ln in tab["caption"]] + [""]
+    first = "Configuration" if t == 1 else "Configurations/LR"
+    header = [first]
+    for c in tab["columns"]:
+        header += [f"{c['label']}: paper", f"{c['label']}: best", f"{c['label']}: final"]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|---" + "|---:" * (len(header) - 1) + "|")
+    for row in tab["rows"]:
+        vals = []
+        for v in row["values"]:
+            paper = "-" if v["paper"] is None else (f"{v['paper']:.2f}" if t == 1 else f"{v['paper']}")
+            vals += [paper, fmt_acc(v["best"]), fmt_acc(v["final"])]
+        out.append("| " + " | ".join([row["label"]] + vals) + " |")
+    notes = []
+    keys = tab["cells"]
+    by_key = {c.key: c for c in cells}
+    for k in keys:
+        c = by_key[k]
+        if not c.finished():
+            why = c.status or "not run"
+            notes.append(f"- `{k}`: {why}{': ' + c.message if c.message else ''}")
+    if notes:
+        out += ["", "Not finished:"] + notes
+    if keys:
+        out += ["", "Cells (outputs in `<outDir>/<cell>/stage<N>/`, commands in `results.json`): "
+                + ", ".join(f"`{k}`" for k in keys) + "."]
+    out.append("")
+    return "\n".join(out)
+
+
+def atomic_write(path, text):
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def plot_tables(tabs, path, kind):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(len(tabs), 1, figsize=(13, 4.2 * len(tabs)), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = [("paper", dict(alpha=0.35, hatch="//")), ("best", dict(alpha=0.95)), ("final", dict(alpha=0.6))]
+    for ax, tab in zip(axes[:, 0], tabs):
+        rows, cols = tab["rows"], tab["columns"]
+        nser = len(cols) * len(styles)
+        width = 0.84 / nser
+        x = np.arange(len(rows))
+        for j, col in enumerate(cols):
+            for k, (src, style) in enumerate(styles):
+                vals = [r["values"][j][src] for r in rows]
+                vals = np.array([np.nan if v is None else float(v) for v in vals])
+                pos = x + (j * len(styles) + k - (nser - 1) / 2) * width
+                ax.bar(pos, np.nan_to_num(vals, nan=0.0), width, color=colors[j % len(colors)],
+                       edgecolor="black", linewidth=0.3, label=f"{col['label']} {src}", **style)
+                for xp, v in zip(pos, vals):
+                    if np.isnan(v):
+                        ax.text(xp, 1, "-", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(x)
+        ax.set_xticklabels([r["label"].split(" (")[0] for r in rows], fontsize=8)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 100)
+        title = tab["title"].split(". ", 1)[0] + ": " + tab["title"].split(". ", 1)[1]
+        if kind[0] == "synthetic":
+            title += "  -  SYNTHETIC DATA: not GTEA-61 numbers"
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=6, ncol=len(cols), loc="upper left")
+    fig.tight_layout()
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=d)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def write_split_outputs(opts, tables, columns, cells, split_name, split_dir, users, kind, figure=True):
+    tabs = build_tables(opts, tables, columns, cells, split_name, users, kind)
+    for tab in tabs:
+        atomic_write(os.path.join(split_dir, f"table{tab['number']}.md"), table_markdown(tab, cells))
+    results = {"dataset": opts.datasetDir, "dataset_kind": kind[0], "dataset_rule": kind[1],
+               "train_users": list(users[0]) if users else list(FIXED_TRAIN),
+               "test_users": list(users[1]) if users else list(FIXED_TEST),
+               "cells": [{"key": c.key, "command": shlex.join(command(c, opts.extra_args)),
+                          "status": c.status or ("finished" if c.finished() else "not run"),
+                          "message": c.message, "summary": _read_summary(c)} for c in cells],
+               "tables": tabs}
+    atomic_write(os.path.join(split_dir, "results.json"), json.dumps(results, indent=2) + "\n")
+    if figure:
+        plot_tables(tabs, os.path.join(split_dir, "tables.png"), kind)
+    return tabs
+
+
+def write_crossval(opts, per_split, kind):
+    """crossval.md: per cell, the 4 splits' best accuracies and mean/sample std of best and final."""
+    lines = ["# Leave-one-user-out cross-validation (replication)", ""]
+    if kind[0] == "synthetic":
+        lines.append(f"**Dataset: SYNTHETIC** (`{opts.datasetDir}`; {kind[1]}). **These numbers are not GTEA-61 "
+                     f"numbers.**  ")
+    else:
+        lines.append(f"**Dataset: GTEA-61** (`{opts.datasetDir}`; {kind[1]}).  ")
+    lines += ["Split `test Sk` trains on the other three users. `mean ± std` over the finished splits (sample "
+              "standard deviation, n-1); `best` = best test accuracy over epochs (optimistic, as the paper), "
+              "`final` = last epoch. The paper reports only the fixed split (test S2); for context, reference "
+              "4-split means on GTEA-61: Ego-RNN two-stream 79.00, LSTA two-stream 80.01, SparNet (MS) 80.30.  ",
+              f"Epochs: stage 1 {opts.epochs1 or 300}, stage 2 {opts.epochs2 or 150}, flow {opts.epochsFlow or 750}, "
+              f"two-stream {opts.epochsTwoStream or 250} (requested)."
+              + (f" Options given to every script: `{opts.extra}`." if opts.extra else ""), ""]
+    names = [name for name, _, _ in per_split]
+    header = ["Table", "Configuration", "Column", "paper (S2)"] + [f"test {n}: best" for n in names] + \
+             ["n", "best: mean ± std", "final: mean ± std"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|---|---|---" + "|---:" * (len(header) - 3) + "|")
+    first_tabs = per_split[0][2]
+    for ti, tab in enumerate(first_tabs):
+        for ri, row in enumerate(tab["rows"]):
+            for ci, col in enumerate(tab["columns"]):
+                vals = [tabs[ti]["rows"][ri]["values"][ci] for _, _, tabs in per_split]
+                if all(v["cell"] is None for v in vals):
+                    continue
+                best = [v["best"] for v in vals if v["best"] is not None]
+                final = [v["final"] for v in vals if v["final"] is not None]
+                paper = vals[0]["paper"]
+                label = col["label"] + (f" ({col['seqLen']} frames)" if tab["number"] != 1 and col["seqLen"] else "")
+                lines.append("| " + " | ".join(
+                    [str(tab["number"]), row["label"], label, "-" if paper is None else f"{paper}"]
+                    + [fmt_acc(v["best"]) for v in vals]
+                    + [str(len(best)), _mean_std(best), _mean_std(final)]) + " |")
+    lines.append("")
+    atomic_write(os.path.join(opts.outDir, "crossval.md"), "\n".join(lines))
+
+
+def _mean_std(xs):
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.2f} ± -"
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", required=True, choices=["1", "2", "3", "all"])
+    p.add_argument("--datasetDir", required=True, help="GTEA-61 root (course layout for the MS cells)")
+    p.add_argument("--outDir", default="experiments/replicate")
+    p.add_argument("--epochs1", type=int, default=None, help="stage-1 epochs (default: the paper's 300)")
+    p.add_argument("--epochs2", type=int, default=None, help="stage-2 epochs (default: the paper's 150)")
+    p.add_argument("--epochsFlow", type=int, default=None, help="flow epochs (default: 750)")
+    p.add_argument("--epochsTwoStream", type=int, default=None, help="two-stream epochs (default: 250)")
+    p.add_argument("--paperMilestones", action="store_true",
+                   help="keep the paper's lr milestones when the epochs are reduced (default: scale them)")
+    p.add_argument("--frameSize", type=int, default=None, help="passed to every script (default: theirs, 224)")
+    p.add_argument("--seqLens", type=int, nargs="+", default=None,
+                   help="clip lengths replacing the paper's 7 and 16 (default: those of the selected tables)")
+    p.add_argument("--lrs", type=float, nargs="+", default=list(PAPER_LRS), help="stage-2 lrs of Tables 2-3")
+    p.add_argument("--seed", type=int, default=None, help="passed to every script (default: theirs, 0)")
+    p.add_argument("--pretrained", default=None, help="imagenet | none | PATH, passed to every script")
+    p.add_argument("--extra", default="", help='more arguments for every script, e.g. "--trainBatchSize 8 --numWorkers 2"')
+    p.add_argument("--crossval", action="store_true", help="the 4 leave-one-user-out splits, with crossval.md")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--verbose", action="store_true", help="show the scripts' output (always in <outDir>/logs/)")
+    opts = p.parse_args(argv)
+    for name in ("epochs1", "epochs2", "epochsFlow", "epochsTwoStream", "frameSize"):
+        v = getattr(opts, name)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{name} must be positive (got {v})")
+    if any(lr <= 0 for lr in opts.lrs):
+        raise UsageError("--lrs must be positive")
+    lrs = []
+    for lr in opts.lrs:
+        if not any(math.isclose(lr, x) for x in lrs):
+            lrs.append(lr)
+    opts.lrs = lrs
+    try:
+        opts.extra_args = shlex.split(opts.extra)
+    except ValueError as e:
+        raise UsageError(f"--extra: {e}") from None
+    for tok in opts.extra_args:
+        if not tok.startswith("--"):
+            continue
+        name = tok.split("=")[0]
+        hit = [m for m in MANAGED if m == name or (len(name) > 3 and m.startswith(name))]
+        if hit:
+            raise UsageError(f"--extra must not set {hit[0]}: replicate.py sets it for each cell")
+        for own in ("--frameSize", "--pretrained", "--seed"):
+            if own.startswith(name) and len(name) > 3 and getattr(opts, own[2:]) is not None:
+                raise UsageError(f"{own} is given both to replicate.py and in --extra; give it once")
+    return opts
+
+
+def _sigterm(signum, frame):
+    """SIGTERM stops like Ctrl-C: the running script is told to stop, the tables are written."""
+    raise KeyboardInterrupt()
+
+
+def main(argv=None):
+    opts = parse_args(argv)
+    tables = [1, 2, 3] if opts.table == "all" else [int(opts.table)]
+    columns = map_columns(tables, opts.seqLens)
+    plan = [(name, d, users, build_plan(opts, tables, columns, d, users)) for name, d, users in splits(opts)]
+    all_cells = [c for *_, cells in plan for c in cells]
+    if not all_cells:
+        raise UsageError("nothing to run: no clip length is mapped to the selected table(s)")
+    validate(all_cells, opts.extra_args)
+
+    if opts.dry_run:
+        for *_, cells in plan:
+            for c in cells:
+                print(shlex.join(command(c, opts.extra_args)))
+        done = sum(c.finished() for c in all_cells)
+        print(f"# {len(all_cells)} commands (run from {os.getcwd()}); {done} finished already, would be skipped",
+              file=sys.stderr)
+        return 0
+
+    if not os.path.isdir(opts.datasetDir):
+        raise UsageError(f"--datasetDir {opts.datasetDir}: no such folder")
+    kind = dataset_kind(opts.datasetDir)
+    os.makedirs(opts.outDir, exist_ok=True)
+    with open(os.path.join(opts.outDir, ".replicate.lock"), "w") as lock:
+        try:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            pass
+        except OSError:
+            raise UsageError(f"another replicate.py is running on {opts.outDir}; wait for it or use another "
+                             f"--outDir") from None
+        return _run(opts, tables, columns, plan, all_cells, kind)
+
+
+def _run(opts, tables, columns, plan, all_cells, kind):
+    print(f"dataset {opts.datasetDir}: {kind[0]} ({kind[1]}); output {opts.outDir}")
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _sigterm)
+    interrupted = False
+    per_split = []
+    try:
+        for name, split_dir, users, cells in plan:
+            if opts.crossval:
+                print(f"--- split test {name} ({split_dir})")
+
+            def progress(cells=cells, split_dir=split_dir, users=users, name=name):
+                write_split_outputs(opts, tables, columns, cells, name, split_dir, users, kind, figure=False)
+
+            try:
+                execute(cells, opts.extra_args, os.path.join(split_dir, "logs"), opts.verbose, progress)
+            except Interrupted:
+                interrupted = True
+            per_split.append((name, split_dir, write_split_outputs(opts, tables, columns, cells, name, split_dir,
+                                                                   users, kind)))
+            if interrupted:
+                break
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if opts.crossval and per_split:
+        write_crossval(opts, per_split + [(n, d, build_tables(opts, tables, columns, c, n, u, kind))
+                                          for n, d, u, c in plan[len(per_split):]], kind)
+
+    failed = [c for c in all_cells if c.status in ("failed", "skipped")]
+    where = os.path.join(opts.outDir, "crossval.md") if opts.crossval else \
+        ", ".join(os.path.join(opts.outDir, f"table{t}.md") for t in tables)
+    print(f"tables: {where}")
+    if interrupted:
+        print("interrupted: rerun the same command to continue", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"{len(failed)} cell(s) did not finish:", file=sys.stderr)
+        for c in failed:
+            print(f"  {c.key}: {c.status}: {c.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cli(argv=None):
+    """main() with the project's error convention: one line `error: ...` and exit status 2."""
+    try:
+        return main(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
