@@ -73,7 +73,8 @@ def main(argv=None):
     from datasets import GTEA61
     from models.checkpoints import checkpoint_num_classes, load_checkpoint
     from utils.data import make_loader
-    from utils.experiment import feature_size, pick_device
+    from models import feature_map_size
+    from utils.experiment import pick_device
     from utils.plots import save_confusion_matrix
     from utils.train import autocast, to_device
 
@@ -100,7 +101,7 @@ def main(argv=None):
     modality = {"rgb": "rgb", "flow": "flow", "twostream": "twostream"}[family]
     test_set = GTEA61(args.datasetDir, args.testUsers, modality, train=False, seqLen=seq_len,
                       stackSize=args.stackSize, numSeg=args.numSeg if family == "flow" else 1,
-                      frameSize=frame_size, mapSize=feature_size(frame_size))
+                      frameSize=frame_size, mapSize=feature_map_size(frame_size))
     C = test_set.num_classes
     file_classes = checkpoint_num_classes(args.modelStateDict)
     if file_classes is not None and file_classes != C:

@@ -33,15 +33,6 @@ STAGES = {"rgb": (1, 2), "flow": (1,), "twostream": (1,)}
 OP_FRAMES = 4
 
 
-def feature_size(frame_size):
-    """Side of ResNet-34's layer4 map for a square input (224 -> 7, 112 -> 4)."""
-    s = (frame_size + 2 * 3 - 7) // 2 + 1      # conv1, stride 2
-    s = (s + 2 - 3) // 2 + 1                   # max pool, stride 2
-    for _ in range(3):                          # layer2..4, stride 2 each
-        s = (s - 1) // 2 + 1
-    return s
-
-
 # ----------------------------------------------------------------------------- arguments
 
 def base_parser(kind, description):
@@ -66,6 +57,9 @@ def base_parser(kind, description):
     p.add_argument("--pretrained", default="imagenet", help="imagenet | none | PATH to a resnet34 state dict")
     p.add_argument("--frameSize", type=int, default=224)
     p.add_argument("--numWorkers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--cacheDir", default="auto",
+                   help="decoded-frame cache (datasets/cache.py): auto = <datasetDir>/.cache/frames if "
+                        "writable, else <outDir>/.frame_cache; none = decode every frame every epoch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
@@ -157,7 +151,8 @@ class Experiment:
         self.device, self.precision = device, precision
         self.num_classes, self.classes = num_classes, classes
         self.stage_dir = os.path.join(args.outDir, f"stage{stage}")
-        self.map_size = feature_size(args.frameSize)
+        from models import feature_map_size
+        self.map_size = feature_map_size(args.frameSize)
 
     # what the heads add in this stage (MS and OP are trained in stage 2 only, as in the paper)
     @property
@@ -210,7 +205,7 @@ class Experiment:
 
     def losses(self, out, batch):
         loss = F.cross_entropy(out["logits"].float(), batch["label"])
-        result = {}
+        result = {"ce": loss.detach()}
         if "ms_out" in out:
             ms_out = out["ms_out"].float()
             head = self._ms_head
@@ -283,7 +278,7 @@ def build_stage_model(exp, train_set):
         return models.TwoStream(exp.num_classes, flow, rgb)
 
     if exp.stage == 1:
-        model = exp.build_model(a.pretrained)
+        model = exp.build_model(a.pretrained).to(exp.device)
         if a.pretrained == "none" and exp.family == "rgb":
             from utils.batchnorm import calibrate_batchnorm
             calibrate_batchnorm(model, train_set, exp)
@@ -299,6 +294,65 @@ def build_stage_model(exp, train_set):
         model = exp.build_model("none")
     load_checkpoint(model.egornn, path)
     return model
+
+
+def resolve_cache_dir(args):
+    """The frame-cache folder of --cacheDir (auto: see datasets/cache.py), or None."""
+    from datasets.cache import _writable_dir, default_cache_dir
+    value = getattr(args, "cacheDir", None)
+    if value is None or str(value).lower() in ("none", ""):
+        return None
+    if value == "auto":
+        if not os.path.isdir(args.datasetDir):
+            return None  # the dataset itself will report the missing folder
+        return default_cache_dir(args.datasetDir, args.outDir)
+    if not _writable_dir(value):
+        raise UserError(f"--cacheDir {value}: cannot create or write that folder; pass a writable "
+                        f"folder or --cacheDir none")
+    return value
+
+
+def configure_backends(device):
+    """cuDNN picks the fastest convolution algorithms for the fixed clip shapes (CUDA only)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def channels_last(device, precision):
+    """NHWC weights and activations: the fast layout for cuDNN and for oneDNN's bf16 kernels.
+    Never for fp32 on the CPU, where it would change the results' last bits."""
+    return device.type == "cuda" or precision == "bf16"
+
+
+def prepare_model(exp, model):
+    """Model on the run's device and memory format; trainable parameters of the stage set."""
+    from models.stages import set_stage
+    model = model.to(exp.device)
+    if channels_last(exp.device, exp.precision):
+        model = model.to(memory_format=torch.channels_last)
+    exp._ms_head = getattr(model, "ms_head", None)
+    set_stage(model, exp.stage)
+    return model
+
+
+def stage_datasets(exp):
+    """(train set, test set) of this stage; fills exp.num_classes and exp.classes."""
+    from datasets import GTEA61
+    a = exp.args
+    common = dict(seqLen=a.seqLen, stackSize=a.stackSize, frameSize=a.frameSize, mapSize=exp.map_size,
+                  regression=bool(getattr(a, "regression", False)), cache=getattr(a, "cacheDir", None))
+    train_set = GTEA61(a.datasetDir, a.trainUsers, exp.modality(train=True), train=True, **common)
+    test_set = GTEA61(a.datasetDir, a.testUsers, exp.modality(train=False), train=False, **common)
+    exp.num_classes, exp.classes = train_set.num_classes, train_set.classes
+    return train_set, test_set
+
+
+def stage_loaders(exp, train_set, test_set):
+    from utils.data import make_loader
+    a = exp.args
+    pin = exp.device.type == "cuda"
+    return (make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, pin),
+            make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, pin))
 
 
 def run(kind, argv=None, description=None, extra_args=None):
@@ -331,25 +385,16 @@ def run(kind, argv=None, description=None, extra_args=None):
             continue
         todo.append(stage)
 
-    from datasets import GTEA61
+    args.cacheDir = resolve_cache_dir(args)
+    configure_backends(device)
     summaries = []
     for stage in todo:
         seed_everything(args.seed)
         exp = Experiment(kind, args, stage, device, precision, num_classes=None, classes=None)
         a = exp.args
-        common = dict(seqLen=a.seqLen, stackSize=a.stackSize, frameSize=a.frameSize, mapSize=exp.map_size,
-                      regression=bool(getattr(a, "regression", False)))
-        train_set = GTEA61(a.datasetDir, a.trainUsers, exp.modality(train=True), train=True, **common)
-        test_set = GTEA61(a.datasetDir, a.testUsers, exp.modality(train=False), train=False, **common)
-        exp.num_classes, exp.classes = train_set.num_classes, train_set.classes
-        model = build_stage_model(exp, train_set).to(device)
-        exp._ms_head = getattr(model, "ms_head", None)
-        from models.stages import set_stage
-        set_stage(model, stage)
-        from utils.data import make_loader
-        pin = device.type == "cuda"
-        train_loader = make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, pin)
-        test_loader = make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, pin)
+        train_set, test_set = stage_datasets(exp)
+        model = prepare_model(exp, build_stage_model(exp, train_set))
+        train_loader, test_loader = stage_loaders(exp, train_set, test_set)
         print(f"stage {stage}: {len(train_set)} train / {len(test_set)} test videos, {exp.num_classes} classes, "
               f"lr {a.lr}, {a.numEpochs} epochs, milestones {a.stepSize} x{a.decayRate}")
         summary = fit(exp, model, train_loader, test_loader)

@@ -49,27 +49,36 @@ class Meter:
         return self.sums[name] / self.counts[name] if self.counts.get(name) else default
 
 
+def train_step(exp, model, batch, optimizer, generator, epoch=None):
+    """One optimisation step on one batch (the model already in train mode): forward under
+    autocast, fp32 losses, backward, step. Returns (batch on the device, outputs, losses).
+    bench.py times exactly this function."""
+    batch = to_device(batch, exp.device)
+    with autocast(exp.device, exp.precision):
+        out = exp.forward(model, batch, generator, train=True)
+    losses = exp.losses(out, batch)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss.item()}) in stage {exp.stage} epoch {epoch}; "
+            f"the last good checkpoint is kept in {exp.stage_dir} (try a lower --lr)")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return batch, out, losses
+
+
 def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
     exp.set_train_mode(model)
     loader.sampler.set_epoch(epoch)
     meter = Meter()
     bar = tqdm(loader, desc=f"stage {exp.stage} epoch {epoch} train", leave=False, dynamic_ncols=True)
     for batch in bar:
-        batch = to_device(batch, exp.device)
-        with autocast(exp.device, exp.precision):
-            out = exp.forward(model, batch, generator, train=True)
-        losses = exp.losses(out, batch)
+        batch, out, losses = train_step(exp, model, batch, optimizer, generator, epoch)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) in stage {exp.stage} epoch {epoch}; "
-                f"the last good checkpoint is kept in {exp.stage_dir} (try a lower --lr)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
         n = batch["label"].shape[0]
         correct = (out["logits"].argmax(1) == batch["label"]).sum().item()
-        meter.add("loss", loss.item(), n)
+        meter.add("loss", losses["ce"].item(), n)  # action CE, comparable with the test loss
         meter.add("acc", correct / n, n)
         for k in ("ms_loss", "op_loss"):
             if k in losses:
