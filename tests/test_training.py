@@ -211,3 +211,27 @@ def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
                               "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", check=False),
                           "classes")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
+
+
+def test_evaluate_original_egornn_checkpoint_gives_the_models_logits(data, tmp_path):
+    """An original-format Ego-RNN file, through evaluate.py's test pipeline (resize 256, centre
+    crop 224, linspace frames, fp32), gives the logits of the model it was saved from."""
+    from datasets import GTEA61
+    from models import EgoRNN
+    from tests.test_models import _original_rgb_state, _randomise_bn
+    torch.manual_seed(3)
+    model = EgoRNN(3, mem_size=16, pretrained="none").eval()
+    _randomise_bn(model)
+    path = tmp_path / "best_model_state_dict_rgb_split2.pth"
+    torch.save(_original_rgb_state(model), path)
+    run("evaluate.py", "--model", "rgb", "--datasetDir", data, "--modelStateDict", path, "--seqLen", "4",
+        "--memSize", "16", "--outDir", tmp_path / "ev", "--numWorkers", "0")
+    rows = list(csv.reader(open(tmp_path / "ev" / "predictions.csv")))[1:]
+    test_set = GTEA61(data, ["S2"], "rgb", train=False, seqLen=4, frameSize=224, mapSize=7)
+    assert len(rows) == len(test_set)
+    with torch.no_grad():
+        for r in rows:
+            i = test_set.video_ids.index(r[0])
+            expected = model(test_set[i]["rgb"][None])["logits"][0]
+            got = torch.tensor([float(v) for v in r[3:]])
+            assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), (got, expected)
