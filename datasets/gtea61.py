@@ -64,6 +64,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .cache import FrameCache
 from .transforms import (FLOW_MEAN, FLOW_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                          ClipTransform)
 
@@ -210,7 +211,9 @@ class GTEA61(Dataset):
     """GTEA-61 clips for one modality and a set of users (see the module docstring)."""
 
     def __init__(self, root, users, modality, train, seqLen=16, stackSize=5, numSeg=1,
-                 frameSize=224, mapSize=7, regression=False):
+                 frameSize=224, mapSize=7, regression=False, cache=None):
+        """cache: None, a folder or a datasets.cache.FrameCache: decoded frames are stored
+        there and read back in later epochs (byte-identical clips, see datasets/cache.py)."""
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if isinstance(users, str):
@@ -232,6 +235,9 @@ class GTEA61(Dataset):
         self.regression = bool(regression)
         self.layout = detect_layout(self.root)
         self.transform = ClipTransform(self.train, self.frameSize, self.mapSize, self.regression)
+        if cache is not None and not isinstance(cache, FrameCache):
+            cache = FrameCache(cache)
+        self.cache = cache
 
         self._needs_rgb = modality in ("rgb", "twostream", "rgb_mmaps")
         self._needs_flow = modality in ("flow", "twostream")
@@ -381,7 +387,7 @@ class GTEA61(Dataset):
             imgs = []
             for _, name in chosen:
                 if name not in cache:
-                    cache[name] = _load(os.path.join(v["rgb_dir"], name), "RGB")
+                    cache[name] = self._image(os.path.join(v["rgb_dir"], name), "RGB")
                 imgs.append(cache[name])
             out["rgb"] = self.transform.rgb(imgs, params)
             if self._needs_mmaps:
@@ -395,8 +401,8 @@ class GTEA61(Dataset):
                 for p in range(start, min(start + self.stackSize, len(flow))):
                     _, px, py = flow[p]
                     if px not in cache:
-                        cache[px] = _load(px, "L")
-                        cache[py] = _load(py, "L")
+                        cache[px] = self._image(px, "L")
+                        cache[py] = self._image(py, "L")
                     xs.append(cache[px])
                     ys.append(cache[py])
                 stacks.append(self.transform.flow(xs, ys, params))
@@ -404,6 +410,12 @@ class GTEA61(Dataset):
         out["label"] = self.labels[index]
         out["index"] = index
         return out
+
+    def _image(self, path, mode):
+        """The decoded image, through the frame cache when there is one."""
+        if self.cache is None:
+            return _load(path, mode)
+        return Image.fromarray(self.cache.array(path, mode, lambda: _load(path, mode)))
 
     def _mmaps(self, v, frame_numbers, params):
         nums, names = v["mmaps_nums"], v["mmaps_names"]
@@ -415,7 +427,7 @@ class GTEA61(Dataset):
                 j -= 1  # the earlier one is strictly nearer (ties go to the later one)
             name = names[j]
             if name not in cache:
-                cache[name] = _load(os.path.join(v["mmaps_dir"], name), "L")
+                cache[name] = self._image(os.path.join(v["mmaps_dir"], name), "L")
             maps.append(cache[name])
         return self.transform.mmaps(maps, params)
 

@@ -1,0 +1,276 @@
+"""Training and data-pipeline speed of one experiment stage, measured in one process.
+
+    python bench.py --model ms_op --stage 2 --seqLen 16 --batchSize 8 --frameSize 224 --steps 5 \\
+        --precision both --json bench.json
+
+It builds the stage exactly as the training scripts do (utils/experiment.py: Experiment,
+datasets with the frame cache, loaders, model on device and memory format, trainable
+parameters, optimiser) and times, after warm-up:
+  compute  utils.train.train_step on one batch already in memory: the model's limit;
+  data     the training DataLoader alone (same workers, frame cache, pinning), cache filled;
+  train    utils.train.train_step fed by that DataLoader: what an epoch really runs at;
+  infer    the evaluation forward (no grad, heads off) on a batch in memory.
+All rates are clips per second; ratio_train_to_compute = train / compute. Peak memory: the
+main process's maximum RSS (getrusage; DataLoader workers not included) and, on CUDA, the
+maximum allocated memory. Weights are random (--pretrained none) with BatchNorm statistics
+estimated as the scripts do; speed does not depend on them once subnormals are flushed
+(torch.set_flush_denormal(True), always on here as in the scripts).
+
+Without --datasetDir the synthetic dataset (python -m datasets.synthetic, default options)
+is generated once into data/bench_synthetic.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+
+from utils.experiment import (Experiment, base_parser, check_args, configure_backends, pick_device,
+                              pick_precision, prepare_model, resolve_cache_dir, stage_datasets,
+                              stage_loaders)
+from utils.train import autocast, train_step
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SYNTHETIC_DIR = os.path.join(ROOT, "data", "bench_synthetic")
+MODELS = {"rgb": ("rgb", []), "convlstm": ("rgb", ["--noAttention"]), "flow": ("flow", []),
+          "ms": ("ms", []), "ms_op": ("ms_op", [])}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODELS), default="ms_op")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=2, help="flow has stage 1 only")
+    p.add_argument("--seqLen", type=int, default=16)
+    p.add_argument("--batchSize", type=int, default=8)
+    p.add_argument("--frameSize", type=int, default=224)
+    p.add_argument("--memSize", type=int, default=512)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (batches) per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="both")
+    p.add_argument("--numWorkers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers (the scripts' default)")
+    p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
+    p.add_argument("--datasetDir", default=None, help=f"default: synthetic data in {SYNTHETIC_DIR}")
+    p.add_argument("--json", default=None, help="write the results here")
+    a = p.parse_args(argv)
+    if a.model == "flow" and a.stage != 1:
+        p.error("the flow model has one stage: use --stage 1")
+    for name in ("seqLen", "batchSize", "frameSize", "memSize", "steps"):
+        if getattr(a, name) <= 0:
+            p.error(f"--{name} must be positive")
+    return a
+
+
+def ensure_synthetic(path=SYNTHETIC_DIR):
+    subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", path, "--if-missing"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forever(loader):
+    """Batches of the loader, epoch after epoch (as fit() would see them)."""
+    epoch = 0
+    while True:
+        epoch += 1
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+
+
+def rate(clips, seconds):
+    return clips / seconds if seconds > 0 else float("nan")
+
+
+def measure_data(loader, steps, warmup):
+    """Clips/s of the loader alone, after one full epoch (which fills the frame cache)."""
+    loader.sampler.set_epoch(0)
+    for _ in loader:
+        pass
+    it = forever(loader)
+    for _ in range(warmup):
+        next(it)
+    t0, clips = time.perf_counter(), 0
+    for _ in range(steps):
+        clips += next(it)["label"].shape[0]
+    return rate(clips, time.perf_counter() - t0)
+
+
+def measure_compute(exp, model, optimizer, batch, generator, steps, warmup):
+    exp.set_train_mode(model)
+    for _ in range(warmup):
+        train_step(exp, model, batch, optimizer, generator)
+    sync(exp.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _, _, losses = train_step(exp, model, batch, optimizer, generator)
+    losses["loss"].item()
+    sync(exp.device)
+    return rate(steps * batch["label"].shape[0], time.perf_counter() - t0)
+
+
+def measure_train(exp, model, optimizer, loader, generator, steps, warmup):
+    exp.set_train_mode(model)
+    it = forever(loader)
+    for _ in range(warmup):
+        train_step(exp, model, next(it), optimizer, generator)
+    sync(exp.device)
+    t0, clips = time.perf_counter(), 0
+    for _ in range(steps):
+        batch, _, losses = train_step(exp, model, next(it), optimizer, generator)
+        clips += batch["label"].shape[0]
+    losses["loss"].item()
+    sync(exp.device)
+    return rate(clips, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def measure_infer(exp, model, batch, steps, warmup):
+    model.eval()
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(exp.device)
+            t0 = time.perf_counter()
+        with autocast(exp.device, exp.precision):
+            logits = exp.forward(model, batch, None, train=False)["logits"].float()
+    logits.sum().item()
+    sync(exp.device)
+    return rate(steps * batch["label"].shape[0], time.perf_counter() - t0)
+
+
+def build_model(exp, train_set):
+    """Random weights, BatchNorm statistics estimated from training clips (as the scripts do
+    with --pretrained none), on the run's device and memory format."""
+    from utils.batchnorm import calibrate_batchnorm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = exp.build_model("none").to(exp.device)
+    if exp.family == "rgb":
+        calibrate_batchnorm(model, train_set, exp, num_clips=exp.args.trainBatchSize)
+    return prepare_model(exp, model)
+
+
+def machine_info():
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+    return info
+
+
+def load():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    torch.set_flush_denormal(True)  # as the scripts: subnormal ConvLSTM states slow CPU steps
+    device = pick_device(a.device)
+    configure_backends(device)
+    dataset = a.datasetDir or ensure_synthetic()
+    kind, extra = MODELS[a.model]
+    out_dir = tempfile.mkdtemp(prefix="bench-")
+    script_argv = ["--datasetDir", dataset, "--outDir", out_dir, "--stage", str(a.stage),
+                   "--seqLen", str(a.seqLen), "--trainBatchSize", str(a.batchSize),
+                   "--valBatchSize", str(a.batchSize), "--frameSize", str(a.frameSize),
+                   "--memSize", str(a.memSize), "--numWorkers", str(a.numWorkers),
+                   "--cacheDir", a.cacheDir, "--pretrained", "none", *extra]
+    args = base_parser(kind, "bench").parse_args(script_argv)
+    check_args(kind, args)
+    args.cacheDir = resolve_cache_dir(args)
+    precisions = ["fp32", "bf16"] if a.precision == "both" else [pick_precision(a.precision, device)]
+    load_before = load()
+    print(f"bench: {a.model} stage {a.stage}, seqLen {a.seqLen}, batch {a.batchSize}, frame {a.frameSize}, "
+          f"mem {a.memSize}, device {device}, {torch.get_num_threads()} threads, {a.numWorkers} workers, "
+          f"cache {args.cacheDir}, load {load_before}", flush=True)
+
+    exp0 = Experiment(kind, args, a.stage, device, precisions[0], None, None)
+    train_set, test_set = stage_datasets(exp0)
+    train_loader, _ = stage_loaders(exp0, train_set, test_set)
+    data = measure_data(train_loader, a.steps, a.warmup)
+    print(f"data pipeline: {data:.2f} clips/s ({len(train_set)} training clips)", flush=True)
+    batch_cpu = next(iter(train_loader))
+
+    results = {}
+    for precision in precisions:
+        torch.manual_seed(0)
+        exp = Experiment(kind, args, a.stage, device, precision, train_set.num_classes, train_set.classes)
+        model = build_model(exp, train_set)
+        optimizer = exp.make_optimizer(model)
+        generator = torch.Generator().manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch_cpu.items()}
+        compute = measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup)
+        train = measure_train(exp, model, optimizer, train_loader, generator, a.steps, a.warmup)
+        infer = measure_infer(exp, model, batch, a.steps, a.warmup)
+        r = {"compute_clips_per_s": compute, "data_clips_per_s": data, "train_clips_per_s": train,
+             "infer_clips_per_s": infer, "ratio_train_to_compute": train / compute,
+             "ratio_data_to_compute": data / compute, "step_s": a.batchSize / compute,
+             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "cuda_max_allocated_mb": (torch.cuda.max_memory_allocated(device) / 2**20
+                                       if device.type == "cuda" else None),
+             "channels_last": next(p for p in model.parameters() if p.dim() == 4).is_contiguous(
+                 memory_format=torch.channels_last)}
+        results[precision] = r
+        print(f"{precision}: compute {compute:.2f}, train {train:.2f}, infer {infer:.2f} clips/s", flush=True)
+        del model, optimizer
+
+    report = {"config": {k: v for k, v in vars(a).items() if k != "json"} | {"datasetDir": dataset,
+                                                                             "cacheDir": args.cacheDir,
+                                                                             "device": str(device)},
+              "machine": machine_info() | {"load_before": load_before, "load_after": load()},
+              "results": results}
+    shutil.rmtree(out_dir, ignore_errors=True)
+    print_table(report)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {a.json}")
+    return report
+
+
+COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("data", "data_clips_per_s", "{:.1f}"),
+           ("train", "train_clips_per_s", "{:.2f}"), ("infer", "infer_clips_per_s", "{:.2f}"),
+           ("train/compute", "ratio_train_to_compute", "{:.3f}"), ("data/compute", "ratio_data_to_compute", "{:.1f}"),
+           ("step s", "step_s", "{:.2f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+           ("CUDA MB", "cuda_max_allocated_mb", "{:.0f}")]
+
+
+def print_table(report):
+    c, m = report["config"], report["machine"]
+    print(f"\n{c['model']} stage {c['stage']}, seqLen {c['seqLen']}, batch {c['batchSize']}, "
+          f"{c['frameSize']} px, mem {c['memSize']}, {c['device']} ({m.get('cuda_device', m['cpu'])}, "
+          f"{m['torch_threads']} threads), load {m['load_before']} -> {m['load_after']}; rates in clips/s")
+    header = ["precision"] + [name for name, _, _ in COLUMNS]
+    rows = [[p] + ["-" if r[k] is None else fmt.format(r[k]) for _, k, fmt in COLUMNS]
+            for p, r in report["results"].items()]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    for row in [header] + rows:
+        print("  ".join(x.rjust(w) for x, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()

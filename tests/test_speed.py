@@ -1,0 +1,333 @@
+"""Speed work (issues 6 and 7): the frame cache gives byte-identical clips and follows changed
+files; fp32 training results are bit-identical to the run recorded before the speed work, with
+and without the cache; a bf16 step on the CPU trains exactly the stage's parameters with fp32
+state; frozen layers build no autograd graph in the real training step; bench.py writes its
+JSON."""
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets import GTEA61
+from datasets.cache import FrameCache
+from utils import experiment as E
+from utils.data import SeededDataset
+from utils.train import train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "data" / "speed_golden.json"
+pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_flush_denormal():
+    """As tests/test_models.py: one thread (tiny tensors, shared cores) and subnormals flushed,
+    as the scripts do; both restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+    torch.set_num_threads(threads)
+
+
+def noisy_tree(tree, layout="course", videos=2, n=9):
+    """Videos with random-noise frames and maps (resizing then really mixes pixels)."""
+    rng = np.random.default_rng(0)
+    for v in range(videos):
+        tree.video("S1", f"class{v}", 1, n, layout=layout, size=(48, 36),
+                   frame=lambda k: rng.integers(0, 256, (36, 48, 3)), mmap=lambda k: rng.integers(0, 256, (36, 48)))
+        tree.video("S2", f"class{v}", 1, n, layout=layout, size=(40, 30),
+                   frame=lambda k: rng.integers(0, 256, (30, 40, 3)), mmap=lambda k: rng.integers(0, 256, (30, 40)))
+    return tree.root
+
+
+def clips(ds, seeds=(3, 4)):
+    s = SeededDataset(ds)
+    return [s[(i, seed)] for seed in seeds for i in range(len(ds))]
+
+
+def assert_same_clips(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            if torch.is_tensor(x[k]):
+                assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k
+            else:
+                assert x[k] == y[k], k
+
+
+# ----------------------------------------------------------------------------- frame cache
+
+@pytest.mark.parametrize("modality,train", [("rgb_mmaps", True), ("rgb", False), ("twostream", True),
+                                            ("flow", False)])
+def test_cache_gives_byte_identical_clips(tree, tmp_path, modality, train):
+    root = noisy_tree(tree)
+    kw = dict(seqLen=6, frameSize=24, mapSize=3)
+    direct = clips(GTEA61(root, ["S1", "S2"], modality, train, **kw))
+    cached_ds = GTEA61(root, ["S1", "S2"], modality, train, cache=tmp_path / "fc", **kw)
+    cold = clips(cached_ds)   # fills the cache
+    assert cached_ds.cache.misses > 0
+    warm = clips(cached_ds)   # reads it
+    assert cached_ds.cache.hits > 0
+    assert_same_clips(direct, cold)
+    assert_same_clips(direct, warm)
+
+
+def test_cache_arrays_equal_decoded_images(tree, tmp_path):
+    root = noisy_tree(tree, layout="egornn", videos=1, n=5)
+    cache = FrameCache(tmp_path / "fc")
+    for path in sorted(Path(root).rglob("*.jpg")):
+        mode = "RGB" if path.name.startswith("image_") else "L"
+        with Image.open(path) as im:
+            expected = np.asarray(im.convert(mode))
+        for _ in range(2):  # miss, then hit
+            arr = cache.array(str(path), mode, lambda: Image.open(path).convert(mode))
+            assert arr.dtype == np.uint8 and np.array_equal(arr, expected) and not arr.flags.writeable
+    assert cache.hits == cache.misses > 0
+
+
+def test_cache_invalidated_by_changed_file(tmp_path):
+    src = tmp_path / "f.png"
+    cache = FrameCache(tmp_path / "fc")
+
+    def decode():
+        with Image.open(src) as im:
+            im.load()
+            return im.convert("RGB")
+
+    Image.fromarray(np.full((4, 5, 3), 7, np.uint8)).save(src)
+    first_entry = cache.entry_path(str(src), "RGB")
+    assert cache.array(str(src), "RGB", decode)[0, 0, 0] == 7
+    assert os.path.isfile(first_entry)
+    # same size, new content: only the modification time tells
+    Image.fromarray(np.full((4, 5, 3), 9, np.uint8)).save(src)
+    st = os.stat(src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert cache.array(str(src), "RGB", decode)[0, 0, 0] == 9
+    assert not os.path.exists(first_entry)  # the stale version is removed
+    assert cache.misses == 2
+    # a damaged entry (e.g. a disk error) is decoded and written again
+    entry = cache.entry_path(str(src), "RGB")
+    Path(entry).write_bytes(b"FRM1garbage")
+    assert cache.array(str(src), "RGB", decode)[0, 0, 0] == 9 and cache.misses == 3
+    assert cache.array(str(src), "RGB", decode)[0, 0, 0] == 9 and cache.hits == 1
+    assert not [p for p in Path(entry).parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_cache_unwritable_folder_still_returns_frames(tmp_path, capsys):
+    src = tmp_path / "f.png"
+    Image.fromarray(np.full((4, 5), 3, np.uint8)).save(src)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cache = FrameCache(blocker / "fc")  # cannot be created
+    for _ in range(2):
+        assert cache.array(str(src), "L", lambda: Image.open(src).convert("L"))[0, 0] == 3
+    assert capsys.readouterr().err.count("cannot be written") == 1
+
+
+def test_cache_dir_resolution(tree, tmp_path, monkeypatch):
+    root = noisy_tree(tree, videos=1)
+    args = E.base_parser("rgb", "").parse_args(["--datasetDir", root, "--outDir", str(tmp_path / "out")])
+    assert args.cacheDir == "auto"
+    assert E.resolve_cache_dir(args) == os.path.join(root, ".cache", "frames")
+    # the hidden cache folder is not taken for a user or class
+    assert GTEA61(root, ["S1"], "rgb", False).classes == GTEA61(root, ["S1"], "rgb", False).classes == ["class0"]
+    import datasets.cache as C
+    monkeypatch.setattr(C, "_writable_dir", lambda p: not p.startswith(root))  # read-only dataset
+    assert E.resolve_cache_dir(args) == str(tmp_path / "out" / ".frame_cache")
+    args.cacheDir = "none"
+    assert E.resolve_cache_dir(args) is None
+    args.datasetDir = str(tmp_path / "missing")
+    args.cacheDir = "auto"
+    assert E.resolve_cache_dir(args) is None and not os.path.exists(args.datasetDir)
+
+
+# ----------------------------------------------------------------------------- fp32 unchanged
+
+def fingerprint(stage_dir, log_columns):
+    sd = torch.load(os.path.join(stage_dir, "last.pth"), weights_only=False)["model"]
+    h = hashlib.sha256()
+    sums = {}
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(t.numpy().tobytes())
+        if t.is_floating_point():
+            sums[k] = float(t.double().abs().sum())
+    with open(os.path.join(stage_dir, "log.csv")) as f:
+        row = next(csv.DictReader(f))
+    return h.hexdigest(), [row[c] for c in log_columns], sums
+
+
+@pytest.fixture(scope="module")
+def golden_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("golden") / "syn"
+    subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", str(d), "--classes", "3",
+                    "--instances", "1", "--size", "80x60"], cwd=ROOT, check=True, capture_output=True)
+    return d
+
+
+@pytest.mark.parametrize("cache", ["none", "dir"])
+def test_fp32_results_unchanged(golden_data, tmp_path, cache):
+    """The tiny ms_op run (stages 1 and 2) recorded in tests/data/speed_golden.json with the code
+    before the speed work, rerun with and without the frame cache: the same weights and log,
+    bit for bit (the kernels' results depend on the thread count, the CPU kind and the torch
+    version: for a combination not recorded, to float tolerance)."""
+    golden = json.loads(GOLDEN.read_text())
+    out = tmp_path / "run"
+    cache_arg = "none" if cache == "none" else str(tmp_path / "fc")
+    E.run("ms_op", ["--datasetDir", str(golden_data), "--outDir", str(out), "--numEpochs", "1",
+                    "--pretrained", "none", "--frameSize", "64", "--seqLen", "4", "--trainBatchSize", "4",
+                    "--memSize", "16", "--valBatchSize", "8", "--numWorkers", "0", "--precision", "fp32",
+                    "--camVideos", "0", "--cacheDir", cache_arg])
+    if cache == "dir":
+        assert any((tmp_path / "fc").rglob("*.frame"))
+    args = json.loads((out / "stage2" / "args.json").read_text())
+    assert args["precision"] == "fp32" and args["cacheDir"] == (None if cache == "none" else cache_arg)
+    threads = str(torch.get_num_threads())
+    same_kernels = (golden["torch"] == torch.__version__ and threads in golden["threads"]
+                    and golden["cpu_capability"] == torch.backends.cpu.get_cpu_capability())
+    for stage in ("stage1", "stage2"):
+        sha, log, sums = fingerprint(out / stage, golden["log_columns"])
+        if same_kernels:
+            assert sha == golden["threads"][threads][stage]["sha256"], stage
+            assert log == golden["threads"][threads][stage]["log"], stage
+        else:
+            for k, v in golden["threads"]["1"][stage]["abs_sums"].items():
+                assert sums[k] == pytest.approx(v, rel=1e-3, abs=1e-5), (stage, k)
+
+
+# ----------------------------------------------------------------------------- training step
+
+def tiny_experiment(kind, stage, precision, root, tmp_path, extra=()):
+    args = E.base_parser(kind, "").parse_args(
+        ["--datasetDir", str(root), "--outDir", str(tmp_path / "out"), "--seqLen", "4", "--frameSize", "32",
+         "--memSize", "8", "--trainBatchSize", "2", "--numWorkers", "0", "--pretrained", "none",
+         "--cacheDir", "none", "--trainUsers", "S1", *extra])
+    exp = E.Experiment(kind, args, stage, torch.device("cpu"), precision, None, None)
+    train_set, test_set = E.stage_datasets(exp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = E.prepare_model(exp, exp.build_model("none"))
+    loader, _ = E.stage_loaders(exp, train_set, test_set)
+    return exp, model, next(iter(loader))
+
+
+def step_and_check(exp, model, batch):
+    """One utils.train.train_step; returns the names of the parameters it changed and checks
+    that frozen layers built no graph and got no gradient."""
+    from models.stages import trainable_names
+    torch.manual_seed(0)
+    trainable = set(trainable_names(model, exp.stage)["main"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    seen = {}
+    bb = model.egornn.backbone
+    hooks = [bb.layer3.register_forward_hook(lambda m, i, o: seen.__setitem__("layer3", o)),
+             bb.register_forward_hook(lambda m, i, o: seen.__setitem__("backbone", o))]
+    optimizer = exp.make_optimizer(model)
+    exp.set_train_mode(model)
+    _, out, losses = train_step(exp, model, batch, optimizer, torch.Generator().manual_seed(0))
+    for h in hooks:
+        h.remove()
+    assert seen["layer3"].grad_fn is None and not seen["layer3"].requires_grad
+    if exp.stage == 1:
+        assert all(t.grad_fn is None for t in seen["backbone"])
+    for n, p in model.named_parameters():
+        if n not in trainable:
+            assert p.grad is None, n
+    for n, b in model.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    for v in losses.values():
+        assert torch.isfinite(v) and v.dtype == torch.float32
+    for state in optimizer.state.values():
+        assert all(t.dtype == torch.float32 for t in state.values() if torch.is_tensor(t) and t.dim())
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed <= trainable
+    return out, changed, trainable
+
+
+@pytest.fixture
+def tiny_root(tree):
+    return noisy_tree(tree, videos=2, n=8)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_training_step_trains_only_the_stage(tiny_root, tmp_path, precision, stage):
+    exp, model, batch = tiny_experiment("ms_op", stage, precision, tiny_root, tmp_path)
+    assert E.channels_last(exp.device, precision) == (precision == "bf16")
+    out, changed, trainable = step_and_check(exp, model, batch)
+    # fc.bias is trainable but gets no gradient: the CAM reads only rows of fc.weight
+    assert changed == trainable - {"egornn.backbone.fc.bias"}
+    assert out["attention"].dtype == out["cell_pooled"].dtype == torch.float32
+    assert ("ms_out" in out and "op_logits" in out) == (stage == 2)
+    if precision == "bf16":
+        assert out["logits"].dtype == torch.bfloat16  # the forward really ran under autocast
+        conv = model.egornn.backbone.layer4[0].conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_convlstm_state_stays_float32(tiny_root, tmp_path, monkeypatch):
+    from models.convlstm import ConvLSTMCell
+    exp, model, batch = tiny_experiment("rgb", 1, "bf16", tiny_root, tmp_path)
+    states = []
+    step = ConvLSTMCell.step
+
+    def spy(self, gx, state, w_h=None):
+        h, c = step(self, gx, state, w_h)
+        states.append((h.dtype, c.dtype))
+        return h, c
+
+    monkeypatch.setattr(ConvLSTMCell, "step", spy)
+    step_and_check(exp, model, batch)
+    assert states and set(states) == {(torch.float32, torch.float32)}
+
+
+def test_backend_choices_for_cuda_and_cpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert E.channels_last(cuda, "fp32") and E.channels_last(cuda, "bf16")
+    assert E.channels_last(cpu, "bf16") and not E.channels_last(cpu, "fp32")
+    old = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        E.configure_backends(cpu)
+        assert not torch.backends.cudnn.benchmark
+        E.configure_backends(cuda)
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+# ----------------------------------------------------------------------------- bench.py
+
+def test_bench_tiny_writes_json(golden_data, tmp_path):
+    import bench
+    path = tmp_path / "b.json"
+    report = bench.main(["--model", "ms_op", "--stage", "2", "--seqLen", "4", "--batchSize", "2",
+                         "--frameSize", "32", "--memSize", "8", "--steps", "1", "--warmup", "1",
+                         "--numWorkers", "1", "--precision", "both", "--datasetDir", str(golden_data),
+                         "--cacheDir", str(tmp_path / "fc"), "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert data["results"].keys() == {"fp32", "bf16"} == report["results"].keys()
+    for r in data["results"].values():
+        for k in ("compute_clips_per_s", "data_clips_per_s", "train_clips_per_s", "infer_clips_per_s",
+                  "ratio_train_to_compute", "peak_rss_mb"):
+            assert isinstance(r[k], float) and np.isfinite(r[k]) and r[k] > 0, k
+        assert r["ratio_train_to_compute"] == pytest.approx(r["train_clips_per_s"] / r["compute_clips_per_s"])
+        assert r["cuda_max_allocated_mb"] is None
+    assert data["results"]["bf16"]["channels_last"] and not data["results"]["fp32"]["channels_last"]
+    assert data["config"]["model"] == "ms_op" and data["machine"]["cpu_count"] >= 1
+    assert any((tmp_path / "fc").rglob("*.frame"))
