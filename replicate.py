@@ -303,8 +303,8 @@ def validate(cells, extra):
             except SystemExit:
                 last = [ln for ln in err.text.splitlines() if ln.strip()]
                 msg = last[-1] if last else "invalid arguments"
-                raise UsageError(f"{cell.script} refuses the arguments of cell {cell.key} ({msg.removeprefix(parser.prog + ': ')}); "
-                                 f"check --extra") from None
+                raise UsageError(f"{cell.script} refuses the arguments of cell {cell.key} "
+                                 f"({msg.split('error: ', 1)[-1]}); check --extra") from None
         try:
             check_args(kind, args)
         except UserError as e:
@@ -751,8 +751,15 @@ def _mean_std(xs):
 
 # ----------------------------------------------------------------------------- main
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line `error: ...` (exit 2), as the scripts' other errors."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", required=True, choices=["1", "2", "3", "all"])
     p.add_argument("--datasetDir", required=True, help="GTEA-61 root (course layout for the MS cells)")
     p.add_argument("--outDir", default="experiments/replicate")

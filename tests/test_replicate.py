@@ -217,6 +217,8 @@ def test_errors_from_the_command_line(tmp_path):
                           "--datasetDir")
     assert not (tmp_path / "o").exists()
     assert_one_line_error(rep("--table", "2", "--datasetDir", "D", "--dry-run", "--extra", "--bogus 1"), "--bogus")
+    assert_one_line_error(rep("--table", "4", "--datasetDir", "D", "--dry-run"), "--table")
+    assert_one_line_error(rep("--table", "1", "--dry-run"), "--datasetDir")
 
 
 def test_paper_schedules_match_the_scripts_defaults():
