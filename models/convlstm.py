@@ -73,6 +73,13 @@ class ConvLSTMCell(nn.Module):
         B, T = xs.shape[:2]
         gx = self.input_gates(xs.flatten(0, 1)).unflatten(0, (B, T))
         w_h = self._stacked("h")[0]
-        for t in range(T):
-            state = self.step(gx[:, t], state, w_h)
+        device = xs.device.type
+        if torch.is_autocast_enabled(device):
+            # Cast the stacked hidden kernels once, not in each of the T steps (autocast caches
+            # casts of parameters only, and w_h is a concatenation of them).
+            w_h = w_h.to(torch.get_autocast_dtype(device))
+        # unbind: one backward node for all T steps (indexing gx[:, t] would add T full-size
+        # zero gradients in backward); the same values and the same gradients.
+        for gx_t in gx.unbind(1):
+            state = self.step(gx_t, state, w_h)
         return state

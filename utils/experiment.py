@@ -340,7 +340,7 @@ def stage_datasets(exp):
     from datasets import GTEA61
     a = exp.args
     common = dict(seqLen=a.seqLen, stackSize=a.stackSize, frameSize=a.frameSize, mapSize=exp.map_size,
-                  regression=bool(getattr(a, "regression", False)), cache=getattr(a, "cacheDir", None))
+                  regression=bool(getattr(a, "regression", False)), cache=resolve_cache_dir(a))
     train_set = GTEA61(a.datasetDir, a.trainUsers, exp.modality(train=True), train=True, **common)
     test_set = GTEA61(a.datasetDir, a.testUsers, exp.modality(train=False), train=False, **common)
     exp.num_classes, exp.classes = train_set.num_classes, train_set.classes
