@@ -134,10 +134,11 @@ def test_evaluate_writes_predictions(runs, data, tmp_path):
 
 
 def test_loss_falls_on_tiny_set(data, tmp_path):
-    run("main_rgb.py", "--datasetDir", data, "--outDir", tmp_path, "--stage", "1", "--numEpochs", "6",
+    run("main_rgb.py", "--datasetDir", data, "--outDir", tmp_path, "--stage", "1", "--numEpochs", "10",
         "--lr", "1e-2", "--stepSize", "100", *TINY)
     losses = [float(r["train_loss"]) for r in read_log(tmp_path / "stage1" / "log.csv")]
-    assert losses[-1] < 0.8 * losses[0], losses
+    # 7 clips and Dropout(0.7): single epochs are noisy, the trend is not
+    assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
 
 
 def _resume_args(data, out):
