@@ -22,7 +22,8 @@ MODELS = ["rgb", "convlstm", "flow", "twostream", "ms", "ms_op"]
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from utils.experiment import Parser
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--datasetDir", required=True)
     p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")

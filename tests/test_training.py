@@ -176,6 +176,18 @@ def test_resume_after_sigkill_matches_uninterrupted_run(runs, data, tmp_path):
         assert torch.equal(ma["model"][k], mb["model"][k]), k
 
 
+def test_resume_with_other_settings_is_refused(runs, data, tmp_path):
+    import shutil
+    shutil.copytree(runs / "flow", tmp_path / "flow")
+    stage = tmp_path / "flow" / "stage1"
+    (stage / "summary.json").unlink()  # an unfinished run
+    before = (stage / "last.pth").stat().st_mtime_ns
+    p = run("main_flow.py", "--datasetDir", data, "--outDir", tmp_path / "flow", "--numEpochs", "2", "--resume",
+            "--lr", "0.5", *TINY, check=False)
+    assert_one_line_error(p, "--lr", "--overwrite")
+    assert (stage / "last.pth").stat().st_mtime_ns == before
+
+
 def test_refuses_to_overwrite_results(runs, data):
     stage = runs / "flow" / "stage1"
     before = {f: (stage / f).stat().st_mtime_ns for f in ["log.csv", "best_model.pth", "last.pth"]}
@@ -196,6 +208,8 @@ def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
     assert_one_line_error(run("main_ms_op.py", *base, "--seqLen", "3", check=False), "--seqLen")
     assert_one_line_error(run("main_rgb.py", *base, "--lr", "0", check=False), "--lr")
     assert_one_line_error(run("main_rgb.py", *base, "--numEpochs", "-1", check=False), "--numEpochs")
+    assert_one_line_error(run("main_rgb.py", *base, "--bogus", check=False), "--bogus")
+    assert_one_line_error(run("evaluate.py", "--model", "rgb", check=False), "--datasetDir")
     # dataset errors from the data layer
     assert_one_line_error(run("main_rgb.py", *base[2:], "--datasetDir", tmp_path / "nope", check=False),
                           str(tmp_path / "nope"))

@@ -35,9 +35,15 @@ OP_FRAMES = 4
 
 # ----------------------------------------------------------------------------- arguments
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <what>; see --help`, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def base_parser(kind, description):
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     stages = STAGES[FAMILY[kind]]
     p.add_argument("--stage", type=int, choices=stages, default=None,
                    help="run only this stage (default: " + " then ".join(map(str, stages)) + ")")
@@ -100,6 +106,9 @@ def check_args(kind, args):
                         f"which shuffles {OP_FRAMES} frames of the clip: use --seqLen >= {OP_FRAMES}")
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if kind == "twostream" and args.stepSize is not None and len(args.stepSize) != 1:
+        raise UserError(f"--stepSize: two-stream decays the lr every N epochs (StepLR): give one value, "
+                        f"got {args.stepSize}")
     if args.frameSize < 32:
         raise UserError(f"--frameSize {args.frameSize} is too small for ResNet-34: use >= 32")
 

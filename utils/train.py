@@ -160,6 +160,25 @@ def prepare_stage_dir(stage_dir, resume, overwrite):
                     f"pass --resume to continue that run or --overwrite to replace it")
 
 
+# Arguments that must not change when a run is resumed (numEpochs may grow).
+SAME_ON_RESUME = ("lr", "stepSize", "decayRate", "seqLen", "frameSize", "memSize", "trainBatchSize",
+                  "seed", "precision", "trainUsers", "testUsers", "datasetDir", "msWeight", "opWeight",
+                  "regression", "msInput", "noMS", "noAttention", "pretrained", "stage1Dict", "flowLr")
+
+
+def check_same_run(path, new):
+    import json
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return
+    for k in SAME_ON_RESUME:
+        if k in old and k in new and old[k] != new[k]:
+            raise UserError(f"--resume: --{k} was {old[k]} in {path}, now {new[k]}; resume with the same "
+                            f"arguments, or pass --overwrite to start again")
+
+
 def load_last(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -173,6 +192,8 @@ def fit(exp, model, train_loader, test_loader):
 
     stage_dir = exp.stage_dir
     resuming = prepare_stage_dir(stage_dir, exp.args.resume, exp.args.overwrite)
+    if resuming:
+        check_same_run(os.path.join(stage_dir, "args.json"), exp.resolved_args())
     atomic_write_json(os.path.join(stage_dir, "args.json"), exp.resolved_args())
 
     optimizer = exp.make_optimizer(model)
@@ -228,6 +249,7 @@ def fit(exp, model, train_loader, test_loader):
     bar.close()
 
     final_acc = float(rows[-1][5]) if rows else float("nan")
+    num_epochs = int(rows[-1][0]) if rows else 0
     summary = {"experiment": exp.name, "stage": exp.stage, "best_test_accuracy": best_acc,
                "best_epoch": best_epoch, "final_test_accuracy": final_acc, "epochs": num_epochs,
                "seconds": round(elapsed, 1), "num_test_videos": len(test_loader.dataset),
