@@ -250,3 +250,15 @@ def test_evaluate_original_egornn_checkpoint_gives_the_models_logits(data, tmp_p
             expected = model(test_set[i]["rgb"][None])["logits"][0]
             got = torch.tensor([float(v) for v in r[3:]])
             assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), (got, expected)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    p = run("main_rgb.py", "--datasetDir", data, "--outDir", tmp_path, "--stage", "1", "--numEpochs", "3",
+            "--lr", "1e-3", "--stepSize", "1", "--decayRate", "1e33", *TINY, check=False)  # lr 1e30 from epoch 2
+    assert p.returncode == 3, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "non-finite" in last and "Traceback" not in p.stderr
+    state = torch.load(tmp_path / "stage1" / "last.pth", weights_only=False)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert len(read_log(tmp_path / "stage1" / "log.csv")) == state["epoch"]

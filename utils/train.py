@@ -223,6 +223,10 @@ def fit(exp, model, train_loader, test_loader):
             lr = optimizer.param_groups[0]["lr"]
             train = train_one_epoch(exp, model, train_loader, optimizer, epoch, generator)
             scheduler.step()
+            if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+                raise NonFiniteLossError(
+                    f"parameters became non-finite in stage {exp.stage} epoch {epoch}; the last good "
+                    f"checkpoint is kept in {stage_dir} (try a lower --lr)")
             test = evaluate(exp, model, test_loader)
             seconds = time.time() - t0
             elapsed += seconds
