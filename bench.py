@@ -54,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--memSize", type=int, default=512)
     p.add_argument("--steps", type=int, default=5, help="timed steps (batches) per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure compute, train and infer this many times, interleaved, and keep the best "
+                        "of each (shared machines: other processes only ever slow a measurement down)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="both")
     p.add_argument("--numWorkers", type=int, default=min(4, os.cpu_count() or 1),
@@ -64,7 +67,7 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.model == "flow" and a.stage != 1:
         p.error("the flow model has one stage: use --stage 1")
-    for name in ("seqLen", "batchSize", "frameSize", "memSize", "steps"):
+    for name in ("seqLen", "batchSize", "frameSize", "memSize", "steps", "repeats"):
         if getattr(a, name) <= 0:
             p.error(f"--{name} must be positive")
     return a
@@ -223,9 +226,12 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch_cpu.items()}
-        compute = measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup)
-        train = measure_train(exp, model, optimizer, train_loader, generator, a.steps, a.warmup)
-        infer = measure_infer(exp, model, batch, a.steps, a.warmup)
+        samples = {"compute": [], "train": [], "infer": []}
+        for _ in range(a.repeats):
+            samples["compute"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup))
+            samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps, a.warmup))
+            samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
+        compute, train, infer = (max(samples[k]) for k in ("compute", "train", "infer"))
         r = {"compute_clips_per_s": compute, "data_clips_per_s": data, "train_clips_per_s": train,
              "infer_clips_per_s": infer, "ratio_train_to_compute": train / compute,
              "ratio_data_to_compute": data / compute, "step_s": a.batchSize / compute,
@@ -233,7 +239,8 @@ def main(argv=None):
              "cuda_max_allocated_mb": (torch.cuda.max_memory_allocated(device) / 2**20
                                        if device.type == "cuda" else None),
              "channels_last": next(p for p in model.parameters() if p.dim() == 4).is_contiguous(
-                 memory_format=torch.channels_last)}
+                 memory_format=torch.channels_last),
+             "samples": samples}
         results[precision] = r
         print(f"{precision}: compute {compute:.2f}, train {train:.2f}, infer {infer:.2f} clips/s", flush=True)
         del model, optimizer

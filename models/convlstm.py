@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fastconv import conv3x3
+
 GATES = ("i", "f", "c", "o")
 
 
@@ -43,6 +45,8 @@ class ConvLSTMCell(nn.Module):
     def input_gates(self, x):
         """W_x* x + b for all four gates, (N, 4*hidden, h, w): it does not depend on the state."""
         weight, bias = self._stacked("x")
+        if self.padding == 1:
+            return conv3x3(x, weight, bias)  # F.conv2d, but for bf16 training on the CPU (fastconv.py)
         return F.conv2d(x, weight, bias, padding=self.padding)
 
     def step(self, gx, state, w_h=None):
@@ -56,7 +60,8 @@ class ConvLSTMCell(nn.Module):
         else:
             h, c = state
             w_h = self._stacked("h")[0] if w_h is None else w_h
-            gates = gx.float() + F.conv2d(h, w_h, padding=self.padding).float()
+            hidden = conv3x3(h, w_h) if self.padding == 1 else F.conv2d(h, w_h, padding=self.padding)
+            gates = gx.float() + hidden.float()
         i, f, g, o = gates.chunk(4, dim=1)
         c = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)
         h = torch.sigmoid(o) * torch.tanh(c)

@@ -211,9 +211,9 @@ def test_fp32_results_unchanged(golden_data, tmp_path, cache):
 
 # ----------------------------------------------------------------------------- training step
 
-def tiny_experiment(kind, stage, precision, root, tmp_path, extra=()):
+def tiny_experiment(kind, stage, precision, root, tmp_path, extra=(), frame_size=32):
     args = E.base_parser(kind, "").parse_args(
-        ["--datasetDir", str(root), "--outDir", str(tmp_path / "out"), "--seqLen", "4", "--frameSize", "32",
+        ["--datasetDir", str(root), "--outDir", str(tmp_path / "out"), "--seqLen", "4", "--frameSize", str(frame_size),
          "--memSize", "8", "--trainBatchSize", "2", "--numWorkers", "0", "--pretrained", "none",
          "--cacheDir", "none", "--trainUsers", "S1", *extra])
     exp = E.Experiment(kind, args, stage, torch.device("cpu"), precision, None, None)
@@ -331,3 +331,64 @@ def test_bench_tiny_writes_json(golden_data, tmp_path):
     assert data["results"]["bf16"]["channels_last"] and not data["results"]["fp32"]["channels_last"]
     assert data["config"]["model"] == "ms_op" and data["machine"]["cpu_count"] >= 1
     assert any((tmp_path / "fc").rglob("*.frame"))
+
+
+# ----------------------------------------------------------------------------- bf16 fast weight gradient
+
+@pytest.mark.parametrize("stride,channels_last,size", [(1, True, 7), (1, False, 9), (2, False, 14), (2, True, 13)])
+def test_fastconv_gradients_exact_in_float64(stride, channels_last, size):
+    from models.fastconv import Conv3x3
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: Conv3x3.apply(x, w, b, stride), (x, w, b))
+
+
+def test_fastconv_only_for_cpu_bf16_training():
+    from models.fastconv import fast_path
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3, requires_grad=True)
+    assert not fast_path(x, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast_path(x, w)
+        assert not fast_path(x, w.detach())
+        with torch.no_grad():
+            assert not fast_path(x, w)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not fast_path(x, w)
+
+
+def test_bf16_step_same_forward_close_gradients_with_fastconv(tiny_root, tmp_path, monkeypatch):
+    """The fast weight gradient changes nothing in the forward (same losses, bit for bit) and
+    gives the weight gradients of oneDNN's bf16 convolution backward to bf16 precision."""
+    import copy
+
+    import models.fastconv as fastconv
+    exp, model, batch = tiny_experiment("ms_op", 2, "bf16", tiny_root, tmp_path, frame_size=96)  # 3x3 maps
+    exp.set_train_mode(model)
+    uses = []
+    forward = fastconv.Conv3x3.forward
+    monkeypatch.setattr(fastconv.Conv3x3, "forward",
+                        staticmethod(lambda ctx, *a: uses.append(a[0].shape) or forward(ctx, *a)))
+    results = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(fastconv, "ENABLED", enabled)
+        m = copy.deepcopy(model)
+        torch.manual_seed(0)
+        _, _, losses = train_step(exp, m, batch, exp.make_optimizer(m), torch.Generator().manual_seed(0))
+        results[enabled] = ({k: v.item() for k, v in losses.items()},
+                            {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    # layer4: 6 convolutions; ConvLSTM: the input convolution and 3 hidden steps
+    assert len(uses) == 10
+    (loss_fast, grads_fast), (loss_ref, grads_ref) = results[True], results[False]
+    assert loss_fast == loss_ref
+    assert grads_fast.keys() == grads_ref.keys()
+    assert {"egornn.convlstm.conv_hi.weight", "egornn.convlstm.conv_xi.weight",
+            "egornn.backbone.layer4.1.conv1.weight", "egornn.backbone.layer4.0.conv1.weight"} <= grads_ref.keys()
+    for n in grads_ref:
+        g, r = grads_fast[n].float(), grads_ref[n].float()
+        assert g.dtype == torch.float32
+        assert (g - r).norm() <= 0.02 * r.norm() + 1e-6, n
