@@ -58,7 +58,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -626,17 +625,9 @@ def table_markdown(tab, cells):
 
 
 def atomic_write(path, text):
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from utils.io import atomic_write_text
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write_text(path, text)
 
 
 def plot_tables(tabs, path, kind):
@@ -673,16 +664,11 @@ def plot_tables(tabs, path, kind):
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=6, ncol=len(cols), loc="upper left")
     fig.tight_layout()
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=d)
-    os.close(fd)
+    from utils.io import atomic_savefig
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        atomic_savefig(fig, path, dpi=110)
     finally:
         plt.close(fig)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def write_split_outputs(opts, tables, columns, cells, split_name, split_dir, users, kind, figure=True):
