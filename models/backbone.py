@@ -114,6 +114,21 @@ def warn_untrained(what):
                   stacklevel=3)
 
 
+def load_trunk(net, state, pretrained):
+    """net.load_state_dict(state) with a one-line error for a file that is no ResNet-34."""
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise PretrainedWeightsError(f"--pretrained {pretrained}: does not fit torchvision resnet34 "
+                                     f"({str(e).splitlines()[0]})") from None
+
+
+def adopt_trunk(module, net):
+    """Take torchvision's stem and layers under their own names (a torchvision state dict)."""
+    module.conv1, module.bn1, module.relu, module.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+    module.layer1, module.layer2, module.layer3, module.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+
+
 class ResNet34Backbone(nn.Module):
     """torchvision ResNet-34 returning (logits, f_bn, f_nobn) per frame."""
 
@@ -124,15 +139,8 @@ class ResNet34Backbone(nn.Module):
         if state is None:
             warn_untrained("the RGB ResNet-34")
         else:
-            try:
-                net.load_state_dict(state)
-            except RuntimeError as e:
-                raise PretrainedWeightsError(
-                    f"--pretrained {pretrained}: does not fit torchvision resnet34 "
-                    f"({str(e).splitlines()[0]})") from None
-        # Same names as torchvision, so the state dict is a torchvision one.
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+            load_trunk(net, state, pretrained)
+        adopt_trunk(self, net)
         self.fc = net.fc  # 512 -> 1000 ImageNet classifier; its rows are the CAM weights
 
     def forward(self, x):

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .backbone import PretrainedWeightsError, _like_weights, load_resnet34_state, warn_untrained
+from .backbone import _like_weights, adopt_trunk, load_resnet34_state, load_trunk, warn_untrained
 
 
 class FlowResNet34(nn.Module):
@@ -28,15 +28,9 @@ class FlowResNet34(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             rgb = state["conv1.weight"]  # (64, 3, 7, 7)
             state["conv1.weight"] = rgb.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
-            try:
-                net.fc = nn.Identity()
-                net.load_state_dict(state)
-            except RuntimeError as e:
-                raise PretrainedWeightsError(
-                    f"--pretrained {pretrained}: does not fit torchvision resnet34 "
-                    f"({str(e).splitlines()[0]})") from None
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+            net.fc = nn.Identity()
+            load_trunk(net, state, pretrained)
+        adopt_trunk(self, net)
         self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, num_classes))
 
     def forward(self, x):
