@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from . import fastconv
 from .fastconv import conv3x3, fast_path
 
 
@@ -145,8 +146,16 @@ class ResNet34Backbone(nn.Module):
 
     def forward(self, x):
         x = _like_weights(x, self.conv1.weight)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        trunk = (self.conv1, self.bn1, self.layer1, self.layer2, self.layer3)  # frozen in every stage
+        if fastconv.frozen_bf16(x, trunk):
+            # bf16 on the CPU: BatchNorms folded into the convolutions, ReLU and residual fused
+            x = self.maxpool(fastconv.conv_bn(x.to(torch.bfloat16), self.conv1, self.bn1, relu=True))
+            for layer in (self.layer1, self.layer2, self.layer3):
+                for block in layer:
+                    x = fastconv.basic_block(block, x)
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer3(self.layer2(self.layer1(x)))
         # bf16 training on the CPU: layer4's trainable 3x3 convolutions take their weight
         # gradient from one matrix product (fastconv.py); otherwise torchvision's modules.
         fast = fast_path(x, self.layer4[-1].conv1.weight)

@@ -12,12 +12,22 @@ CPU bf16 autocast and only when the weight needs a gradient:
                 bf16 GEMM like oneDNN's;
   bias grad     float32 sum of grad_out.
 Everywhere else (fp32, CUDA, no grad) it is plain F.conv2d, so fp32 results do not change.
+
+`frozen_bf16` / `conv_bn` / `basic_block` run frozen ResNet layers (eval-mode BatchNorm, no
+gradient anywhere) under CPU bf16 autocast with each BatchNorm folded into its convolution
+(w * gamma / sqrt(var + eps), beta - mean * gamma / sqrt(var + eps)) and the ReLU and the
+residual addition fused into oneDNN's convolution (torch.ops.mkldnn._convolution_pointwise, the
+kernels torch.compile uses on CPUs): one pass over each activation instead of four. The
+backbone's stem..layer3 (frozen in every RGB stage) take 0.85 s instead of 1.3 s for 128 frames
+at 224 px on 2 cores, and are closer to the float64 result than plain autocast (relative error
+6.5e-3 against 8.4e-3).
 """
 import torch
 import torch.nn.functional as F
 
 
-ENABLED = True  # switch for comparisons (bench, tests)
+ENABLED = True  # switches for comparisons (tests): the weight-gradient convolution,
+FUSE_FROZEN = True  # and the fused frozen layers
 
 
 def fast_path(x, weight):
@@ -77,3 +87,50 @@ class Conv3x3(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad_out.float().sum((0, 2, 3)).to(grad_out.dtype)
         return gx, gw, gb, None
+
+
+# ----------------------------------------------------------------------------- frozen layers, fused
+
+def _pointwise_ops():
+    ops = getattr(torch.ops, "mkldnn", None)
+    try:
+        return ops._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def frozen_bf16(x, modules):
+    """True when `modules` can run through conv_bn / basic_block: CPU bf16 autocast, no
+    parameter that wants a gradient, every BatchNorm in eval mode, an input without gradient."""
+    if not (FUSE_FROZEN and x.device.type == "cpu" and not x.requires_grad and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and _pointwise_ops() is not None):
+        return False
+    for m in modules:
+        if any(p.requires_grad for p in m.parameters()):
+            return False
+        if any(b.training for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)):
+            return False
+    return True
+
+
+def _folded(conv, bn, dtype):
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = (conv.weight * scale.view(-1, 1, 1, 1)).to(dtype=dtype, memory_format=torch.channels_last)
+    shift = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return weight, shift.to(dtype), [list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups]
+
+
+def conv_bn(x, conv, bn, relu):
+    """bn(conv(x)), then ReLU if `relu`, as one oneDNN convolution (x: bf16 channels_last)."""
+    weight, bias, geometry = _folded(conv, bn, x.dtype)
+    return _pointwise_ops()(x, weight, bias, *geometry, "relu" if relu else "none", [], "")
+
+
+def basic_block(block, x):
+    """torchvision BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + identity), fused."""
+    out = conv_bn(x, block.conv1, block.bn1, relu=True)
+    identity = x if block.downsample is None else conv_bn(x, block.downsample[0], block.downsample[1], relu=False)
+    weight, bias, geometry = _folded(block.conv2, block.bn2, x.dtype)
+    return _pointwise_ops().binary(out, identity, weight, bias, *geometry, "add", None, "relu", [], None)

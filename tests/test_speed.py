@@ -235,7 +235,8 @@ def step_and_check(exp, model, batch):
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     seen = {}
     bb = model.egornn.backbone
-    hooks = [bb.layer3.register_forward_hook(lambda m, i, o: seen.__setitem__("layer3", o)),
+    # what enters layer4 is layer3's output (however layer3 ran: modules or fused, fastconv.py)
+    hooks = [bb.layer4[0].downsample.register_forward_pre_hook(lambda m, i: seen.__setitem__("layer3", i[0])),
              bb.register_forward_hook(lambda m, i, o: seen.__setitem__("backbone", o))]
     optimizer = exp.make_optimizer(model)
     exp.set_train_mode(model)
@@ -375,7 +376,7 @@ def test_bf16_step_same_forward_close_gradients_with_fastconv(tiny_root, tmp_pat
                         staticmethod(lambda ctx, *a: uses.append(a[0].shape) or forward(ctx, *a)))
     results = {}
     for enabled in (True, False):
-        monkeypatch.setattr(fastconv, "ENABLED", enabled)
+        monkeypatch.setattr(fastconv, "ENABLED", enabled)  # the fused frozen trunk stays on in both
         m = copy.deepcopy(model)
         torch.manual_seed(0)
         _, _, losses = train_step(exp, m, batch, exp.make_optimizer(m), torch.Generator().manual_seed(0))
@@ -392,3 +393,52 @@ def test_bf16_step_same_forward_close_gradients_with_fastconv(tiny_root, tmp_pat
         g, r = grads_fast[n].float(), grads_ref[n].float()
         assert g.dtype == torch.float32
         assert (g - r).norm() <= 0.02 * r.norm() + 1e-6, n
+
+
+def test_fused_frozen_trunk_close_to_autocast_and_only_when_frozen(monkeypatch):
+    """stem..layer3 under CPU bf16 autocast run with folded BatchNorms and fused ReLU / residual
+    additions (fastconv.py): the result is the autocast one to bf16 precision, and the fused
+    path is taken only when nothing there needs a gradient and every BatchNorm is in eval mode."""
+    import models.fastconv as fastconv
+    from models import ResNet34Backbone
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb = ResNet34Backbone("none")
+    for m in bb.modules():  # BatchNorm statistics of a trained network, not 0 / 1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    bb = bb.eval().to(memory_format=torch.channels_last)
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        exact = bb.double()(x.double())[1]
+        bb.float()
+    used = []
+    fuse = fastconv.basic_block
+    monkeypatch.setattr(fastconv, "basic_block", lambda b, x: used.append(1) or fuse(b, x))
+    outputs = {}
+    for on in (True, False):
+        monkeypatch.setattr(fastconv, "FUSE_FROZEN", on)
+        used.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs[on] = bb(x)[1].double()
+        assert len(used) == (3 + 4 + 6 if on else 0)  # the blocks of layer1..layer3
+    for out in outputs.values():
+        assert (out - exact).norm() <= 0.02 * exact.norm()
+    assert (outputs[True] - outputs[False]).norm() <= 0.02 * exact.norm()
+    # not fused: fp32, a trunk parameter that trains, a BatchNorm in training mode
+    monkeypatch.setattr(fastconv, "FUSE_FROZEN", True)
+    x = torch.randn(1, 3, 32, 32)
+    assert not fastconv.frozen_bf16(x, [bb.layer1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fastconv.frozen_bf16(x, [bb.layer1])
+        bb.layer1[0].conv1.weight.requires_grad_(True)
+        assert not fastconv.frozen_bf16(x, [bb.layer1])
+        bb.layer1[0].conv1.weight.requires_grad_(False)
+        bb.layer1[2].bn2.train()
+        assert not fastconv.frozen_bf16(x, [bb.layer1])
