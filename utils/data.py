@@ -4,7 +4,6 @@ Every clip's augmentation (crop, flip, flow start) is drawn from a seed that dep
 (run seed, epoch, clip index), and the clip order only on (run seed, epoch). So a run resumed
 after a crash sees exactly the clips an uninterrupted run would have seen, with any number of
 DataLoader workers, and the main process's RNG (dropout) is never touched by data loading."""
-import os
 import random
 
 import numpy as np
@@ -56,20 +55,6 @@ class SeededDataset(Dataset):
             np.random.set_state(np_state)
 
 
-WORKER_NICE = 19
-
-
-def _yield_cpu_to_training(worker_id):
-    """DataLoader workers run at the lowest CPU priority. On a machine with few cores the
-    training process's OpenMP threads otherwise share cores with the workers, and every parallel
-    region waits for its slowest thread; at low priority the workers use the cycles the training
-    leaves idle, and get whole cores whenever the training waits for a batch."""
-    try:
-        os.nice(WORKER_NICE)
-    except (OSError, AttributeError):
-        pass
-
-
 def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False):
     sampler = EpochSampler(len(dataset), shuffle, seed)
     return DataLoader(
@@ -80,7 +65,6 @@ def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=Fals
         pin_memory=pin_memory,
         # Re-forking workers every epoch costs seconds (copy-on-write page faults).
         persistent_workers=num_workers > 0,
-        worker_init_fn=_yield_cpu_to_training if num_workers > 0 else None,
         # Workers are seeded per clip; this generator only keeps DataLoader from drawing its
         # base seed from the global RNG (which would shift dropout masks on resume).
         generator=torch.Generator().manual_seed(seed),
