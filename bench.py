@@ -9,8 +9,12 @@ parameters, optimiser) and times, after warm-up:
   compute  utils.train.train_step on one batch already in memory: the model's limit;
   data     the training DataLoader alone (same workers, frame cache, pinning), cache filled;
   train    utils.train.train_step fed by that DataLoader: what an epoch really runs at;
-  infer    the evaluation forward (no grad, heads off) on a batch in memory.
-All rates are clips per second; ratio_train_to_compute = train / compute. Peak memory: the
+  infer    the evaluation forward (no grad, heads off) on a batch in memory;
+  limit    (--limit) a plain torchvision ResNet-34 training step (every layer forward and
+           backward, SGD) on batchSize x seqLen random images in memory, channels_last, same
+           precision: what the hardware does with this backbone, in images/s.
+Rates are clips per second, except *_images_per_s (clips x seqLen); ratio_train_to_compute =
+train / compute, ratio_train_to_limit = train images/s / limit images/s. Peak memory: the
 main process's maximum RSS (getrusage; DataLoader workers not included) and, on CUDA, the
 maximum allocated memory. Weights are random (--pretrained none) with BatchNorm statistics
 estimated as the scripts do; speed does not depend on them once subnormals are flushed
@@ -33,8 +37,8 @@ import warnings
 
 import torch
 
-from utils.experiment import (Experiment, base_parser, check_args, configure_backends, pick_device,
-                              pick_precision, prepare_model, resolve_cache_dir, stage_datasets,
+from utils.experiment import (Experiment, base_parser, check_args, configure_backends, default_workers,
+                              pick_device, pick_precision, prepare_model, resolve_cache_dir, stage_datasets,
                               stage_loaders)
 from utils.train import autocast, train_step
 
@@ -59,8 +63,10 @@ def parse_args(argv=None):
                         "of each (shared machines: other processes only ever slow a measurement down)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="both")
-    p.add_argument("--numWorkers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--numWorkers", type=int, default=default_workers(),
                    help="DataLoader workers (the scripts' default)")
+    p.add_argument("--limit", action="store_true",
+                   help="also time a plain ResNet-34 training step on as many images (the hardware limit)")
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
     p.add_argument("--datasetDir", default=None, help=f"default: synthetic data in {SYNTHETIC_DIR}")
     p.add_argument("--json", default=None, help="write the results here")
@@ -154,6 +160,29 @@ def measure_infer(exp, model, batch, steps, warmup):
     return rate(steps * batch["label"].shape[0], time.perf_counter() - t0)
 
 
+def measure_limit(device, precision, images, frame_size, steps, warmup):
+    """Images/s of a plain ResNet-34 training step (all layers trained, SGD), channels_last."""
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet34().to(device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(images, 3, frame_size, frame_size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (images,), device=device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        with autocast(device, precision):
+            out = model(x)
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    loss.item()
+    sync(device)
+    return rate(steps * images, time.perf_counter() - t0)
+
+
 def build_model(exp, train_set):
     """Random weights, BatchNorm statistics estimated from training clips (as the scripts do
     with --pretrained none), on the run's device and memory format."""
@@ -237,8 +266,12 @@ def main(argv=None):
             samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps, a.warmup))
             samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
         compute, train, infer = (max(samples[k]) for k in ("compute", "train", "infer"))
+        limit = (measure_limit(device, precision, a.batchSize * a.seqLen, a.frameSize, a.steps, a.warmup)
+                 if a.limit else None)
         r = {"compute_clips_per_s": compute, "data_clips_per_s": data, "train_clips_per_s": train,
              "infer_clips_per_s": infer, "ratio_train_to_compute": train / compute,
+             "train_images_per_s": train * a.seqLen, "limit_images_per_s": limit,
+             "ratio_train_to_limit": train * a.seqLen / limit if limit else None,
              "ratio_data_to_compute": data / compute, "step_s": a.batchSize / compute,
              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              "cuda_max_allocated_mb": (torch.cuda.max_memory_allocated(device) / 2**20
@@ -247,7 +280,8 @@ def main(argv=None):
                  memory_format=torch.channels_last),
              "samples": samples}
         results[precision] = r
-        print(f"{precision}: compute {compute:.2f}, train {train:.2f}, infer {infer:.2f} clips/s", flush=True)
+        print(f"{precision}: compute {compute:.2f}, train {train:.2f}, infer {infer:.2f} clips/s"
+              + (f"; ResNet-34 limit {limit:.0f} images/s" if limit else ""), flush=True)
         del model, optimizer
 
     report = {"config": {k: v for k, v in vars(a).items() if k != "json"} | {"datasetDir": dataset,
@@ -267,7 +301,9 @@ def main(argv=None):
 COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("data", "data_clips_per_s", "{:.1f}"),
            ("train", "train_clips_per_s", "{:.2f}"), ("infer", "infer_clips_per_s", "{:.2f}"),
            ("train/compute", "ratio_train_to_compute", "{:.3f}"), ("data/compute", "ratio_data_to_compute", "{:.1f}"),
-           ("step s", "step_s", "{:.2f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+           ("step s", "step_s", "{:.3f}"), ("train img/s", "train_images_per_s", "{:.0f}"),
+           ("limit img/s", "limit_images_per_s", "{:.0f}"), ("train/limit", "ratio_train_to_limit", "{:.2f}"),
+           ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
            ("CUDA MB", "cuda_max_allocated_mb", "{:.0f}")]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError, run_cli
+from utils.experiment import default_workers
 from utils.io import atomic_write_csv, atomic_write_json
 
 MODELS = ["rgb", "convlstm", "flow", "twostream", "ms", "ms_op"]
@@ -35,7 +36,7 @@ def parse_args(argv):
     p.add_argument("--testUsers", nargs="+", default=["S2"])
     p.add_argument("--outDir", default=None, help="default: <checkpoint folder>/eval_<testUsers>")
     p.add_argument("--batchSize", type=int, default=8)
-    p.add_argument("--numWorkers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--numWorkers", type=int, default=default_workers())
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (default) reproduces the original's logits; bf16 is faster")

@@ -375,6 +375,11 @@ class GTEA61(Dataset):
         return len(self._videos)
 
     def __getitem__(self, index):
+        return self.get(index)
+
+    def get(self, index, normalize=True):
+        """dataset[index]; with normalize=False the "rgb" / "flow" clips stay uint8 and
+        datasets.transforms.normalize_inputs finishes them (on the GPU: utils/train.to_device)."""
         if index < 0:
             index += len(self)
         v = self._videos[index]
@@ -389,7 +394,7 @@ class GTEA61(Dataset):
                 if name not in cache:
                     cache[name] = self._image(os.path.join(v["rgb_dir"], name), "RGB")
                 imgs.append(cache[name])
-            out["rgb"] = self.transform.rgb(imgs, params)
+            out["rgb"] = self.transform.rgb(imgs, params, normalize)
             if self._needs_mmaps:
                 out["mmaps"] = self._mmaps(v, [num for num, _ in chosen], params)
         if self._needs_flow:
@@ -405,7 +410,7 @@ class GTEA61(Dataset):
                         cache[py] = self._image(py, "L")
                     xs.append(cache[px])
                     ys.append(cache[py])
-                stacks.append(self.transform.flow(xs, ys, params))
+                stacks.append(self.transform.flow(xs, ys, params, normalize))
             out["flow"] = torch.stack(stacks, 0)
         out["label"] = self.labels[index]
         out["index"] = index

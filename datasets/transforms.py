@@ -17,6 +17,9 @@ Test (``train=False``): resize the shorter side to R, then centre crop frameSize
 x1 = int(round((w - frameSize) / 2)) -- exactly torchvision's `resize` + `center_crop` on PIL
 images, which is exactly the original's Scale + CenterCrop (checked in tests/test_datasets.py).
 Then ToTensor (/255) and normalisation (ImageNet mean/std for RGB; 0.449/0.226 for flow).
+With ``normalize=False`` the clip stays uint8 (same pixels, same layout) and `normalize_inputs`
+applies exactly those float32 operations later, on the GPU: a quarter of the bytes through the
+DataLoader's shared memory, pinned memory and the host-to-device copy.
 
 Differences from the original Ego-RNN code, all confined to training augmentation:
   * crop positions are the intended ones: the original's 'tr' crop starts at y1=1 and its
@@ -152,9 +155,12 @@ class ClipTransform:
             arr = arr[:, :, ::-1]
         return arr
 
-    def rgb(self, imgs, params):
-        """List of T RGB PIL images -> float32 tensor (T, 3, F, F), ImageNet-normalised."""
+    def rgb(self, imgs, params, normalize=True):
+        """List of T RGB PIL images -> float32 tensor (T, 3, F, F), ImageNet-normalised
+        (uint8 (T, 3, F, F) with normalize=False: see `normalize_inputs`)."""
         arr = self._arrays(imgs, params)  # T, F, F, 3 uint8
+        if not normalize:
+            return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
         out = np.empty((arr.shape[0], 3) + arr.shape[1:3], np.float32)
         out[...] = arr.transpose(0, 3, 1, 2)
         # the same float32 operations as ToTensor (/255) and Normalize, done in numpy: cheaper
@@ -164,15 +170,19 @@ class ClipTransform:
         out /= self._std
         return torch.from_numpy(out)
 
-    def flow(self, xs, ys, params):
+    def flow(self, xs, ys, params, normalize=True):
         """Lists of k flow_x / flow_y 'L' PIL images -> float32 tensor (2k, F, F), channels
-        x1, y1, ..., xk, yk, normalised with FLOW_MEAN / FLOW_STD."""
+        x1, y1, ..., xk, yk, normalised with FLOW_MEAN / FLOW_STD (uint8 with normalize=False)."""
         ax = self._arrays(xs, params)
         ay = self._arrays(ys, params)
         if params is not None and params.flip:
             ax = 255 - ax  # horizontal motion changes sign; 128 (zero motion) -> 127
         k, f1, f2 = ax.shape
-        out = np.empty((2 * k, f1, f2), dtype=np.float32)
+        out = np.empty((2 * k, f1, f2), dtype=np.float32 if normalize else np.uint8)
+        if not normalize:
+            out[0::2] = ax
+            out[1::2] = ay
+            return torch.from_numpy(out)
         out[0::2] = ax
         out[1::2] = ay
         out /= np.float32(255)
@@ -205,3 +215,28 @@ class ClipTransform:
         if not self.regression:
             arr = (arr > self.threshold).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _const(values, device):
+    """A float32 constant on the device, per channel (3, 1, 1) for a tuple. Never a Python
+    scalar: a scalar divisor may become a multiplication by its reciprocal (other last bits)."""
+    t = torch.tensor(values, dtype=torch.float32, device=device)
+    return t.view(3, 1, 1) if t.dim() else t
+
+
+def normalize_inputs(batch):
+    """Normalise the uint8 "rgb" / "flow" tensors of a batch (made with normalize=False) in
+    place of the dict, on whatever device they are: the same float32 operations, in the same
+    order, as `ClipTransform.rgb` / `.flow`, so the values are identical to normalising in the
+    DataLoader (tests/test_speed.py). Float tensors are left alone."""
+    for key in ("rgb", "flow"):
+        x = batch.get(key)
+        if x is None or x.dtype != torch.uint8:
+            continue
+        out = x.to(torch.float32).div_(_const(255.0, x.device))
+        if key == "rgb":  # (..., 3, F, F)
+            out.sub_(_const(IMAGENET_MEAN, x.device)).div_(_const(IMAGENET_STD, x.device))
+        else:
+            out.sub_(_const(FLOW_MEAN, x.device)).div_(_const(FLOW_STD, x.device))
+        batch[key] = out
+    return batch

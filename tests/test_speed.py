@@ -6,6 +6,7 @@ JSON."""
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from PIL import Image
 from datasets import GTEA61
 from datasets.cache import FrameCache
 from utils import experiment as E
-from utils.data import SeededDataset
+from utils.data import SeededDataset, make_loader
 from utils.train import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +153,69 @@ def test_cache_dir_resolution(tree, tmp_path, monkeypatch):
     args.datasetDir = str(tmp_path / "missing")
     args.cacheDir = "auto"
     assert E.resolve_cache_dir(args) is None and not os.path.exists(args.datasetDir)
+
+
+# ----------------------------------------------------------------------------- uint8 clips (GPU loaders)
+
+@pytest.mark.parametrize("modality,train", [("rgb_mmaps", True), ("rgb", False), ("twostream", True),
+                                            ("flow", True)])
+def test_uint8_clips_normalised_later_are_identical(tree, tmp_path, modality, train):
+    """GPU loaders send uint8 clips and normalise on the device (utils/train.to_device): the
+    result equals the DataLoader's own float32 normalisation bit for bit (run here on the CPU,
+    the same float32 operations the GPU runs)."""
+    from datasets.transforms import normalize_inputs
+    from utils.train import to_device
+    root = noisy_tree(tree)
+    ds = GTEA61(root, ["S1", "S2"], modality, train, seqLen=6, frameSize=24, mapSize=3)
+    for i, seed in [(0, 3), (1, 4), (2, 5)]:
+        ref = SeededDataset(ds)[(i, seed)]
+        raw = SeededDataset(ds, normalize=False)[(i, seed)]
+        for key in ("rgb", "flow"):
+            if key in ref:
+                assert raw[key].dtype == torch.uint8 and raw[key].shape == ref[key].shape
+        assert_same_clips([ref], [normalize_inputs(dict(raw))])
+    loader = make_loader(ds, 2, True, 0, 0, normalize=False)
+    ref_loader = make_loader(ds, 2, True, 0, 0)
+    batches = [to_device(b, torch.device("cpu")) for b in loader]
+    assert_same_clips(batches, list(ref_loader))
+
+
+def test_gpu_loaders_send_uint8_cpu_loaders_float(tiny_root, tmp_path):
+    args = E.base_parser("ms_op", "").parse_args(
+        ["--datasetDir", str(tiny_root), "--outDir", str(tmp_path), "--seqLen", "4", "--frameSize", "32",
+         "--numWorkers", "0", "--cacheDir", "none", "--trainUsers", "S1"])
+    for device, normalize, pin in [("cpu", True, False), ("cuda", False, True)]:
+        exp = E.Experiment("ms_op", args, 2, torch.device(device), "bf16", None, None)
+        train_loader, test_loader = E.stage_loaders(exp, *E.stage_datasets(exp))
+        for loader in (train_loader, test_loader):
+            assert loader.dataset.normalize is normalize and loader.pin_memory is pin
+
+
+def test_meter_reads_device_tensors_once_with_float_arithmetic():
+    from utils.train import Meter
+    lazy, eager = Meter(), Meter()
+    values = [(torch.tensor(0.3), 3), (torch.tensor(1.7), 5), (0.25, 2)]
+    for v, n in values:
+        lazy.add("x", v, n)
+        eager.add("x", float(v), n)
+    assert lazy.mean("x") == eager.mean("x") == pytest.approx((0.3 * 3 + 1.7 * 5 + 0.25 * 2) / 10, rel=1e-6)
+    lazy.add("x", torch.tensor(1.0), 10)  # added after a read: read on the next mean
+    assert lazy.mean("x") == pytest.approx((0.3 * 3 + 1.7 * 5 + 0.25 * 2 + 10) / 20, rel=1e-6)
+    assert math.isnan(lazy.mean("missing"))
+
+
+def test_epoch_loss_check_catches_a_nan_without_a_per_step_read(tmp_path):
+    from utils.errors import NonFiniteLossError
+    from utils.train import Meter, check_finite
+
+    class Exp:
+        stage, stage_dir = 2, str(tmp_path)
+    meter = Meter()
+    meter.add("total", torch.tensor(1.0), 2)
+    check_finite(meter, "total", Exp, 1)
+    meter.add("total", torch.tensor(float("nan")), 2)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss in stage 2 epoch 3"):
+        check_finite(meter, "total", Exp, 3)
 
 
 # ----------------------------------------------------------------------------- fp32 unchanged
@@ -320,7 +384,7 @@ def test_bench_tiny_writes_json(golden_data, tmp_path):
     report = bench.main(["--model", "ms_op", "--stage", "2", "--seqLen", "4", "--batchSize", "2",
                          "--frameSize", "32", "--memSize", "8", "--steps", "1", "--warmup", "1",
                          "--numWorkers", "1", "--precision", "both", "--datasetDir", str(golden_data),
-                         "--cacheDir", str(tmp_path / "fc"), "--json", str(path)])
+                         "--cacheDir", str(tmp_path / "fc"), "--limit", "--json", str(path)])
     data = json.loads(path.read_text())
     assert data["results"].keys() == {"fp32", "bf16"} == report["results"].keys()
     for r in data["results"].values():
@@ -328,6 +392,9 @@ def test_bench_tiny_writes_json(golden_data, tmp_path):
                   "ratio_train_to_compute", "peak_rss_mb"):
             assert isinstance(r[k], float) and np.isfinite(r[k]) and r[k] > 0, k
         assert r["ratio_train_to_compute"] == pytest.approx(r["train_clips_per_s"] / r["compute_clips_per_s"])
+        assert r["train_images_per_s"] == pytest.approx(4 * r["train_clips_per_s"])
+        assert r["limit_images_per_s"] > 0
+        assert r["ratio_train_to_limit"] == pytest.approx(r["train_images_per_s"] / r["limit_images_per_s"])
         assert r["cuda_max_allocated_mb"] is None
     assert data["results"]["bf16"]["channels_last"] and not data["results"]["fp32"]["channels_last"]
     assert data["config"]["model"] == "ms_op" and data["machine"]["cpu_count"] >= 1

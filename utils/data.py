@@ -35,8 +35,8 @@ class SeededDataset(Dataset):
     """Calls `dataset[i]` with python, numpy and torch RNGs seeded from the sampler's seed,
     restoring the caller's RNG states afterwards."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, normalize=True):
+        self.dataset, self.normalize = dataset, normalize
 
     def __len__(self):
         return len(self.dataset)
@@ -49,16 +49,17 @@ class SeededDataset(Dataset):
                 random.seed(seed)
                 np.random.seed(seed % 2**32)
                 torch.manual_seed(seed)
-                return self.dataset[i]
+                return self.dataset[i] if self.normalize else self.dataset.get(i, normalize=False)
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
 
 
-def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False):
+def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False, normalize=True):
+    """normalize=False: clips come as uint8, to be normalised on the device (utils/train.to_device)."""
     sampler = EpochSampler(len(dataset), shuffle, seed)
     return DataLoader(
-        SeededDataset(dataset),
+        SeededDataset(dataset, normalize),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,

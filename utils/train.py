@@ -32,33 +32,64 @@ def autocast(device, precision):
 
 
 def to_device(batch, device):
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    """The batch on the device; uint8 clips (GPU loaders) are normalised there."""
+    from datasets.transforms import normalize_inputs
+    return normalize_inputs({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+                             for k, v in batch.items()})
 
 
 class Meter:
-    """Sums of per-sample quantities; `mean()` divides each by its own count."""
+    """Sums of per-sample quantities; `mean()` divides each by its own count.
+
+    Values may be 0-dim tensors on the device: they are read only when a mean is asked for,
+    all at once, so a GPU training step never waits for the host to read its loss."""
 
     def __init__(self):
-        self.sums, self.counts = {}, {}
+        self.items = {}
 
     def add(self, name, value, count):
-        self.sums[name] = self.sums.get(name, 0.0) + float(value) * count
-        self.counts[name] = self.counts.get(name, 0) + count
+        self.items.setdefault(name, []).append((value, count))
+
+    def _read(self, name):
+        items = self.items.get(name, [])
+        pending = [v.detach() for v, _ in items if torch.is_tensor(v)]
+        if pending:
+            values = iter(torch.stack([v.to(pending[0].dtype) for v in pending]).cpu().tolist())
+            items[:] = [(next(values) if torch.is_tensor(v) else v, c) for v, c in items]
+        return items
 
     def mean(self, name, default=float("nan")):
-        return self.sums[name] / self.counts[name] if self.counts.get(name) else default
+        items = self._read(name)
+        if not items:
+            return default
+        total, count = 0.0, 0
+        for value, n in items:
+            total += float(value) * n
+            count += n
+        return total / count
+
+
+def check_finite(meter, name, exp, epoch):
+    """Raise if any loss recorded under `name` was NaN or infinite (GPU runs check the losses
+    once per epoch, not once per step; parameters are checked again before each checkpoint)."""
+    if not all(math.isfinite(v) for v, _ in meter._read(name)):
+        raise NonFiniteLossError(
+            f"non-finite loss in stage {exp.stage} epoch {epoch}; the last good checkpoint is kept in "
+            f"{exp.stage_dir} (try a lower --lr)")
 
 
 def train_step(exp, model, batch, optimizer, generator, epoch=None):
     """One optimisation step on one batch (the model already in train mode): forward under
     autocast, fp32 losses, backward, step. Returns (batch on the device, outputs, losses).
-    bench.py times exactly this function."""
+    bench.py times exactly this function. On the CPU a non-finite loss stops the run before
+    the step; on a GPU that check would stall the pipeline every step, so train_one_epoch makes
+    it once per epoch, and fit() checks the parameters before anything is written."""
     batch = to_device(batch, exp.device)
     with autocast(exp.device, exp.precision):
         out = exp.forward(model, batch, generator, train=True)
     losses = exp.losses(out, batch)
     loss = losses["loss"]
-    if not torch.isfinite(loss):
+    if exp.device.type == "cpu" and not torch.isfinite(loss):
         raise NonFiniteLossError(
             f"non-finite loss ({loss.item()}) in stage {exp.stage} epoch {epoch}; "
             f"the last good checkpoint is kept in {exp.stage_dir} (try a lower --lr)")
@@ -73,19 +104,21 @@ def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
     loader.sampler.set_epoch(epoch)
     meter = Meter()
     bar = tqdm(loader, desc=f"stage {exp.stage} epoch {epoch} train", leave=False, dynamic_ncols=True)
-    for batch in bar:
+    for step, batch in enumerate(bar):
         batch, out, losses = train_step(exp, model, batch, optimizer, generator, epoch)
-        loss = losses["loss"]
         n = batch["label"].shape[0]
-        correct = (out["logits"].argmax(1) == batch["label"]).sum().item()
-        meter.add("loss", losses["ce"].item(), n)  # action CE, comparable with the test loss
-        meter.add("acc", correct / n, n)
+        correct = (out["logits"].argmax(1) == batch["label"]).sum()
+        meter.add("loss", losses["ce"], n)  # action CE, comparable with the test loss
+        meter.add("total", losses["loss"].detach(), n)
+        meter.add("acc", correct.double() / n, n)
         for k in ("ms_loss", "op_loss"):
             if k in losses:
-                meter.add(k, losses[k].item(), n)
+                meter.add(k, losses[k].detach(), n)
         if "op_logits" in out:
-            meter.add("op_acc", (out["op_logits"].argmax(1) == out["op_target"]).float().mean().item(), n)
-        bar.set_postfix(loss=f"{meter.mean('loss'):.3f}", acc=f"{100 * meter.mean('acc'):.1f}")
+            meter.add("op_acc", (out["op_logits"].argmax(1) == out["op_target"]).float().mean(), n)
+        if exp.device.type == "cpu" or step % 20 == 0:  # reading the meter waits for the GPU
+            bar.set_postfix(loss=f"{meter.mean('loss'):.3f}", acc=f"{100 * meter.mean('acc'):.1f}")
+    check_finite(meter, "total", exp, epoch)
     return {"loss": meter.mean("loss"), "acc": 100 * meter.mean("acc"),
             "ms_loss": meter.mean("ms_loss"), "op_loss": meter.mean("op_loss"),
             "op_acc": 100 * meter.mean("op_acc")}
@@ -103,8 +136,8 @@ def evaluate(exp, model, loader, keep_logits=False):
             out = exp.forward(model, batch, None, train=False)
         logits = out["logits"].float()
         n = batch["label"].shape[0]
-        meter.add("loss", torch.nn.functional.cross_entropy(logits, batch["label"]).item(), n)
-        meter.add("acc", (logits.argmax(1) == batch["label"]).float().mean().item(), n)
+        meter.add("loss", torch.nn.functional.cross_entropy(logits, batch["label"]), n)
+        meter.add("acc", (logits.argmax(1) == batch["label"]).float().mean(), n)
         if keep_logits:
             all_logits.append(logits.cpu())
             all_labels.append(batch["label"].cpu())

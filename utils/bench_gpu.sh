@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU speed check of README "Speed", in one go (a few minutes on one GPU):
+#   bash utils/bench_gpu.sh [OUTDIR]            (default experiments/bench_gpu)
+# For each configuration, bench.py on CUDA (bf16, channels_last, cudnn.benchmark, uint8 clips
+# normalised on the GPU) with --limit: the plain ResNet-34 training step on as many images, the
+# hardware limit that train images/s is compared with. One JSON and one log per configuration,
+# then one table of all of them. PYTHON picks the interpreter (default: python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-experiments/bench_gpu}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+"$py" -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
+'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'cpus', os.cpu_count())" | tee -a "$out/gpu.txt"
+start=$(date +%s)
+"$py" -m datasets.synthetic --out data/bench_synthetic --if-missing || exit 1
+echo "synthetic dataset ready after $(( $(date +%s) - start )) s"
+
+# model stage batch precision: ms_op stage 2 is the target; ms (no OP head) and rgb stage 2
+# give the OP head's cost and the stage-1 / stage-2 step ratio on this GPU; batch 32 is the
+# paper's.
+configs=("ms_op 2 8 both" "ms 2 8 bf16" "rgb 1 8 bf16" "rgb 2 8 bf16" "ms_op 2 32 bf16" "rgb 1 32 bf16")
+for cfg in "${configs[@]}"; do
+    set -- $cfg
+    name="bench_$1_s$2_b$3"
+    echo "== $name ($(( $(date +%s) - start )) s)"
+    "$py" bench.py --device cuda --model "$1" --stage "$2" --batchSize "$3" --precision "$4" --seqLen 16 \
+        --frameSize 224 --steps 40 --warmup 5 --repeats 2 --limit --json "$out/$name.json" \
+        >"$out/$name.log" 2>&1 || echo "FAILED: $name (see $out/$name.log)"
+    tail -n 4 "$out/$name.log"
+done
+
+"$py" - "$out" <<'EOF'
+import glob, json, os, sys
+print(f"\n{'config':<22}{'prec':>5}{'compute':>9}{'data':>8}{'train':>8}{'tr/comp':>8}{'train img/s':>12}"
+      f"{'limit img/s':>12}{'tr/limit':>9}{'CUDA MB':>9}  (clips/s unless marked)")
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "bench_*.json"))):
+    r = json.load(open(path))
+    for prec, x in r["results"].items():
+        print(f"{os.path.basename(path)[6:-5]:<22}{prec:>5}{x['compute_clips_per_s']:>9.1f}{x['data_clips_per_s']:>8.1f}"
+              f"{x['train_clips_per_s']:>8.1f}{x['ratio_train_to_compute']:>8.2f}{x['train_images_per_s']:>12.0f}"
+              f"{x['limit_images_per_s'] or 0:>12.0f}{x['ratio_train_to_limit'] or 0:>9.2f}{x['cuda_max_allocated_mb'] or 0:>9.0f}")
+EOF
+
+echo "== CUDA path checks ($(( $(date +%s) - start )) s)"
+# uint8 clips normalised on the GPU equal the CPU DataLoader's float32 clips bit for bit.
+"$py" - <<'EOF2'
+import torch
+from datasets import GTEA61
+from datasets.transforms import normalize_inputs
+from utils.data import SeededDataset
+ds = GTEA61("data/bench_synthetic", ["S1"], "twostream", True, seqLen=16, frameSize=224)
+diff = 0.0
+for i in range(4):
+    ref = SeededDataset(ds)[(i, i + 7)]
+    raw = SeededDataset(ds, normalize=False)[(i, i + 7)]
+    gpu = normalize_inputs({k: raw[k].cuda() for k in ("rgb", "flow")})
+    diff = max(diff, max((gpu[k].cpu() - ref[k]).abs().max().item() for k in ("rgb", "flow")))
+print(f"GPU normalisation vs CPU DataLoader, 4 two-stream clips: max abs difference {diff}")
+EOF2
+# The SAMSOP-Net script end to end on CUDA (stage 1 + 2, CAM figures), then evaluate.py.
+run=/tmp/gpu_ms_op
+rm -rf "$run"
+"$py" main_ms_op.py --datasetDir data/bench_synthetic --outDir "$run" --numEpochs 2 --pretrained none \
+    --seqLen 8 --frameSize 112 --memSize 128 --trainBatchSize 8 --camVideos 1 >"$out/main_ms_op.log" 2>&1 \
+    && tail -n 3 "$out/main_ms_op.log" || { echo "FAILED: main_ms_op.py"; tail -n 20 "$out/main_ms_op.log"; }
+"$py" evaluate.py --model ms_op --modelStateDict "$run/stage2/best_model.pth" --datasetDir data/bench_synthetic --outDir "$run/eval" --memSize 128 \
+    >"$out/evaluate.log" 2>&1 && tail -n 2 "$out/evaluate.log" || { echo "FAILED: evaluate.py"; tail -n 20 "$out/evaluate.log"; }
+echo "total $(( $(date +%s) - start )) s"
