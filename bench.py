@@ -40,7 +40,7 @@ import torch
 from utils.experiment import (Experiment, base_parser, check_args, configure_backends, default_workers,
                               pick_device, pick_precision, prepare_model, resolve_cache_dir, stage_datasets,
                               stage_loaders)
-from utils.train import autocast, train_step
+from utils.train import autocast, to_device, train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(ROOT, "data", "bench_synthetic")
@@ -259,7 +259,7 @@ def main(argv=None):
         generator = torch.Generator().manual_seed(0)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch_cpu.items()}
+        batch = to_device(dict(batch_cpu), device)  # transformed and normalised as in training
         samples = {"compute": [], "train": [], "infer": []}
         for _ in range(a.repeats):
             samples["compute"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup))

@@ -377,9 +377,12 @@ class GTEA61(Dataset):
     def __getitem__(self, index):
         return self.get(index)
 
-    def get(self, index, normalize=True):
+    def get(self, index, normalize=True, source=False):
         """dataset[index]; with normalize=False the "rgb" / "flow" clips stay uint8 and
-        datasets.transforms.normalize_inputs finishes them (on the GPU: utils/train.to_device)."""
+        datasets.transforms.normalize_inputs finishes them (on the GPU: utils/train.to_device).
+        source=True (implies normalize=False): instead of "rgb", the decoded frames "rgb_src"
+        (T, H, W, 3) uint8 with their geometry "rgb_spec" and "rgb_size", transformed on the GPU
+        by datasets.transforms.clips_on_device; the motion maps are made here as always."""
         if index < 0:
             index += len(self)
         v = self._videos[index]
@@ -394,7 +397,17 @@ class GTEA61(Dataset):
                 if name not in cache:
                     cache[name] = self._image(os.path.join(v["rgb_dir"], name), "RGB")
                 imgs.append(cache[name])
-            out["rgb"] = self.transform.rgb(imgs, params, normalize)
+            if source:
+                arrays = [np.asarray(im) for im in imgs]
+                h, w = arrays[0].shape[:2]
+                if any(a.shape[:2] != (h, w) for a in arrays):
+                    raise DatasetError(f"{v['rgb_dir']}: frames of different sizes ({w}x{h} and others); "
+                                       f"resize them to one size")
+                out["rgb_src"] = torch.from_numpy(np.stack(arrays))
+                out["rgb_spec"] = torch.tensor(self.transform.spec(w, h, params))
+                out["rgb_size"] = self.frameSize
+            else:
+                out["rgb"] = self.transform.rgb(imgs, params, normalize)
             if self._needs_mmaps:
                 out["mmaps"] = self._mmaps(v, [num for num, _ in chosen], params)
         if self._needs_flow:
@@ -410,7 +423,7 @@ class GTEA61(Dataset):
                         cache[py] = self._image(py, "L")
                     xs.append(cache[px])
                     ys.append(cache[py])
-                stacks.append(self.transform.flow(xs, ys, params, normalize))
+                stacks.append(self.transform.flow(xs, ys, params, normalize and not source))
             out["flow"] = torch.stack(stacks, 0)
         out["label"] = self.labels[index]
         out["index"] = index

@@ -21,6 +21,13 @@ With ``normalize=False`` the clip stays uint8 (same pixels, same layout) and `no
 applies exactly those float32 operations later, on the GPU: a quarter of the bytes through the
 DataLoader's shared memory, pinned memory and the host-to-device copy.
 
+On a GPU the RGB frames can skip PIL altogether (the DataLoader workers were the bottleneck:
+about 25 clips/s per worker at 224 px): the workers send the decoded frames as they are, uint8,
+with each clip's geometry (`ClipTransform.spec`), and `clips_on_device` does steps 1-4 on the
+GPU with torch's antialiased bilinear resize (a port of PIL's filter), rounding to integers after
+each resize as PIL does. Its pixels differ from PIL's by at most a few levels where PIL's
+fixed-point arithmetic rounds the other way (tests/test_speed.py); CPU runs always use PIL.
+
 Differences from the original Ego-RNN code, all confined to training augmentation:
   * crop positions are the intended ones: the original's 'tr' crop starts at y1=1 and its
     'bl' crop at x1=1 (one row/column short of a square), and its centre box is one pixel
@@ -129,6 +136,12 @@ class ClipTransform:
             raise ValueError(f"unknown crop position {pos!r}")
         return left, top, c, c
 
+    def spec(self, w, h, params):
+        """The clip's geometry as 7 ints for `clips_on_device`: resized width and height, crop
+        box (left, top, width, height) in the resized image, flip."""
+        rw, rh = resized_wh(w, h, self.short)
+        return [rw, rh, *self.crop_box(w, h, params), int(params is not None and params.flip)]
+
     # ---- images -------------------------------------------------------------------------
     def frame(self, img, params):
         """PIL image -> PIL image frameSize x frameSize (resized and cropped, NOT flipped)."""
@@ -224,11 +237,18 @@ def _const(values, device):
     return t.view(3, 1, 1) if t.dim() else t
 
 
+HOST_KEYS = ("rgb_spec", "rgb_size")  # read by normalize_inputs on the host: never moved to the GPU
+
+
 def normalize_inputs(batch):
     """Normalise the uint8 "rgb" / "flow" tensors of a batch (made with normalize=False) in
     place of the dict, on whatever device they are: the same float32 operations, in the same
     order, as `ClipTransform.rgb` / `.flow`, so the values are identical to normalising in the
-    DataLoader (tests/test_speed.py). Float tensors are left alone."""
+    DataLoader (tests/test_speed.py). Float tensors are left alone. A batch with "rgb_src"
+    (decoded frames, see `clips_on_device`) gets its "rgb" made from them first."""
+    if "rgb_src" in batch:
+        size = int(batch.pop("rgb_size")[0])
+        batch["rgb"] = clips_on_device(batch.pop("rgb_src"), batch.pop("rgb_spec").tolist(), size)
     for key in ("rgb", "flow"):
         x = batch.get(key)
         if x is None or x.dtype != torch.uint8:
@@ -240,3 +260,44 @@ def normalize_inputs(batch):
             out.sub_(_const(FLOW_MEAN, x.device)).div_(_const(FLOW_STD, x.device))
         batch[key] = out
     return batch
+
+
+def clips_on_device(src, specs, frame_size):
+    """`ClipTransform.frame` + flip for a batch of clips, in torch on src's device.
+    src: uint8 (B, T, H, W, 3) decoded frames, or a list of B (T, H, W, 3) of different sizes;
+    specs: B x 7 ints (`ClipTransform.spec`). Returns uint8 (B, T, 3, frame_size, frame_size).
+    Clips of one source size are resized together, and crops of one size resized together."""
+    B = len(specs)
+    if torch.is_tensor(src) and all(spec[:2] == specs[0][:2] for spec in specs):
+        rw, rh = specs[0][:2]
+        frames = src.flatten(0, 1).permute(0, 3, 1, 2).float()  # (B*T, 3, H, W)
+        resized = list(_pil_resize(frames, rh, rw).unflatten(0, (B, -1)))
+    else:
+        resized = [_pil_resize(s.permute(0, 3, 1, 2).float(), spec[1], spec[0]) for s, spec in zip(src, specs)]
+    out = [None] * B
+    for crop in sorted({tuple(spec[4:6]) for spec in specs}):
+        members = [b for b in range(B) if tuple(specs[b][4:6]) == crop]
+        cw, ch = crop
+        x = torch.stack([resized[b][:, :, specs[b][3]:specs[b][3] + ch, specs[b][2]:specs[b][2] + cw]
+                         for b in members])  # (n, T, 3, ch, cw)
+        if (ch, cw) != (frame_size, frame_size):  # PIL returns a same-size resize unchanged
+            x = _pil_resize(x.flatten(0, 1), frame_size, frame_size).unflatten(0, (len(members), -1))
+        for b, clip in zip(members, x):
+            out[b] = clip.flip(-1) if specs[b][6] else clip
+    return torch.stack(out).to(torch.uint8)
+
+
+def _pil_resize(x, h, w):
+    """PIL's bilinear resize of uint8 images, on float tensors holding integers: the width
+    first, rounded to integers, then the height, rounded (PIL's two passes and its uint8
+    intermediate image)."""
+    if x.shape[-1] != w:
+        x = _resize(x, x.shape[-2], w)
+    if x.shape[-2] != h:
+        x = _resize(x, h, w)
+    return x
+
+
+def _resize(x, h, w):
+    x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from datasets import GTEA61
 from datasets.cache import FrameCache
+from datasets.transforms import IMAGENET_STD as E_STD
 from utils import experiment as E
 from utils.data import SeededDataset, make_loader
 from utils.train import train_step
@@ -180,15 +181,41 @@ def test_uint8_clips_normalised_later_are_identical(tree, tmp_path, modality, tr
     assert_same_clips(batches, list(ref_loader))
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_frames_transformed_on_device_match_pil(tree, tmp_path, train):
+    """GPU loaders send decoded frames; clips_on_device (run here on the CPU) resizes, crops and
+    flips them as the PIL pipeline does: the same geometry, pixels within 2 levels, few differing;
+    everything else in the batch identical. S1 and S2 frames differ in size (the list path)."""
+    from utils.train import to_device
+    root = noisy_tree(tree)
+    ds = GTEA61(root, ["S1", "S2"], "rgb_mmaps" if train else "rgb", train, seqLen=6, frameSize=24, mapSize=3)
+    ref = list(make_loader(ds, 4, True, 0, 0))
+    src = list(make_loader(ds, 4, True, 0, 0, normalize=False, source=True))
+    assert isinstance(src[0]["rgb_src"], list) and src[0]["rgb_src"][0].dtype == torch.uint8
+    got = [to_device(b, torch.device("cpu")) for b in src]
+    levels = torch.tensor(E_STD).view(3, 1, 1) * 255
+    for r, g in zip(ref, got):
+        assert g.keys() == r.keys()
+        for k in r:
+            if k != "rgb":
+                assert torch.equal(r[k], g[k]), k
+        diff = ((g["rgb"] - r["rgb"]) * levels).abs()  # in pixel levels
+        assert g["rgb"].shape == r["rgb"].shape and diff.max() < 2.01 and (diff > 0.5).float().mean() < 0.2
+
+
 def test_gpu_loaders_send_uint8_cpu_loaders_float(tiny_root, tmp_path):
     args = E.base_parser("ms_op", "").parse_args(
         ["--datasetDir", str(tiny_root), "--outDir", str(tmp_path), "--seqLen", "4", "--frameSize", "32",
          "--numWorkers", "0", "--cacheDir", "none", "--trainUsers", "S1"])
-    for device, normalize, pin in [("cpu", True, False), ("cuda", False, True)]:
+    for device, cpu_transforms, normalize, source, pin in [("cpu", False, True, False, False),
+                                                           ("cuda", False, False, True, True),
+                                                           ("cuda", True, False, False, True)]:
+        args.cpuTransforms = cpu_transforms
         exp = E.Experiment("ms_op", args, 2, torch.device(device), "bf16", None, None)
         train_loader, test_loader = E.stage_loaders(exp, *E.stage_datasets(exp))
         for loader in (train_loader, test_loader):
-            assert loader.dataset.normalize is normalize and loader.pin_memory is pin
+            assert loader.dataset.normalize is normalize and loader.dataset.source is source
+            assert loader.pin_memory is pin
 
 
 def test_meter_reads_device_tensors_once_with_float_arithmetic():

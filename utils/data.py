@@ -8,7 +8,7 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 
 class EpochSampler(Sampler):
@@ -35,8 +35,8 @@ class SeededDataset(Dataset):
     """Calls `dataset[i]` with python, numpy and torch RNGs seeded from the sampler's seed,
     restoring the caller's RNG states afterwards."""
 
-    def __init__(self, dataset, normalize=True):
-        self.dataset, self.normalize = dataset, normalize
+    def __init__(self, dataset, normalize=True, source=False):
+        self.dataset, self.normalize, self.source = dataset, normalize, source
 
     def __len__(self):
         return len(self.dataset)
@@ -49,17 +49,30 @@ class SeededDataset(Dataset):
                 random.seed(seed)
                 np.random.seed(seed % 2**32)
                 torch.manual_seed(seed)
-                return self.dataset[i] if self.normalize else self.dataset.get(i, normalize=False)
+                if self.normalize and not self.source:
+                    return self.dataset[i]
+                return self.dataset.get(i, normalize=False, source=self.source)
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
 
 
-def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False, normalize=True):
-    """normalize=False: clips come as uint8, to be normalised on the device (utils/train.to_device)."""
+def collate(items):
+    """default_collate, except that decoded source frames of different sizes stay a list."""
+    src = [item.pop("rgb_src") for item in items] if "rgb_src" in items[0] else None
+    batch = default_collate(items)
+    if src is not None:
+        batch["rgb_src"] = default_collate(src) if all(s.shape == src[0].shape for s in src) else src
+    return batch
+
+
+def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False, normalize=True, source=False):
+    """normalize=False: clips come as uint8, to be normalised on the device (utils/train.to_device);
+    source=True: RGB frames come decoded but untransformed, for datasets.transforms.clips_on_device."""
     sampler = EpochSampler(len(dataset), shuffle, seed)
     return DataLoader(
-        SeededDataset(dataset, normalize),
+        SeededDataset(dataset, normalize, source),
+        collate_fn=collate,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,

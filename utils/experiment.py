@@ -73,6 +73,9 @@ def base_parser(kind, description):
                         "writable, else <outDir>/.frame_cache; none = decode every frame every epoch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--cpuTransforms", action="store_true",
+                   help="on a GPU, resize/crop/flip the RGB frames with PIL in the DataLoader workers (the CPU "
+                        "pipeline, exact) instead of on the GPU (faster; pixels within a few levels of PIL's)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast where the hardware runs it natively (auto), or force one")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from last.pth")
@@ -364,10 +367,13 @@ def stage_datasets(exp):
 def stage_loaders(exp, train_set, test_set):
     from utils.data import make_loader
     a = exp.args
-    # On a GPU the workers send uint8 clips (a quarter of the bytes) and the GPU normalises them.
+    # On a GPU the workers send uint8: decoded RGB frames that the GPU resizes, crops, flips and
+    # normalises (datasets/transforms.py), flow clips that it normalises; with --cpuTransforms the
+    # RGB frames are transformed in the workers with PIL, as on the CPU.
     gpu = exp.device.type == "cuda"
-    return (make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, normalize=not gpu),
-            make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, normalize=not gpu))
+    source = gpu and not getattr(a, "cpuTransforms", False)
+    return (make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, not gpu, source),
+            make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source))
 
 
 def run(kind, argv=None, description=None, extra_args=None):

@@ -32,10 +32,19 @@ def autocast(device, precision):
 
 
 def to_device(batch, device):
-    """The batch on the device; uint8 clips (GPU loaders) are normalised there."""
-    from datasets.transforms import normalize_inputs
-    return normalize_inputs({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
-                             for k, v in batch.items()})
+    """The batch on the device; uint8 clips and decoded frames (GPU loaders) are transformed
+    and normalised there (datasets.transforms.normalize_inputs)."""
+    from datasets.transforms import HOST_KEYS, normalize_inputs
+
+    def move(k, v):
+        if k in HOST_KEYS:
+            return v
+        if torch.is_tensor(v):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, list) and v and torch.is_tensor(v[0]):
+            return [t.to(device, non_blocking=True) for t in v]
+        return v
+    return normalize_inputs({k: move(k, v) for k, v in batch.items()})
 
 
 class Meter:
