@@ -230,11 +230,18 @@ class ClipTransform:
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
+_CONSTANTS = {}
+
+
 def _const(values, device):
-    """A float32 constant on the device, per channel (3, 1, 1) for a tuple. Never a Python
+    """A float32 constant on the device, per channel (3, 1, 1) for a tuple, made once per device
+    (a new one each step would be a host-to-device copy that waits for the GPU). Never a Python
     scalar: a scalar divisor may become a multiplication by its reciprocal (other last bits)."""
-    t = torch.tensor(values, dtype=torch.float32, device=device)
-    return t.view(3, 1, 1) if t.dim() else t
+    key = (values, str(device))
+    if key not in _CONSTANTS:
+        t = torch.tensor(values, dtype=torch.float32, device=device)
+        _CONSTANTS[key] = t.view(3, 1, 1) if t.dim() else t
+    return _CONSTANTS[key]
 
 
 HOST_KEYS = ("rgb_spec", "rgb_size")  # read by normalize_inputs on the host: never moved to the GPU

@@ -54,10 +54,18 @@ class SAMSOPNet(nn.Module):
             out["ms_out"] = self.ms_head(f.flatten(0, 1)).unflatten(0, (B, T))
         if heads and self.op_head is not None:
             frame_idx, order, target = self.op_head.sample(B, T, generator)
-            shown = frame_idx.gather(1, order).to(x.device)  # the 4 frames in shuffled order
+            shown = _to(frame_idx.gather(1, order), x.device)  # the 4 frames in shuffled order
             maps = out["layer4"][torch.arange(B, device=x.device).unsqueeze(1), shown]
             frame_feats = maps.mean(dim=(-2, -1))  # global average pool -> (B, 4, 512)
             out["op_logits"] = self.op_head(frame_feats)
-            out["op_target"] = target.to(x.device)
+            out["op_target"] = _to(target, x.device)
             out["op_frames"] = shown
         return out
+
+
+def _to(t, device):
+    """A small CPU tensor on the device. To a GPU through pinned memory, without waiting: a plain
+    copy from pageable memory would make the host wait for the backbone in mid-forward."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
