@@ -1,8 +1,8 @@
 """Speed work (issues 6 and 7): the frame cache gives byte-identical clips and follows changed
 files; fp32 training results are bit-identical to the run recorded before the speed work, with
 and without the cache; a bf16 step on the CPU trains exactly the stage's parameters with fp32
-state; frozen layers build no autograd graph in the real training step; bench.py writes its
-JSON."""
+state; frozen layers build no autograd graph in the real training step; GPU loaders' uint8 clips
+and decoded frames, finished by the device, match the CPU pipeline; bench.py writes its JSON."""
 import csv
 import hashlib
 import json
