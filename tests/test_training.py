@@ -228,6 +228,7 @@ def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
 
 
+@pytest.mark.filterwarnings("ignore:pretrained=.none.")
 def test_evaluate_original_egornn_checkpoint_gives_the_models_logits(data, tmp_path):
     """An original-format Ego-RNN file, through evaluate.py's test pipeline (resize 256, centre
     crop 224, linspace frames, fp32), gives the logits of the model it was saved from."""
