@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="both")
     p.add_argument("--numWorkers", type=int, default=default_workers(),
                    help="DataLoader workers (the scripts' default)")
+    p.add_argument("--cpuTransforms", action="store_true",
+                   help="GPU runs: transform the RGB frames with PIL in the workers, as the scripts' --cpuTransforms")
     p.add_argument("--limit", action="store_true",
                    help="also time a plain ResNet-34 training step on as many images (the hardware limit)")
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
@@ -229,7 +231,8 @@ def main(argv=None):
                    "--seqLen", str(a.seqLen), "--trainBatchSize", str(a.batchSize),
                    "--valBatchSize", str(a.batchSize), "--frameSize", str(a.frameSize),
                    "--memSize", str(a.memSize), "--numWorkers", str(a.numWorkers),
-                   "--cacheDir", a.cacheDir, "--pretrained", "none", *extra]
+                   "--cacheDir", a.cacheDir, "--pretrained", "none", *extra,
+                   *(["--cpuTransforms"] if a.cpuTransforms else [])]
     args = base_parser(kind, "bench").parse_args(script_argv)
     check_args(kind, args)
     args.cacheDir = resolve_cache_dir(args)
