@@ -381,7 +381,7 @@ class GTEA61(Dataset):
         """dataset[index]; with normalize=False the "rgb" / "flow" clips stay uint8 and
         datasets.transforms.normalize_inputs finishes them (on the GPU: utils/train.to_device).
         source=True (implies normalize=False): instead of "rgb", the decoded frames "rgb_src"
-        (T, H, W, 3) uint8 with their geometry "rgb_spec" and "rgb_size", transformed on the GPU
+        (T, H, W, 3) uint8 with their geometry "rgb_spec", transformed on the GPU
         by datasets.transforms.clips_on_device; the motion maps are made here as always."""
         if index < 0:
             index += len(self)
@@ -405,7 +405,6 @@ class GTEA61(Dataset):
                                        f"resize them to one size")
                 out["rgb_src"] = torch.from_numpy(np.stack(arrays))
                 out["rgb_spec"] = torch.tensor(self.transform.spec(w, h, params))
-                out["rgb_size"] = self.frameSize
             else:
                 out["rgb"] = self.transform.rgb(imgs, params, normalize)
             if self._needs_mmaps:

@@ -137,10 +137,10 @@ class ClipTransform:
         return left, top, c, c
 
     def spec(self, w, h, params):
-        """The clip's geometry as 7 ints for `clips_on_device`: resized width and height, crop
-        box (left, top, width, height) in the resized image, flip."""
+        """The clip's geometry as 8 ints for `clips_on_device`: resized width and height, crop
+        box (left, top, width, height) in the resized image, flip, output frame size."""
         rw, rh = resized_wh(w, h, self.short)
-        return [rw, rh, *self.crop_box(w, h, params), int(params is not None and params.flip)]
+        return [rw, rh, *self.crop_box(w, h, params), int(params is not None and params.flip), self.frameSize]
 
     # ---- images -------------------------------------------------------------------------
     def frame(self, img, params):
@@ -192,12 +192,10 @@ class ClipTransform:
             ax = 255 - ax  # horizontal motion changes sign; 128 (zero motion) -> 127
         k, f1, f2 = ax.shape
         out = np.empty((2 * k, f1, f2), dtype=np.float32 if normalize else np.uint8)
-        if not normalize:
-            out[0::2] = ax
-            out[1::2] = ay
-            return torch.from_numpy(out)
         out[0::2] = ax
         out[1::2] = ay
+        if not normalize:
+            return torch.from_numpy(out)
         out /= np.float32(255)
         out -= np.float32(FLOW_MEAN)
         out /= np.float32(FLOW_STD)
@@ -244,7 +242,7 @@ def _const(values, device):
     return _CONSTANTS[key]
 
 
-HOST_KEYS = ("rgb_spec", "rgb_size")  # read by normalize_inputs on the host: never moved to the GPU
+HOST_KEYS = ("rgb_spec",)  # read by normalize_inputs on the host: never moved to the GPU
 
 
 def normalize_inputs(batch):
@@ -254,8 +252,7 @@ def normalize_inputs(batch):
     DataLoader (tests/test_speed.py). Float tensors are left alone. A batch with "rgb_src"
     (decoded frames, see `clips_on_device`) gets its "rgb" made from them first."""
     if "rgb_src" in batch:
-        size = int(batch.pop("rgb_size")[0])
-        batch["rgb"] = clips_on_device(batch.pop("rgb_src"), batch.pop("rgb_spec").tolist(), size)
+        batch["rgb"] = clips_on_device(batch.pop("rgb_src"), batch.pop("rgb_spec").tolist())
     for key in ("rgb", "flow"):
         x = batch.get(key)
         if x is None or x.dtype != torch.uint8:
@@ -269,12 +266,12 @@ def normalize_inputs(batch):
     return batch
 
 
-def clips_on_device(src, specs, frame_size):
+def clips_on_device(src, specs):
     """`ClipTransform.frame` + flip for a batch of clips, in torch on src's device.
     src: uint8 (B, T, H, W, 3) decoded frames, or a list of B (T, H, W, 3) of different sizes;
-    specs: B x 7 ints (`ClipTransform.spec`). Returns uint8 (B, T, 3, frame_size, frame_size).
+    specs: B x 8 ints (`ClipTransform.spec`). Returns uint8 (B, T, 3, F, F), F = specs[b][7].
     Clips of one source size are resized together, and crops of one size resized together."""
-    B = len(specs)
+    B, frame_size = len(specs), specs[0][7]
     if torch.is_tensor(src) and all(spec[:2] == specs[0][:2] for spec in specs):
         rw, rh = specs[0][:2]
         frames = src.flatten(0, 1).permute(0, 3, 1, 2).float()  # (B*T, 3, H, W)

@@ -51,7 +51,7 @@ class SeededDataset(Dataset):
                 torch.manual_seed(seed)
                 if self.normalize and not self.source:
                     return self.dataset[i]
-                return self.dataset.get(i, normalize=False, source=self.source)
+                return self.dataset.get(i, normalize=self.normalize, source=self.source)
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)

@@ -78,13 +78,16 @@ class Meter:
         return total / count
 
 
+def non_finite(what, exp, epoch):
+    return NonFiniteLossError(f"{what} in stage {exp.stage} epoch {epoch}; the last good checkpoint is kept "
+                              f"in {exp.stage_dir} (try a lower --lr)")
+
+
 def check_finite(meter, name, exp, epoch):
     """Raise if any loss recorded under `name` was NaN or infinite (GPU runs check the losses
     once per epoch, not once per step; parameters are checked again before each checkpoint)."""
     if not all(math.isfinite(v) for v, _ in meter._read(name)):
-        raise NonFiniteLossError(
-            f"non-finite loss in stage {exp.stage} epoch {epoch}; the last good checkpoint is kept in "
-            f"{exp.stage_dir} (try a lower --lr)")
+        raise non_finite("non-finite loss", exp, epoch)
 
 
 def train_step(exp, model, batch, optimizer, generator, epoch=None):
@@ -99,9 +102,7 @@ def train_step(exp, model, batch, optimizer, generator, epoch=None):
     losses = exp.losses(out, batch)
     loss = losses["loss"]
     if exp.device.type == "cpu" and not torch.isfinite(loss):
-        raise NonFiniteLossError(
-            f"non-finite loss ({loss.item()}) in stage {exp.stage} epoch {epoch}; "
-            f"the last good checkpoint is kept in {exp.stage_dir} (try a lower --lr)")
+        raise non_finite(f"non-finite loss ({loss.item()})", exp, epoch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -266,9 +267,7 @@ def fit(exp, model, train_loader, test_loader):
             train = train_one_epoch(exp, model, train_loader, optimizer, epoch, generator)
             scheduler.step()
             if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
-                raise NonFiniteLossError(
-                    f"parameters became non-finite in stage {exp.stage} epoch {epoch}; the last good "
-                    f"checkpoint is kept in {stage_dir} (try a lower --lr)")
+                raise non_finite("parameters became non-finite", exp, epoch)
             test = evaluate(exp, model, test_loader)
             seconds = time.time() - t0
             elapsed += seconds
