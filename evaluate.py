@@ -30,10 +30,12 @@ def parse_args(argv):
     p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")
     p.add_argument("--seqLen", type=int, default=None, help="default: the checkpoint's, else 25 as the original")
     p.add_argument("--memSize", type=int, default=512)
-    p.add_argument("--stackSize", type=int, default=5)
+    p.add_argument("--stackSize", type=int, default=None, help="default: the checkpoint's, else 5")
     p.add_argument("--numSeg", type=int, default=5, help="flow stacks averaged per video (flow model)")
     p.add_argument("--frameSize", type=int, default=None, help="default: the checkpoint's, else 224")
-    p.add_argument("--testUsers", nargs="+", default=["S2"])
+    p.add_argument("--testUsers", nargs="+", default=None, help="default: the checkpoint's test users, else S2")
+    p.add_argument("--allowTrainUsers", action="store_true",
+                   help="score users the checkpoint was trained on (its training data: not a test accuracy)")
     p.add_argument("--outDir", default=None, help="default: <checkpoint folder>/eval_<testUsers>")
     p.add_argument("--batchSize", type=int, default=8)
     p.add_argument("--numWorkers", type=int, default=default_workers())
@@ -57,23 +59,24 @@ def read_meta(path):
     return {}
 
 
-def build(kind, num_classes, mem_size):
+def build(kind, num_classes, mem_size, stack_size=5, attention=True):
     import models
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every weight comes from the checkpoint
         if kind in ("rgb", "convlstm", "ms", "ms_op"):
             return models.EgoRNN(num_classes, mem_size=mem_size, attention=kind != "convlstm", pretrained="none")
-        flow = models.FlowResNet34(num_classes, pretrained="none")
+        flow = models.FlowResNet34(num_classes, pretrained="none", in_channels=2 * stack_size)
         if kind == "flow":
             return flow
-        rgb = models.EgoRNN(num_classes, mem_size=mem_size, attention=True, pretrained="none")
+        rgb = models.EgoRNN(num_classes, mem_size=mem_size, attention=attention, pretrained="none")
         return models.TwoStream(num_classes, flow, rgb)
 
 
 def main(argv=None):
     args = parse_args(argv)
     from datasets import GTEA61
-    from models.checkpoints import checkpoint_num_classes, load_checkpoint
+    from models.checkpoints import checkpoint_info, load_checkpoint
+    from utils.config import saved_config
     from utils.data import make_loader
     from models import feature_map_size
     from utils.experiment import pick_device
@@ -91,6 +94,18 @@ def main(argv=None):
     seq_len = args.seqLen or meta.get("seqLen") or 25
     frame_size = args.frameSize or meta.get("frameSize") or 224
     mem_size = cfg.get("memSize", args.memSize)
+    config = saved_config(args.modelStateDict)
+    info = checkpoint_info(args.modelStateDict)
+    stack_size = args.stackSize or config.get("stackSize") or info["stack_size"] or 5
+    if family in ("flow", "twostream") and info["stack_size"] and stack_size != info["stack_size"]:
+        raise UserError(f"--stackSize {stack_size}: {args.modelStateDict} reads stacks of {info['stack_size']} "
+                        f"flow frames; pass --stackSize {info['stack_size']} or leave it out")
+    test_users = args.testUsers or config.get("testUsers") or ["S2"]
+    trained_on = [u for u in test_users if u in (config.get("trainUsers") or [])]
+    if trained_on and not args.allowTrainUsers:
+        raise UserError(f"--testUsers {' '.join(test_users)}: {args.modelStateDict} was trained on "
+                        f"{' '.join(trained_on)}, so that is not a test accuracy; pass its test users "
+                        f"({' '.join(config.get('testUsers') or ['?'])}) or --allowTrainUsers")
     for name, v in (("seqLen", seq_len), ("frameSize", frame_size), ("batchSize", args.batchSize), ("numSeg", args.numSeg)):
         if v <= 0:
             raise UserError(f"--{name} must be positive (got {v})")
@@ -101,11 +116,11 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     modality = {"rgb": "rgb", "flow": "flow", "twostream": "twostream"}[family]
-    test_set = GTEA61(args.datasetDir, args.testUsers, modality, train=False, seqLen=seq_len,
-                      stackSize=args.stackSize, numSeg=args.numSeg if family == "flow" else 1,
+    test_set = GTEA61(args.datasetDir, test_users, modality, train=False, seqLen=seq_len,
+                      stackSize=stack_size, numSeg=args.numSeg if family == "flow" else 1,
                       frameSize=frame_size, mapSize=feature_map_size(frame_size))
     C = test_set.num_classes
-    file_classes = checkpoint_num_classes(args.modelStateDict)
+    file_classes = info["num_classes"]
     if file_classes is not None and file_classes != C:
         raise UserError(f"{args.modelStateDict} has {file_classes} classes but {args.datasetDir} has {C}: "
                         f"evaluate it on the dataset it was trained on")
@@ -113,7 +128,7 @@ def main(argv=None):
         raise UserError(f"{args.modelStateDict} was trained on other class names than those in {args.datasetDir}")
 
     out_dir = args.outDir or os.path.join(os.path.dirname(os.path.abspath(args.modelStateDict)),
-                                          "eval_" + "_".join(args.testUsers))
+                                          "eval_" + "_".join(test_users))
     if os.path.exists(os.path.join(out_dir, "predictions.csv")) and not args.overwrite:
         raise UserError(f"{out_dir} already holds predictions.csv; pass --overwrite or another --outDir")
     try:
@@ -121,7 +136,7 @@ def main(argv=None):
     except OSError as e:
         raise UserError(f"cannot create --outDir {out_dir}: {e.strerror}")
 
-    model = build(args.model, C, mem_size)
+    model = build(args.model, C, mem_size, stack_size, attention=config.get("attention", True))
     load_checkpoint(model, args.modelStateDict)
     model.to(device).eval()
     loader = make_loader(test_set, args.batchSize, False, 0, args.numWorkers, device.type == "cuda")
@@ -156,12 +171,12 @@ def main(argv=None):
     acc = 100.0 * (preds == labels).float().mean().item()
     summary = {"accuracy": round(acc, 4), "mean_class_accuracy": round(float(np.mean(present)), 4) if present else None,
                "per_class_accuracy": per_class, "num_videos": len(labels), "model": args.model,
-               "checkpoint": args.modelStateDict, "dataset": args.datasetDir, "test_users": args.testUsers,
+               "checkpoint": args.modelStateDict, "dataset": args.datasetDir, "test_users": test_users,
                "seqLen": seq_len, "frameSize": frame_size, "precision": args.precision}
     atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
     save_confusion_matrix(labels.tolist(), preds.tolist(), test_set.classes,
                           os.path.join(out_dir, "confusion_matrix.png"),
-                          title=f"{args.model} on {' '.join(args.testUsers)}: {acc:.2f}%")
+                          title=f"{args.model} on {' '.join(test_users)}: {acc:.2f}%")
     print(f"accuracy {acc:.2f}% ({int((preds == labels).sum())}/{len(labels)} videos), "
           f"mean class accuracy {summary['mean_class_accuracy']}%; results in {out_dir}")
     return 0

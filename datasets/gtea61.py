@@ -18,6 +18,7 @@ What `GTEA61(...)[i]` returns (a dict; T = seqLen, S = numSeg, F = frameSize, s 
   "mmaps" float32 (T, s, s)      time, height, width; motion map of each RGB frame, through
                                  the same crop and flip; {0, 1} (> 0.4) or raw [0, 1] when
                                  regression=True (modality rgb_mmaps)
+  "frame_numbers" int64 (T,)      the frame number each RGB position shows (RGB modalities)
   "label" int, "index" int (position in this dataset)
 
 Videos, users and labels:
@@ -53,6 +54,7 @@ Frame choice (identical to Ego-RNN when frames are numbered 1..N without gaps):
     existing one (ties: the later one, as the course code searched forward first).
 """
 import bisect
+import hashlib
 import math
 import os
 import random
@@ -202,6 +204,23 @@ def _load(path, mode):
                            "frame; re-extract or delete this file)") from None
 
 
+def validation_split(keys, labels, fraction):
+    """The videos held out for validation (--select val): per class, round(fraction * n) of its
+    n training videos, at least one when it has two or more, never all of them. Which ones is
+    fixed by a hash of "<user>/<class>/<instance>": every stage, modality and seed holds out the
+    same videos, so a val-selected stage 2 never selects on videos its stage 1 trained on."""
+    by_class = {}
+    for key, label in zip(keys, labels):
+        by_class.setdefault(label, []).append(key)
+    held = set()
+    for members in by_class.values():
+        n = len(members)
+        count = min(n - 1, max(1 if n >= 2 else 0, round(fraction * n)))
+        members = sorted(members, key=lambda k: hashlib.sha1(k.encode()).hexdigest())
+        held.update(members[:count])
+    return held
+
+
 def _positions(n, count):
     """0-based list positions floor(linspace(1, n, count, endpoint=False)) - 1."""
     return [int(np.floor(i)) - 1 for i in np.linspace(1, n, count, endpoint=False)]
@@ -211,9 +230,11 @@ class GTEA61(Dataset):
     """GTEA-61 clips for one modality and a set of users (see the module docstring)."""
 
     def __init__(self, root, users, modality, train, seqLen=16, stackSize=5, numSeg=1,
-                 frameSize=224, mapSize=7, regression=False, cache=None):
+                 frameSize=224, mapSize=7, regression=False, cache=None, holdout=None):
         """cache: None, a folder or a datasets.cache.FrameCache: decoded frames are stored
-        there and read back in later epochs (byte-identical clips, see datasets/cache.py)."""
+        there and read back in later epochs (byte-identical clips, see datasets/cache.py).
+        holdout: None, or (fraction, "train" | "val"): the users' videos without, or only, the
+        validation share of `validation_split`."""
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if isinstance(users, str):
@@ -243,6 +264,8 @@ class GTEA61(Dataset):
         self._needs_flow = modality in ("flow", "twostream")
         self._needs_mmaps = modality == "rgb_mmaps"
         self._scan()
+        if holdout is not None:
+            self._keep_part(*holdout)
 
     # ---- indexing ---------------------------------------------------------------------
     def _scan(self):
@@ -284,7 +307,7 @@ class GTEA61(Dataset):
             raise DatasetError(f"no videos for user(s) {', '.join(missing)} in {primary_dir}: no such "
                                f"user folder (users found there: {have})")
 
-        self.video_ids, self.labels, self.num_frames = [], [], []
+        self.video_ids, self.video_keys, self.labels, self.num_frames = [], [], [], []
         self._videos = []  # per video: dict of frame lists
         skipped = []
         min_flow = max(MIN_FRAMES, self.stackSize)
@@ -321,6 +344,7 @@ class GTEA61(Dataset):
                         v["mmaps_nums"] = [n for n, _ in files]
                         v["mmaps_names"] = [name for _, name in files]
                     self.video_ids.append(vid)
+                    self.video_keys.append(f"{u}/{c}/{inst}")
                     self.labels.append(class_id[c])
                     self.num_frames.append(len(v["rgb"]) if "rgb" in v else len(v["flow"]))
                     self._videos.append(v)
@@ -340,6 +364,18 @@ class GTEA61(Dataset):
             pattern = L["rgb_pattern"] if self._needs_rgb else L["flow_pattern"].format(d=primary, a="x")
             raise DatasetError(f"no videos for user(s) {', '.join(self.users)} in {primary_dir}{extra}: "
                                f"expected {pattern}")
+
+    def _keep_part(self, fraction, part):
+        if part not in ("train", "val"):
+            raise ValueError(f"holdout part must be 'train' or 'val', got {part!r}")
+        held = validation_split(self.video_keys, self.labels, fraction)
+        keep = [i for i, k in enumerate(self.video_keys) if (k in held) == (part == "val")]
+        if not keep:
+            raise DatasetError(f"no {'validation' if part == 'val' else 'training'} videos left for user(s) "
+                               f"{', '.join(self.users)} with --valFraction {fraction}: every class has a "
+                               f"single video; use --select test or more training users")
+        for name in ("video_ids", "video_keys", "labels", "num_frames", "_videos"):
+            setattr(self, name, [getattr(self, name)[i] for i in keep])
 
     def _flow_files(self, tops, rel, vid):
         """[(number, x_path, y_path)] of the flow frames present in both flow_x and flow_y."""
@@ -409,6 +445,8 @@ class GTEA61(Dataset):
                 out["rgb"] = self.transform.rgb(imgs, params, normalize)
             if self._needs_mmaps:
                 out["mmaps"] = self._mmaps(v, [num for num, _ in chosen], params)
+            # which video frame each position shows: a short video repeats frames in a clip
+            out["frame_numbers"] = torch.tensor([num for num, _ in chosen])
         if self._needs_flow:
             flow = v["flow"]
             stacks = []

@@ -242,7 +242,7 @@ def _const(values, device):
     return _CONSTANTS[key]
 
 
-HOST_KEYS = ("rgb_spec",)  # read by normalize_inputs on the host: never moved to the GPU
+HOST_KEYS = ("rgb_spec", "frame_numbers")  # read on the host (normalize_inputs, the OP draw): never moved to the GPU
 
 
 def normalize_inputs(batch):

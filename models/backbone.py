@@ -21,8 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from . import fastconv
-from .fastconv import conv3x3, fast_path
+from . import fast_backbone
 
 
 class PretrainedWeightsError(Exception):
@@ -145,58 +144,32 @@ class ResNet34Backbone(nn.Module):
         self.fc = net.fc  # 512 -> 1000 ImageNet classifier; its rows are the CAM weights
 
     def forward(self, x):
-        x = _like_weights(x, self.conv1.weight)
-        trunk = (self.conv1, self.bn1, self.layer1, self.layer2, self.layer3)  # frozen in every stage
-        if fastconv.frozen_bf16(x, trunk):
-            # bf16 on the CPU: BatchNorms folded into the convolutions, ReLU and residual fused
-            x = self.maxpool(fastconv.conv_bn(x.to(torch.bfloat16), self.conv1, self.bn1, relu=True))
-            for layer in (self.layer1, self.layer2, self.layer3):
-                for block in layer:
-                    x = fastconv.basic_block(block, x)
+        """frames (N, 3, H, W) -> logits (N, 1000) in float32, f_bn, f_nobn (N, 512, h, w)."""
+        if fast_backbone.applies(self, x):
+            # Same definitions, faster kernels (bf16 on the CPU, channels_last): fast_backbone.py
+            f_bn, f_nobn = fast_backbone.layer4_maps(self, x)
         else:
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer3(self.layer2(self.layer1(x)))
-        # bf16 training on the CPU: layer4's trainable 3x3 convolutions take their weight
-        # gradient from one matrix product (fastconv.py); otherwise torchvision's modules.
-        fast = fast_path(x, self.layer4[-1].conv1.weight)
+            f_bn, f_nobn = self.layer4_maps(x)
+        return self.imagenet_logits(f_bn), f_bn, f_nobn
+
+    def layer4_maps(self, x):
+        """f_bn and f_nobn of the frames x: the reference definition."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
         for block in self.layer4[:-1]:
-            x = _basic_block(block, x) if fast else block(x)
+            x = block(x)
         # The last block, unrolled to read conv2 + residual before bn2 and the final ReLU.
         last = self.layer4[-1]
         residual = x if last.downsample is None else last.downsample(x)
-        if fast:
-            out = _conv(last.conv2, last.relu(last.bn1(_conv(last.conv1, x))))
-        else:
-            out = last.conv2(last.relu(last.bn1(last.conv1(x))))
+        out = last.conv2(last.relu(last.bn1(last.conv1(x))))
         f_nobn = out + residual
         f_bn = F.relu(last.bn2(out) + residual)
-        # Adaptive pooling (the original used AvgPool2d(7)), so 112 px frames work as well.
-        logits = self.fc(torch.flatten(F.adaptive_avg_pool2d(f_bn, 1), 1))
-        return logits, f_bn, f_nobn
+        return f_bn, f_nobn
 
-
-def _conv(conv, x):
-    """A 3x3 / padding 1 Conv2d through fastconv.conv3x3 (same forward), others unchanged."""
-    if conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 \
-            and conv.stride[0] == conv.stride[1]:
-        return conv3x3(x, conv.weight, conv.bias, conv.stride[0])
-    return conv(x)
-
-
-def _basic_block(block, x):
-    """torchvision's BasicBlock.forward with its convolutions through `_conv`."""
-    identity = x if block.downsample is None else block.downsample(x)
-    out = block.relu(block.bn1(_conv(block.conv1, x)))
-    out = block.bn2(_conv(block.conv2, out))
-    return block.relu(out + identity)
-
-
-def _like_weights(x, weight):
-    """With channels_last weights (bf16 or CUDA runs, utils/experiment.py), convert the frames
-    once to channels_last, and to the autocast dtype: one pass over the batch, instead of the
-    convolution reordering and casting a plain float32 NCHW input. Otherwise x is unchanged."""
-    if x.dim() != 4 or not weight.is_contiguous(memory_format=torch.channels_last) or weight.is_contiguous():
-        return x
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    return x.to(dtype=dtype, memory_format=torch.channels_last)
+    def imagenet_logits(self, f_bn):
+        """fc(avgpool(f_bn)), always in float32: the top-1 class picks the CAM weights, and
+        under bf16 logits of 10-20 are 0.06 apart, so near-tied classes would flip.
+        Adaptive pooling (the original used AvgPool2d(7)), so 112 px frames work as well."""
+        pooled = torch.flatten(F.adaptive_avg_pool2d(f_bn, 1), 1).float()
+        with torch.autocast(f_bn.device.type, enabled=False):
+            return F.linear(pooled, self.fc.weight.float(), self.fc.bias.float())

@@ -219,16 +219,25 @@ def load_checkpoint(model, path):
                 missing_heads=missing_heads, ignored=ignored)
 
 
+def read_metadata(path):
+    """The metadata of a checkpoint file ({} for a bare state dict such as the original's)."""
+    return _read(path)[1]
+
+
 def checkpoint_info(path):
     """What the file holds, without building a model: dict(kind "rgb"|"flow"|"twostream",
     num_classes, mem_size (RGB / two-stream), ms (None|"classification"|"regression"),
-    ms_size, op (bool), meta). Attention has no weights: read it from meta if saved there."""
+    ms_size, op (bool), stack_size (flow / two-stream), meta). Attention has no weights: read it from meta if saved there."""
     state, meta = _read(path)
     kind = _file_kind(state)
     if kind in (None, "imagenet"):
         raise CheckpointError(f"{path}: not an Ego-RNN / SAMSOP-Net checkpoint")
     state, _ = _to_project(state, kind)
-    info = dict(kind=kind, num_classes=None, mem_size=None, ms=None, ms_size=None, op=False, meta=meta)
+    info = dict(kind=kind, num_classes=None, mem_size=None, ms=None, ms_size=None, op=False, meta=meta,
+                stack_size=None)
+    conv1 = state.get("conv1.weight", state.get("flow_model.conv1.weight"))
+    if conv1 is not None:  # flow input: 2 channels (x, y) per frame of the stack
+        info["stack_size"] = int(conv1.shape[1]) // 2
     w = state.get("egornn.classifier.1.weight", state.get("classifier.1.weight"))
     if w is not None:
         info["num_classes"] = int(w.shape[0])

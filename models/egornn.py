@@ -22,10 +22,14 @@ def cam_attention(imagenet_logits, f_bn, fc_weight):
     """Spatial attention from the class activation map of the top-1 ImageNet class.
 
     imagenet_logits (N, 1000), f_bn (N, 512, h, w), fc_weight (1000, 512)
-    -> attention (N, h, w) summing to 1 over positions, cam_class (N,)."""
-    cam_class = imagenet_logits.argmax(dim=1)
-    cam = torch.einsum("nk,nkhw->nhw", fc_weight[cam_class], f_bn)
-    attention = F.softmax(cam.flatten(1).float(), dim=1).view_as(cam)  # float32 under autocast too
+    -> attention (N, h, w) summing to 1 over positions, cam_class (N,).
+
+    All in float32, under bf16 autocast too: the class choice and the map are cheap, and in
+    bf16 near-tied top-1 classes would flip and give the frame another class's map."""
+    cam_class = imagenet_logits.float().argmax(dim=1)
+    with torch.autocast(f_bn.device.type, enabled=False):
+        cam = torch.einsum("nk,nkhw->nhw", fc_weight[cam_class].float(), f_bn.float())
+    attention = F.softmax(cam.flatten(1), dim=1).view_as(cam)
     return attention, cam_class
 
 

@@ -92,9 +92,13 @@ class Conv3x3(torch.autograd.Function):
 # ----------------------------------------------------------------------------- frozen layers, fused
 
 def _pointwise_ops():
+    """oneDNN's fused convolutions, where they run bf16: they need AVX-512 (BW, VL, DQ) or
+    AVX-NE-CONVERT; on an AVX2-only CPU bf16 autocast falls back to plain kernels instead."""
     ops = getattr(torch.ops, "mkldnn", None)
     try:
-        return ops._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+        if not (torch.backends.mkldnn.is_available() and ops._is_mkldnn_bf16_supported()):
+            return None
+        return ops._convolution_pointwise
     except (AttributeError, RuntimeError):
         return None
 

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .backbone import _like_weights, adopt_trunk, load_resnet34_state, load_trunk, warn_untrained
+from .backbone import adopt_trunk, load_resnet34_state, load_trunk, warn_untrained
+from .fast_backbone import like_weights
 
 
 class FlowResNet34(nn.Module):
@@ -39,7 +40,7 @@ class FlowResNet34(nn.Module):
         B = x.shape[0]
         if stacks:
             x = x.flatten(0, 1)
-        x = _like_weights(x, self.conv1.weight)  # channels_last runs: convert the input once
+        x = like_weights(x, self.conv1.weight)  # channels_last runs: convert the input once
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         features = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)

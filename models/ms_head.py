@@ -37,9 +37,21 @@ class MotionSegmentationHead(nn.Module):
 
     def loss(self, out, target):
         """Mean over positions and frames. out (..., 2, s, s) or (..., s, s); target (..., s, s)
-        with {0,1} values (classification) or values in [0, 1] (regression)."""
+        with {0,1} values (classification: the dataset binarises the maps, once) or values in
+        [0, 1] (regression). Targets outside that set are an error, not silently rounded."""
         s = self.size
         target = target.reshape(-1, s, s)
         if self.regression:
+            _check(((target >= 0) & (target <= 1)).all(), "regression MS targets must lie in [0, 1]")
             return F.mse_loss(out.reshape(-1, s, s), target.to(out.dtype))
-        return F.cross_entropy(out.reshape(-1, 2, s, s), (target > 0.5).long())
+        _check(((target == 0) | (target == 1)).all(), "classification MS targets must be 0 or 1 (binarised maps)")
+        return F.cross_entropy(out.reshape(-1, 2, s, s), target.long())
+
+
+def _check(ok, message):
+    """Raise ValueError when the 0-dim bool tensor `ok` is False; on a GPU the check runs on the
+    device (an asynchronous assert), so the training step does not wait for the host."""
+    if ok.device.type == "cuda":
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        raise ValueError(message)

@@ -9,16 +9,20 @@ the sampler shows either of the two with probability 0.5.
     each of the 6 pairs i < j:  concat(fc6_i, fc6_j) -> fc7 (shared, 512, ReLU, Dropout 0.5)
     concat of the 6 -> fc8 -> 12 logits (cross-entropy)
 
-Per-frame features: in SAMSOPNet the global-average-pooled layer4 output f_bn (512-d), "the end
-of ResNet-34" in the paper's words, taken from the backbone pass the clip already had. (The
-paper's code fed the flattened 512x7x7 map to fc6; pooling keeps fc6 small and works for any
-frame size.) Unlike the paper's code, the head has non-linearities, reverses permutations and
-draws frames and orders from a generator the caller can seed.
+Per-frame features (SAMSOPNet, `--opInput`): "the end of ResNet-34" in the paper's words, taken
+from the backbone pass the clip already had:
+    flat    the layer4 map f_bn of the frame, flattened: 512*s*s inputs to fc6 (s = 7 at 224 px),
+            as the paper's code (nn.Linear(7*7*512, 1024)) and OPN's fc6 on conv features;
+    pooled  its global average, 512 inputs (a smaller fc6; an option, not the paper's).
+Unlike the paper's code, the head has non-linearities, reverses permutations and draws frames
+and orders from a generator the caller can seed; the 4 frames are 4 different frames of the
+video (a short video repeats frames in a clip, and two equal frames make the order unknowable).
 """
 from itertools import combinations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 NUM_FRAMES = 4
 
@@ -43,15 +47,26 @@ class OrderPredictionHead(nn.Module):
         return torch.stack([forward, forward.flip(1)], dim=1)
 
     @classmethod
-    def sample(cls, batch, T, generator=None):
+    def sample(cls, batch, T, generator=None, frame_numbers=None):
         """Draw the order-prediction task for a batch of clips of T frames.
 
-        Returns frame_idx (B, 4): 4 distinct frames of the clip, sorted (temporal order);
+        frame_numbers (B, T), optional: the video frame each clip position shows (non-decreasing);
+        positions that repeat the previous position's frame are never drawn.
+        Returns frame_idx (B, 4): 4 positions of different frames, sorted (temporal order);
         order (B, 4): the shuffle, i.e. shown frame k is frame_idx[:, order[:, k]];
         target (B,): its class, the same for an order and its reverse."""
         if T < NUM_FRAMES:
             raise ValueError(f"order prediction needs at least {NUM_FRAMES} frames per clip, got {T}")
-        frame_idx = torch.rand(batch, T, generator=generator).argsort(dim=1)[:, :NUM_FRAMES]
+        keys = torch.rand(batch, T, generator=generator)
+        if frame_numbers is not None:
+            frame_numbers = frame_numbers.cpu()
+            repeat = torch.zeros(batch, T, dtype=torch.bool)
+            repeat[:, 1:] = frame_numbers[:, 1:] == frame_numbers[:, :-1]
+            if ((~repeat).sum(1) < NUM_FRAMES).any():
+                raise ValueError(f"order prediction needs {NUM_FRAMES} different frames per clip; "
+                                 f"a clip shows fewer (use longer videos or a larger --seqLen)")
+            keys = keys.masked_fill(repeat, 2.0)  # after every real key in [0, 1)
+        frame_idx = keys.argsort(dim=1)[:, :NUM_FRAMES]
         frame_idx = frame_idx.sort(dim=1).values
         target = torch.randint(len(cls.PERMUTATIONS), (batch,), generator=generator)
         reverse = (torch.rand(batch, generator=generator) < 0.5).long()
@@ -64,3 +79,8 @@ class OrderPredictionHead(nn.Module):
         pairs = torch.stack([torch.cat([f6[:, i], f6[:, j]], dim=1) for i, j in self.PAIRS], dim=1)
         f7 = self.fc7(pairs)  # (B, 6, 512)
         return self.fc8(torch.flatten(f7, 1))
+
+    @staticmethod
+    def loss(logits, target):
+        """Cross-entropy over the 12 permutation classes, in float32."""
+        return F.cross_entropy(logits.float(), target)

@@ -31,6 +31,7 @@ DEFAULTS = {
 FAMILY = {"rgb": "rgb", "ms": "rgb", "ms_op": "rgb", "flow": "flow", "twostream": "twostream"}
 STAGES = {"rgb": (1, 2), "flow": (1,), "twostream": (1,)}
 OP_FRAMES = 4
+SELECT = ("test", "val", "last")
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -64,7 +65,8 @@ def base_parser(kind, description):
     p.add_argument("--stepSize", type=int, nargs="+", default=None, help="lr decay epochs (milestones)")
     p.add_argument("--decayRate", type=float, default=None, help="lr decay factor")
     p.add_argument("--memSize", type=int, default=512, help="ConvLSTM memory channels")
-    p.add_argument("--stackSize", type=int, default=5, help="flow frames per stack")
+    p.add_argument("--stackSize", type=int, default=None,
+                   help="flow frames per stack (default 5; two-stream: the flow model's)")
     p.add_argument("--pretrained", default="imagenet", help="imagenet | none | PATH to a resnet34 state dict")
     p.add_argument("--frameSize", type=int, default=224)
     p.add_argument("--numWorkers", type=int, default=default_workers())
@@ -72,6 +74,11 @@ def base_parser(kind, description):
                    help="decoded-frame cache (datasets/cache.py): auto = <datasetDir>/.cache/frames if "
                         "writable, else <outDir>/.frame_cache; none = decode every frame every epoch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--select", choices=SELECT, default="test",
+                   help="which epoch becomes best_model.pth: best on the test users (the paper's protocol), "
+                        "best on a held-out share of the training videos (val), or the last one")
+    p.add_argument("--valFraction", type=float, default=0.15,
+                   help="--select val: share of each class's training videos held out (fixed split)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--cpuTransforms", action="store_true",
                    help="on a GPU, resize/crop/flip the RGB frames with PIL in the DataLoader workers (the CPU "
@@ -92,6 +99,9 @@ def base_parser(kind, description):
     if kind == "ms_op":
         p.add_argument("--noMS", action="store_true", help="order prediction only (the paper's ablation)")
         p.add_argument("--opWeight", type=float, default=1.0)
+        p.add_argument("--opInput", choices=["flat", "pooled"], default="flat",
+                       help="what fc6 of the OP head reads per frame: the flattened 512 x s x s layer4 map "
+                            "(the paper's code) or its global average (512)")
     if kind == "twostream":
         p.add_argument("--flowModel", default=None, help="best flow model (default experiments/main_flow/stage1/best_model.pth)")
         p.add_argument("--rgbModel", default=None,
@@ -119,6 +129,14 @@ def check_args(kind, args):
                         f"got {args.stepSize}")
     if args.frameSize < 32:
         raise UserError(f"--frameSize {args.frameSize} is too small for ResNet-34: use >= 32")
+    both = [u for u in args.testUsers if u in args.trainUsers]
+    if both:
+        raise UserError(f"--trainUsers and --testUsers share {' '.join(both)}: a user is either trained "
+                        f"on or tested on, not both")
+    if args.select == "val" and not 0 < args.valFraction < 1:
+        raise UserError(f"--valFraction must be between 0 and 1 (got {args.valFraction})")
+    if args.stackSize is None and kind != "twostream":
+        args.stackSize = 5
 
 
 def stage_args(args, family, stage):
@@ -168,6 +186,7 @@ class Experiment:
         self.device, self.precision = device, precision
         self.num_classes, self.classes = num_classes, classes
         self.stage_dir = os.path.join(args.outDir, f"stage{stage}")
+        self.rgb_attention = True  # two-stream: the RGB model's, read from its checkpoint
         from models import feature_map_size
         self.map_size = feature_map_size(args.frameSize)
 
@@ -194,12 +213,25 @@ class Experiment:
         return "rgb_mmaps" if (self.ms and self.heads_on and train) else "rgb"
 
     def model_config(self):
+        a = self.args
         if self.family == "rgb":
-            return {"attention": not self.args.noAttention, "memSize": self.args.memSize,
+            return {"attention": not a.noAttention, "memSize": a.memSize,
                     "ms": self.ms if self.heads_on else None,
-                    "msInput": getattr(self.args, "msInput", "attention"),
-                    "op": self.op and self.heads_on}
-        return {"memSize": self.args.memSize}
+                    "msInput": getattr(a, "msInput", "attention"),
+                    "op": self.op and self.heads_on, "opInput": getattr(a, "opInput", "flat")}
+        if self.family == "flow":
+            return {"stackSize": a.stackSize}
+        return {"attention": self.rgb_attention, "memSize": a.memSize, "stackSize": a.stackSize}
+
+    def run_config(self):
+        """What shapes this model and its data, saved in every checkpoint and checked when a
+        later stage, the two-stream script or evaluate.py loads it (utils/config.py)."""
+        a = self.args
+        return {"classes": list(self.classes), **self.model_config(), "seqLen": a.seqLen,
+                "frameSize": a.frameSize, "stackSize": a.stackSize if self.family != "rgb" else None,
+                "msKind": self.ms if self.heads_on else None, "trainUsers": list(a.trainUsers),
+                "testUsers": list(a.testUsers), "select": a.select,
+                "valFraction": a.valFraction if a.select == "val" else None}
 
     def build_model(self, pretrained):
         import models
@@ -207,9 +239,9 @@ class Experiment:
         if self.family == "rgb":
             return models.SAMSOPNet(self.num_classes, mem_size=cfg["memSize"], attention=cfg["attention"],
                                     ms=cfg["ms"], ms_input=cfg["msInput"], op=cfg["op"], pretrained=pretrained,
-                                    ms_size=self.map_size)
+                                    ms_size=self.map_size, op_input=cfg["opInput"])
         if self.family == "flow":
-            return models.FlowResNet34(self.num_classes, pretrained=pretrained)
+            return models.FlowResNet34(self.num_classes, pretrained=pretrained, in_channels=2 * self.args.stackSize)
         raise AssertionError("two-stream models are built from their two checkpoints")
 
     # ---- forward and losses
@@ -218,7 +250,8 @@ class Experiment:
             return model(batch["flow"])
         if self.family == "twostream":
             return model(batch["flow"], batch["rgb"])
-        return model(batch["rgb"], generator=generator, heads=train and self.heads_on)
+        return model(batch["rgb"], generator=generator, heads=train and self.heads_on,
+                     frame_numbers=batch.get("frame_numbers"))
 
     def losses(self, out, batch):
         loss = F.cross_entropy(out["logits"].float(), batch["label"])
@@ -229,7 +262,7 @@ class Experiment:
             result["ms_loss"] = head.loss(ms_out.flatten(0, 1), batch["mmaps"].flatten(0, 1))
             loss = loss + self.args.msWeight * result["ms_loss"]
         if "op_logits" in out:
-            result["op_loss"] = F.cross_entropy(out["op_logits"].float(), out["op_target"])
+            result["op_loss"] = self._op_head.loss(out["op_logits"], out["op_target"])
             loss = loss + self.args.opWeight * result["op_loss"]
         result["loss"] = loss
         return result
@@ -255,11 +288,12 @@ class Experiment:
             return torch.optim.lr_scheduler.StepLR(optimizer, step_size=a.stepSize[0], gamma=a.decayRate)
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=a.stepSize, gamma=a.decayRate)
 
-    def checkpoint(self, model, epoch, acc):
+    def checkpoint(self, model, epoch, test_acc):
         return {"model": model.state_dict(), "experiment": self.kind, "family": self.family,
                 "stage": self.stage, "num_classes": self.num_classes, "classes": list(self.classes),
-                "epoch": epoch, "test_acc": acc, "model_config": self.model_config(),
-                "seqLen": self.args.seqLen, "frameSize": self.args.frameSize}
+                "epoch": epoch, "test_acc": test_acc, "model_config": self.model_config(),
+                "config": self.run_config(), "seqLen": self.args.seqLen, "frameSize": self.args.frameSize,
+                "stackSize": self.args.stackSize}
 
     def resolved_args(self):
         d = dict(vars(self.args))
@@ -270,26 +304,56 @@ class Experiment:
 
 # ----------------------------------------------------------------------------- the run
 
+def flow_stack_size(path):
+    """The stack size a flow checkpoint was trained with (its record, else its conv1), or 5."""
+    if not os.path.isfile(path):
+        return 5  # the missing file is reported when the model is built
+    from models.checkpoints import CheckpointError, checkpoint_info
+    try:
+        info = checkpoint_info(path)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    return info["meta"].get("stackSize") or info["stack_size"] or 5
+
+
 def _load_model_file(path, what, hint):
     if not path or not os.path.isfile(path):
         raise UserError(f"{what}: no checkpoint at {path}; {hint}")
     return path
 
 
+def expected_config(exp, *keys):
+    """This run's values of `keys`, to compare with a checkpoint's record (utils/config.py)."""
+    a = exp.args
+    values = {"classes": list(exp.classes), "memSize": a.memSize, "seqLen": a.seqLen,
+              "frameSize": a.frameSize, "stackSize": a.stackSize, "trainUsers": list(a.trainUsers),
+              "testUsers": list(a.testUsers), "attention": not getattr(a, "noAttention", False)}
+    out = {k: values[k] for k in keys}
+    if a.select == "val":  # a val-selected stage starts from val-selected models with the same split
+        out.update(select="val", valFraction=a.valFraction)
+    return out
+
+
 def build_stage_model(exp, train_set):
     """The model of this stage, initialised as the paper says."""
     import models
     from models.checkpoints import load_checkpoint
+    from utils.config import check_config, saved_config
     a = exp.args
     if exp.family == "twostream":
         flow_path = _load_model_file(a.flowModel or "experiments/main_flow/stage1/best_model.pth", "--flowModel",
                                      "train it with main_flow.py or pass --flowModel PATH")
         rgb_path = _load_model_file(a.rgbModel or f"experiments/main_rgb_seq{a.seqLen}/stage2/best_model.pth",
                                     "--rgbModel", "train it with main_rgb.py (stage 2) or pass --rgbModel PATH")
+        users = ("classes", "frameSize", "trainUsers", "testUsers")
+        check_config(flow_path, saved_config(flow_path), expected_config(exp, *users, "stackSize"), "--flowModel")
+        rgb_saved = saved_config(rgb_path)
+        check_config(rgb_path, rgb_saved, expected_config(exp, *users, "memSize", "seqLen"), "--rgbModel")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            flow = models.FlowResNet34(exp.num_classes, pretrained="none")
-            rgb = models.EgoRNN(exp.num_classes, mem_size=a.memSize, attention=True, pretrained="none")
+            flow = models.FlowResNet34(exp.num_classes, pretrained="none", in_channels=2 * a.stackSize)
+            exp.rgb_attention = rgb_saved.get("attention", True)
+            rgb = models.EgoRNN(exp.num_classes, mem_size=a.memSize, attention=exp.rgb_attention, pretrained="none")
         load_checkpoint(flow, flow_path)
         load_checkpoint(rgb, rgb_path)
         return models.TwoStream(exp.num_classes, flow, rgb)
@@ -301,11 +365,14 @@ def build_stage_model(exp, train_set):
             calibrate_batchnorm(model, train_set, exp)
         return model
 
-    # Stage 2 starts from the best stage-1 weights; the heads start fresh.
+    # Stage 2 starts from the best stage-1 weights of the same configuration; the heads start fresh.
     path = a.stage1Dict or os.path.join(a.outDir, "stage1", "best_model.pth")
     if not os.path.isfile(path):
         raise UserError(f"stage 2 needs a stage-1 checkpoint and there is none at {path}: run stage 1 first "
                         f"(--stage 1) or pass --stage1Dict PATH")
+    check_config(path, saved_config(path), expected_config(
+        exp, "classes", "attention", "memSize", "seqLen", "frameSize", "trainUsers", "testUsers"),
+        "--stage1Dict" if a.stage1Dict else "stage 1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the backbone's weights come from the checkpoint
         model = exp.build_model("none")
@@ -348,23 +415,31 @@ def prepare_model(exp, model):
     if channels_last(exp.device, exp.precision):
         model = model.to(memory_format=torch.channels_last)
     exp._ms_head = getattr(model, "ms_head", None)
+    exp._op_head = getattr(model, "op_head", None)
     set_stage(model, exp.stage)
     return model
 
 
 def stage_datasets(exp):
-    """(train set, test set) of this stage; fills exp.num_classes and exp.classes."""
+    """(train set, test set) of this stage; fills exp.num_classes, exp.classes and exp.val_set.
+    With --select val the validation videos (exp.val_set) are a fixed share of each class's
+    training videos (datasets.gtea61.validation_split), left out of the training set."""
     from datasets import GTEA61
     a = exp.args
     common = dict(seqLen=a.seqLen, stackSize=a.stackSize, frameSize=a.frameSize, mapSize=exp.map_size,
                   regression=bool(getattr(a, "regression", False)), cache=resolve_cache_dir(a))
-    train_set = GTEA61(a.datasetDir, a.trainUsers, exp.modality(train=True), train=True, **common)
+    val = a.select == "val"
+    train_set = GTEA61(a.datasetDir, a.trainUsers, exp.modality(train=True), train=True,
+                       holdout=(a.valFraction, "train") if val else None, **common)
     test_set = GTEA61(a.datasetDir, a.testUsers, exp.modality(train=False), train=False, **common)
-    exp.num_classes, exp.classes = train_set.num_classes, train_set.classes
+    val_set = GTEA61(a.datasetDir, a.trainUsers, exp.modality(train=False), train=False,
+                     holdout=(a.valFraction, "val"), **common) if val else None
+    exp.num_classes, exp.classes, exp.val_set = train_set.num_classes, train_set.classes, val_set
     return train_set, test_set
 
 
 def stage_loaders(exp, train_set, test_set):
+    """(train loader, test loader); exp.val_loader is the validation set's (or None)."""
     from utils.data import make_loader
     a = exp.args
     # On a GPU the workers send uint8: decoded RGB frames that the GPU resizes, crops, flips and
@@ -372,6 +447,9 @@ def stage_loaders(exp, train_set, test_set):
     # RGB frames are transformed in the workers with PIL, as on the CPU.
     gpu = exp.device.type == "cuda"
     source = gpu and not getattr(a, "cpuTransforms", False)
+    val_set = getattr(exp, "val_set", None)
+    exp.val_loader = None if val_set is None else \
+        make_loader(val_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source)
     return (make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, not gpu, source),
             make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source))
 
@@ -407,6 +485,8 @@ def run(kind, argv=None, description=None, extra_args=None):
         todo.append(stage)
 
     args.cacheDir = resolve_cache_dir(args)
+    if kind == "twostream" and args.stackSize is None:
+        args.stackSize = flow_stack_size(args.flowModel or "experiments/main_flow/stage1/best_model.pth")
     configure_backends(device)
     summaries = []
     for stage in todo:
@@ -416,9 +496,11 @@ def run(kind, argv=None, description=None, extra_args=None):
         train_set, test_set = stage_datasets(exp)
         model = prepare_model(exp, build_stage_model(exp, train_set))
         train_loader, test_loader = stage_loaders(exp, train_set, test_set)
-        print(f"stage {stage}: {len(train_set)} train / {len(test_set)} test videos, {exp.num_classes} classes, "
-              f"lr {a.lr}, {a.numEpochs} epochs, milestones {a.stepSize} x{a.decayRate}")
-        summary = fit(exp, model, train_loader, test_loader)
+        held_out = f" ({len(exp.val_set)} held out for validation)" if exp.val_set is not None else ""
+        print(f"stage {stage}: {len(train_set)} train{held_out} / {len(test_set)} test videos, {exp.num_classes} "
+              f"classes, lr {a.lr}, {a.numEpochs} epochs, milestones {a.stepSize} x{a.decayRate}, "
+              f"selection: {a.select}")
+        summary = fit(exp, model, train_loader, test_loader, exp.val_loader)
         summaries.append(summary)
         if exp.family == "rgb" and model.egornn.attention and a.camVideos > 0:
             from utils.plots import save_cam_figures
@@ -426,7 +508,8 @@ def run(kind, argv=None, description=None, extra_args=None):
             model.load_state_dict(best["model"])
             paths = save_cam_figures(model, test_set, os.path.join(exp.stage_dir, "cam"), device, a.camVideos)
             print(f"CAM figures: {len(paths)} in {os.path.join(exp.stage_dir, 'cam')}")
-        print(f"stage {stage} done: best test accuracy {summary['best_test_accuracy']:.2f}% "
+        print(f"stage {stage} done: selected epoch {summary['selected_epoch']} ({a.select}), test accuracy "
+              f"{summary['selected_test_accuracy']:.2f}%; best test accuracy {summary['best_test_accuracy']:.2f}% "
               f"(epoch {summary['best_epoch']}), final {summary['final_test_accuracy']:.2f}%, "
               f"{summary['seconds']:.0f}s; log {exp.stage_dir}/log.csv, curves {exp.stage_dir}/curves.png")
     return 0

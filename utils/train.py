@@ -20,7 +20,7 @@ from utils.errors import NonFiniteLossError, UserError
 from utils.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-               "ms_loss", "op_loss", "op_acc", "seconds"]
+               "ms_loss", "op_loss", "op_acc", "seconds", "val_loss", "val_acc"]
 RESULT_FILES = ["log.csv", "last.pth", "best_model.pth", "summary.json"]
 
 
@@ -161,15 +161,24 @@ def evaluate(exp, model, loader, keep_logits=False):
 # ----------------------------------------------------------------------------- run state
 
 def rng_state(generator):
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every RNG state as tensors and plain numbers, so last.pth loads with weights_only=True
+    (a pickled numpy or Python object in a checkpoint could run code when it is loaded)."""
+    _, mt, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "generator": generator.get_state()}
+            "numpy": {"mt": torch.from_numpy(mt.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                       "gauss": py_gauss}}
 
 
 def set_rng_state(state, generator):
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["mt"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     generator.set_state(state["generator"])
@@ -206,7 +215,8 @@ def prepare_stage_dir(stage_dir, resume, overwrite):
 # Arguments that must not change when a run is resumed (numEpochs may grow).
 SAME_ON_RESUME = ("lr", "stepSize", "decayRate", "seqLen", "frameSize", "memSize", "trainBatchSize",
                   "seed", "precision", "trainUsers", "testUsers", "datasetDir", "msWeight", "opWeight",
-                  "regression", "msInput", "noMS", "noAttention", "pretrained", "stage1Dict", "flowLr")
+                  "regression", "msInput", "noMS", "noAttention", "pretrained", "stage1Dict", "flowLr",
+                  "opInput", "stackSize", "select", "valFraction")
 
 
 def check_same_run(path, new):
@@ -224,13 +234,20 @@ def check_same_run(path, new):
 
 def load_last(path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file cannot happen (atomic writes) but a foreign one can
         raise UserError(f"cannot read {path} to resume ({type(e).__name__}); pass --overwrite to start again")
 
 
-def fit(exp, model, train_loader, test_loader):
-    """Train one stage. Returns the summary dict."""
+def selection_score(select, epoch, test, val):
+    """The number whose maximum picks best_model.pth (--select): the test accuracy (the paper's
+    protocol), the validation accuracy, or the epoch itself (the last epoch wins)."""
+    return {"test": lambda: test["acc"], "val": lambda: val["acc"], "last": lambda: float(epoch)}[select]()
+
+
+def fit(exp, model, train_loader, test_loader, val_loader=None):
+    """Train one stage. Returns the summary dict. best_model.pth holds the epoch picked by
+    exp.args.select ("test", "val": needs val_loader, or "last")."""
     from utils.plots import save_curves
 
     stage_dir = exp.stage_dir
@@ -242,7 +259,10 @@ def fit(exp, model, train_loader, test_loader):
     optimizer = exp.make_optimizer(model)
     scheduler = exp.make_scheduler(optimizer)
     generator = torch.Generator().manual_seed(exp.args.seed * 7919 + exp.stage)
-    rows, best_acc, best_epoch, start_epoch, elapsed = [], -1.0, 0, 1, 0.0
+    select = getattr(exp.args, "select", "test")
+    if select == "val" and val_loader is None:
+        raise ValueError("--select val needs a validation loader")
+    rows, best_score, selected_epoch, start_epoch, elapsed = [], -math.inf, 0, 1, 0.0
     if resuming:
         state = load_last(os.path.join(stage_dir, "last.pth"))
         if state.get("experiment") != exp.name:
@@ -252,7 +272,7 @@ def fit(exp, model, train_loader, test_loader):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], generator)
-        rows, best_acc, best_epoch = state["rows"], state["best_acc"], state["best_epoch"]
+        rows, best_score, selected_epoch = state["rows"], state["best_score"], state["selected_epoch"]
         start_epoch, elapsed = state["epoch"] + 1, state["seconds"]
         print(f"resuming stage {exp.stage} from {stage_dir}/last.pth after epoch {state['epoch']}")
 
@@ -269,23 +289,27 @@ def fit(exp, model, train_loader, test_loader):
             if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
                 raise non_finite("parameters became non-finite", exp, epoch)
             test = evaluate(exp, model, test_loader)
+            val = evaluate(exp, model, val_loader) if val_loader is not None else {"loss": None, "acc": None}
             seconds = time.time() - t0
             elapsed += seconds
             rows.append([epoch, f"{lr:.3g}", f"{train['loss']:.6f}", f"{train['acc']:.4f}",
                          f"{test['loss']:.6f}", f"{test['acc']:.4f}", _fmt(train["ms_loss"]),
-                         _fmt(train["op_loss"]), _fmt(train["op_acc"]), f"{seconds:.1f}"])
-            if test["acc"] > best_acc:  # strictly better: the first best epoch is kept, as the original
-                best_acc, best_epoch = test["acc"], epoch
+                         _fmt(train["op_loss"]), _fmt(train["op_acc"]), f"{seconds:.1f}",
+                         _fmt(val["loss"]), _fmt(val["acc"], 4)])
+            score = selection_score(select, epoch, test, val)
+            if score > best_score:  # strictly better: the first best epoch is kept, as the original
+                best_score, selected_epoch = score, epoch
                 atomic_torch_save(exp.checkpoint(model, epoch, test["acc"]), os.path.join(stage_dir, "best_model.pth"))
             atomic_torch_save({"experiment": exp.name, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "epoch": epoch, "best_acc": best_acc,
-                               "best_epoch": best_epoch, "rows": rows, "seconds": elapsed,
+                               "scheduler": scheduler.state_dict(), "epoch": epoch, "best_score": best_score,
+                               "selected_epoch": selected_epoch, "rows": rows, "seconds": elapsed,
                                "rng": rng_state(generator)}, os.path.join(stage_dir, "last.pth"))
             atomic_write_csv(os.path.join(stage_dir, "log.csv"), LOG_COLUMNS, rows)
             save_curves(rows, os.path.join(stage_dir, "curves.png"), title=f"{exp.name} stage {exp.stage}")
-            bar.set_postfix(train_acc=f"{train['acc']:.1f}", test_acc=f"{test['acc']:.1f}", best=f"{best_acc:.1f}")
+            bar.set_postfix(train_acc=f"{train['acc']:.1f}", test_acc=f"{test['acc']:.1f}", selected=selected_epoch)
+            val_text = f"val acc {val['acc']:5.1f}  " if val["acc"] is not None else ""
             tqdm.write(f"epoch {epoch:3d}  lr {lr:.2g}  train loss {train['loss']:.4f} acc {train['acc']:5.1f}  "
-                       f"test loss {test['loss']:.4f} acc {test['acc']:5.1f}  ({seconds:.1f}s)")
+                       f"{val_text}test loss {test['loss']:.4f} acc {test['acc']:5.1f}  ({seconds:.1f}s)")
     except KeyboardInterrupt:
         done = rows[-1][0] if rows else 0
         print(f"\ninterrupted in epoch {epoch}; {stage_dir}/last.pth holds epoch {done}: "
@@ -293,9 +317,13 @@ def fit(exp, model, train_loader, test_loader):
         raise
     bar.close()
 
-    final_acc = float(rows[-1][5]) if rows else float("nan")
+    test_accs = {int(r[0]): float(r[5]) for r in rows}
+    final_acc = test_accs[int(rows[-1][0])] if rows else float("nan")
     num_epochs = int(rows[-1][0]) if rows else 0
-    summary = {"experiment": exp.name, "stage": exp.stage, "best_test_accuracy": best_acc,
+    best_epoch = max(test_accs, key=lambda e: (test_accs[e], -e)) if rows else 0  # first best
+    summary = {"experiment": exp.name, "stage": exp.stage, "select": select, "selected_epoch": selected_epoch,
+               "selected_test_accuracy": test_accs.get(selected_epoch, float("nan")),
+               "best_test_accuracy": test_accs.get(best_epoch, -1.0),
                "best_epoch": best_epoch, "final_test_accuracy": final_acc, "epochs": num_epochs,
                "seconds": round(elapsed, 1), "num_test_videos": len(test_loader.dataset),
                "num_train_videos": len(train_loader.dataset), "precision": exp.precision,
@@ -304,5 +332,5 @@ def fit(exp, model, train_loader, test_loader):
     return summary
 
 
-def _fmt(x):
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
+def _fmt(x, digits=6):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"

@@ -1,0 +1,56 @@
+"""The configuration a checkpoint was trained with, and the checks made when it is loaded again.
+
+Every checkpoint of this project records what shapes its model and its data (utils/experiment.py
+`Experiment.run_config`): class names, attention, memSize, seqLen, frameSize, stackSize, opInput,
+msInput, the MS kind, trainUsers and testUsers, and how its epoch was selected. A later stage,
+the two-stream script and evaluate.py compare what they are about to do with it, so that, for
+example, a ConvLSTM trained on attended features is never fed plain layer4 features, and a
+checkpoint is never scored on the users it was trained on. Files without a record (the original
+Ego-RNN release's) cannot be checked and are taken as they are.
+"""
+from models.checkpoints import CheckpointError, read_metadata
+from utils.errors import UserError
+
+
+def saved_config(path):
+    """The configuration recorded in a checkpoint, {} when there is none (original files)."""
+    try:
+        meta = read_metadata(path)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    config = dict(meta.get("config") or {})
+    if not config:  # files of this project written before the full record
+        config.update(meta.get("model_config") or {})
+        for key in ("seqLen", "frameSize", "classes"):
+            if key in meta:
+                config[key] = meta[key]
+    return config
+
+
+def _show(key, value):
+    if key == "attention":
+        return "attention" if value else "no attention (--noAttention)"
+    if key == "classes":
+        return f"{len(value)} classes ({', '.join(value[:3])}{', ...' if len(value) > 3 else ''})"
+    if isinstance(value, (list, tuple)):
+        return f"--{key} {' '.join(map(str, value))}"
+    return f"--{key} {value}"
+
+
+def check_config(path, saved, expected, what):
+    """Raise a one-line UserError when a value of `expected` differs from the one recorded in
+    the checkpoint (`saved`, from saved_config); keys either side lacks are not compared."""
+    for key, want in expected.items():
+        have = saved.get(key)
+        if have is None or want is None:
+            continue
+        if isinstance(have, tuple):
+            have = list(have)
+        if have != (list(want) if isinstance(want, tuple) else want):
+            if key == "classes":
+                diff = next((f"'{a}' against '{b}'" for a, b in zip(have, want) if a != b),
+                            f"{len(have)} against {len(want)} classes")
+                raise UserError(f"{what} {path} was trained on other classes than this dataset's ({diff}): "
+                                f"use the dataset it was trained on")
+            raise UserError(f"{what} {path} was trained with {_show(key, have)}, this run has "
+                            f"{_show(key, want)}: use the same setting, or a checkpoint trained with it")
