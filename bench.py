@@ -71,6 +71,7 @@ def parse_args(argv=None):
                    help="also time a plain ResNet-34 training step on as many images (the hardware limit)")
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
     p.add_argument("--datasetDir", default=None, help=f"default: synthetic data in {SYNTHETIC_DIR}")
+    p.add_argument("--opInput", choices=("flat", "pooled"), default="flat", help="ms_op: the OP head's input")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.model == "flow" and a.stage != 1:
@@ -232,6 +233,7 @@ def main(argv=None):
                    "--valBatchSize", str(a.batchSize), "--frameSize", str(a.frameSize),
                    "--memSize", str(a.memSize), "--numWorkers", str(a.numWorkers),
                    "--cacheDir", a.cacheDir, "--pretrained", "none", *extra,
+                   *(["--opInput", a.opInput] if kind == "ms_op" else []),
                    *(["--cpuTransforms"] if a.cpuTransforms else [])]
     args = base_parser(kind, "bench").parse_args(script_argv)
     check_args(kind, args)

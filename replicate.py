@@ -96,7 +96,7 @@ PAPER_TEST_VIDEOS = 116
 # Arguments replicate.py sets itself: not allowed in --extra.
 MANAGED = ("--stage", "--datasetDir", "--outDir", "--seqLen", "--lr", "--numEpochs", "--stepSize",
            "--stage1Dict", "--flowModel", "--rgbModel", "--trainUsers", "--testUsers", "--resume",
-           "--overwrite", "--noAttention", "--regression", "--noMS")
+           "--overwrite", "--noAttention", "--regression", "--noMS", "--select", "--valFraction", "--opInput")
 SCRIPT_KIND = {"main_rgb.py": "rgb", "main_flow.py": "flow", "main_twostream.py": "twostream",
                "main_ms.py": "ms", "main_ms_op.py": "ms_op"}
 
@@ -209,12 +209,15 @@ def build_plan(opts, tables, columns, split_dir, users=None):
             tail += ["--pretrained", opts.pretrained]
         if opts.seed is not None:
             tail += ["--seed", str(opts.seed)]
+        tail += ["--select", opts.select] + (["--valFraction", str(opts.valFraction)] if opts.select == "val" else [])
         return a, tail + ["--resume"]
 
     def add(key, script, middle, stage, role, deps=(), slot=None):
         if key not in cells:
             out_dir = os.path.join(split_dir, key)
             head, tail = common(out_dir, role)
+            if script == "main_ms_op.py":
+                middle = middle + ["--opInput", opts.opInput]
             cells[key] = Cell(key, script, head + middle + tail, out_dir, stage, deps, role)
         if slot is not None:
             cells[key].slots.append(slot)
@@ -417,8 +420,8 @@ def execute(cells, extra, log_dir, verbose, on_progress):
         if rc == 0 and cell.finished():
             cell.status = "done"
             s = cell.summary() or {}
-            print(f"    done in {time.time() - t0:.0f} s: best {fmt_acc(s.get('best_test_accuracy'))}% "
-                  f"(epoch {s.get('best_epoch')}), final {fmt_acc(s.get('final_test_accuracy'))}%", flush=True)
+            print(f"    done in {time.time() - t0:.0f} s: best {fmt_acc(_selected_accuracy(s))}% "
+                  f"(epoch {s.get('selected_epoch', s.get('best_epoch'))}), final {fmt_acc(s.get('final_test_accuracy'))}%", flush=True)
         else:
             cell.status = "failed"
             cell.message = f"exit {rc}: {message}" if rc else f"exit 0 but no {cell.summary_path}"
@@ -497,9 +500,9 @@ def build_tables(opts, tables, columns, cells, split_name, users, kind):
                 if cell is not None:
                     shown.append(cell)
                 values.append({"paper": paper(row, p, lk), "cell": cell.key if cell else None,
-                               "best": s.get("best_test_accuracy") if s else None,
+                               "best": _selected_accuracy(s),
                                "final": s.get("final_test_accuracy") if s else None,
-                               "best_epoch": s.get("best_epoch") if s else None,
+                               "best_epoch": s.get("selected_epoch", s.get("best_epoch")) if s else None,
                                "epochs": s.get("epochs") if s else None,
                                "test_videos": s.get("num_test_videos") if s else None})
             row_specs.append({"key": row, "label": name, "values": values})
@@ -518,6 +521,25 @@ def build_tables(opts, tables, columns, cells, split_name, users, kind):
         out.append({"number": t, "title": title, "cells": [c.key for c in shown], "columns": col_specs, "rows": row_specs,
                     "caption": _caption(opts, t, columns, shown, split_name, users, kind)})
     return out
+
+
+def _selected_accuracy(s):
+    """Test accuracy of the epoch the run selected (older summaries: the best test accuracy)."""
+    if not s:
+        return None
+    return s.get("selected_test_accuracy", s.get("best_test_accuracy"))
+
+
+SELECT_TEXT = {
+    "test": "`best` = test accuracy of the epoch with the best test accuracy (what the paper reports; the model is "
+            "picked on the test set, so it is optimistic, and under this protocol even the final accuracy of stage 2 "
+            "and two-stream inherits stage 1's test-set selection)",
+    "val": "`best` = test accuracy of the epoch picked on held-out training videos (`--select val`, "
+           "{frac:.0%} of each class's training videos; stage 2 and two-stream start from val-selected models), "
+           "independent of the test user",
+    "last": "`best` = test accuracy of the last epoch (`--select last`: no selection; stage 2 and two-stream "
+            "start from the last epoch of the models they build on)",
+}
 
 
 def _caption(opts, t, columns, shown, split_name, users, kind):
@@ -583,11 +605,17 @@ def _caption(opts, t, columns, shown, split_name, users, kind):
     for c in shown:
         s = _read_summary(c) if c.role == "stage1" else None
         if s:
-            lines.append(f"Stage 1 `{c.key}`: best {fmt_acc(s.get('best_test_accuracy'))}, "
+            lines.append(f"Stage 1 `{c.key}`: best {fmt_acc(_selected_accuracy(s))}, "
                          f"final {fmt_acc(s.get('final_test_accuracy'))}.")
-    lines.append("`best` = best test accuracy over all epochs (what the paper reports; the model is picked on the "
-                 "test set, so it is optimistic); `final` = test accuracy after the last epoch. Accuracy in %; "
-                 "`-` = not run or not finished.")
+    selects = sorted({s.get("select", "test") for s in (_read_summary(c) for c in shown) if s})
+    if len(selects) > 1:
+        lines.append(f"**Warning:** the cells selected their epoch differently ({', '.join(selects)}).")
+    lines.append(f"Selection: {opts.select}. " + SELECT_TEXT[opts.select].format(frac=opts.valFraction)
+                 + "; `final` = test accuracy after the last epoch. Accuracy in %; `-` = not run or not finished.")
+    if t != 1:  # the MS+OP rows
+        lines.append(f"Order-prediction head input: {opts.opInput} "
+                     + ("(fc6 reads the flattened 512 x s x s layer4 map, as the paper's code)." if opts.opInput == "flat"
+                        else "(fc6 reads the pooled 512-d layer4 features; not the paper's)."))
     return lines
 
 
@@ -760,6 +788,11 @@ def parse_args(argv):
                    help="clip lengths replacing the paper's 7 and 16 (default: those of the selected tables)")
     p.add_argument("--lrs", type=float, nargs="+", default=list(PAPER_LRS), help="stage-2 lrs of Tables 2-3")
     p.add_argument("--seed", type=int, default=None, help="passed to every script (default: theirs, 0)")
+    p.add_argument("--select", choices=["test", "val", "last"], default="test",
+                   help="epoch selection of every run (see the scripts' --select); test is the paper's protocol")
+    p.add_argument("--valFraction", type=float, default=0.15, help="--select val: held-out share of the training videos")
+    p.add_argument("--opInput", choices=["flat", "pooled"], default="flat",
+                   help="order-prediction head input of the MS+OP cells (flat: the paper's)")
     p.add_argument("--pretrained", default=None, help="imagenet | none | PATH, passed to every script")
     p.add_argument("--extra", default="", help='more arguments for every script, e.g. "--trainBatchSize 8 --numWorkers 2"')
     p.add_argument("--crossval", action="store_true", help="the 4 leave-one-user-out splits, with crossval.md")

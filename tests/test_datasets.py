@@ -190,8 +190,11 @@ def test_modalities_outputs(tree):
         for train in (True, False):
             ds = GTEA61(tree.root, ["S1"], modality, train=train, **common)
             item = ds[1]
-            assert set(item) == set(shapes) | {"label", "index"}
+            rgb = "rgb" in shapes
+            assert set(item) == set(shapes) | {"label", "index"} | ({"frame_numbers"} if rgb else set())
             assert item["index"] == 1 and item["label"] == 0 and isinstance(item["label"], int)
+            if rgb:  # floor(linspace(1, 9, 6, endpoint=False)): 1, 2.33, 3.67, 5, 6.33, 7.67
+                assert item["frame_numbers"].tolist() == [1, 2, 3, 5, 6, 7]
             for k, shape in shapes.items():
                 assert tuple(item[k].shape) == shape and item[k].dtype == torch.float32
     ds = GTEA61(tree.root, ["S1"], "twostream", train=False, numSeg=5, **common)

@@ -367,8 +367,9 @@ def test_op_sampler_reproducible_and_valid():
         OrderPredictionHead.sample(1, 3)
 
 
-def test_op_head_reuses_backbone_pass_and_reads_pooled_layer4():
-    m = rgb_model(ms="classification", ms_size=2, op=True).eval()
+@pytest.mark.parametrize("op_input", ["flat", "pooled"])
+def test_op_head_reuses_backbone_pass_and_reads_layer4(op_input):
+    m = rgb_model(ms="classification", ms_size=2, op=True, op_input=op_input).eval()
     calls = []
     m.egornn.backbone.register_forward_hook(lambda *a: calls.append(1))
     x = torch.randn(2, 5, 3, 64, 64)
@@ -376,7 +377,8 @@ def test_op_head_reuses_backbone_pass_and_reads_pooled_layer4():
         out = m(x, generator=torch.Generator().manual_seed(0))
     assert len(calls) == 1
     frames = out["op_frames"]
-    feats = out["layer4"][torch.arange(2)[:, None], frames].mean(dim=(-2, -1))
+    maps = out["layer4"][torch.arange(2)[:, None], frames]  # (2, 4, 512, 2, 2)
+    feats = maps.flatten(2) if op_input == "flat" else maps.mean(dim=(-2, -1))
     with torch.no_grad():
         torch.testing.assert_close(out["op_logits"], m.op_head(feats))
         torch.testing.assert_close(out["ms_out"].flatten(0, 1), m.ms_head(out["features"].flatten(0, 1)))

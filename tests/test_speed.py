@@ -262,6 +262,43 @@ def fingerprint(stage_dir, log_columns):
     return h.hexdigest(), [row[c] for c in log_columns], sums
 
 
+def cpu_identity():
+    """(vendor_id, set of flags) of this machine's CPU, from /proc/cpuinfo."""
+    vendor, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    vendor = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if vendor and flags:
+                    break
+    except OSError:
+        pass
+    return vendor, flags
+
+
+def same_cpu_kind(recorded):
+    """The recording machine's kind: same vendor, and the instruction-set flags that choose
+    oneDNN's and ATen's kernels (AMX, AVX-512 bf16 / VNNI / BW...) present or absent alike."""
+    vendor, flags = cpu_identity()
+    return vendor == recorded["vendor_id"] and all((f in flags) == (f in recorded["flags"])
+                                                   for f in recorded["decisive_flags"])
+
+
+def test_same_cpu_kind_compares_vendor_and_decisive_flags(monkeypatch):
+    recorded = {"vendor_id": "GenuineIntel", "flags": ["avx512f", "amx_bf16"],
+                "decisive_flags": ["avx512f", "avx512_bf16", "amx_bf16"]}
+    for vendor, flags, same in [("GenuineIntel", {"avx512f", "amx_bf16", "sse"}, True),
+                                ("AuthenticAMD", {"avx512f", "amx_bf16"}, False),
+                                ("GenuineIntel", {"avx512f", "avx512_bf16", "amx_bf16"}, False),  # an extra one
+                                ("GenuineIntel", {"avx512f"}, False)]:
+        monkeypatch.setattr(sys.modules[__name__], "cpu_identity", lambda v=vendor, f=flags: (v, f))
+        assert same_cpu_kind(recorded) == same, (vendor, flags)
+
+
 @pytest.fixture(scope="module")
 def golden_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("golden") / "syn"
@@ -274,22 +311,24 @@ def golden_data(tmp_path_factory):
 def test_fp32_results_unchanged(golden_data, tmp_path, cache):
     """The tiny ms_op run (stages 1 and 2) recorded in tests/data/speed_golden.json with the code
     before the speed work, rerun with and without the frame cache: the same weights and log,
-    bit for bit (the kernels' results depend on the thread count, the CPU kind and the torch
-    version: for a combination not recorded, to float tolerance)."""
+    bit for bit on the machine kind that recorded it (same torch, thread count, CPU vendor and
+    instruction set: the kernels' results depend on all of them), to float tolerance elsewhere.
+    The recording used the OP head's pooled input, so this run asks for it."""
     golden = json.loads(GOLDEN.read_text())
     out = tmp_path / "run"
     cache_arg = "none" if cache == "none" else str(tmp_path / "fc")
     E.run("ms_op", ["--datasetDir", str(golden_data), "--outDir", str(out), "--numEpochs", "1",
                     "--pretrained", "none", "--frameSize", "64", "--seqLen", "4", "--trainBatchSize", "4",
                     "--memSize", "16", "--valBatchSize", "8", "--numWorkers", "0", "--precision", "fp32",
-                    "--camVideos", "0", "--cacheDir", cache_arg])
+                    "--camVideos", "0", "--cacheDir", cache_arg, "--opInput", "pooled"])
     if cache == "dir":
         assert any((tmp_path / "fc").rglob("*.frame"))
     args = json.loads((out / "stage2" / "args.json").read_text())
     assert args["precision"] == "fp32" and args["cacheDir"] == (None if cache == "none" else cache_arg)
     threads = str(torch.get_num_threads())
     same_kernels = (golden["torch"] == torch.__version__ and threads in golden["threads"]
-                    and golden["cpu_capability"] == torch.backends.cpu.get_cpu_capability())
+                    and golden["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+                    and same_cpu_kind(golden["cpu"]))
     for stage in ("stage1", "stage2"):
         sha, log, sums = fingerprint(out / stage, golden["log_columns"])
         if same_kernels:

@@ -61,7 +61,7 @@ def check_stage_dir(d, epochs, cam):
     rows = read_log(d / "log.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                             "ms_loss", "op_loss", "op_acc", "seconds"]
+                             "ms_loss", "op_loss", "op_acc", "seconds", "val_loss", "val_acc"]
     summary = json.loads((d / "summary.json").read_text())
     accs = [float(r["test_acc"]) for r in rows]
     assert summary["best_test_accuracy"] == pytest.approx(max(accs), abs=1e-3)

@@ -1,0 +1,138 @@
+"""Checkpoints record the configuration that shapes their model and data, and every script that
+loads one checks it: stage 2 against stage 1, two-stream against its flow and RGB models,
+evaluate.py against the users it scores. Also --stackSize end to end and --select."""
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.test_training import TINY, assert_one_line_error, read_log, run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data") / "syn"
+    run("-m", "datasets.synthetic", "--out", d, "--classes", "3", "--instances", "2", "--size", "80x60")
+    return d
+
+
+@pytest.fixture(scope="module")
+def models_(data, tmp_path_factory):
+    """A val-selected RGB stage 1 (attention) and a flow model with 3-frame stacks trained on
+    S1 S2 S4 and tested on S3."""
+    out = tmp_path_factory.mktemp("cfg")
+    run("main_rgb.py", "--datasetDir", data, "--outDir", out / "rgb", "--stage", "1", "--numEpochs", "2",
+        "--select", "val", *TINY)
+    run("main_flow.py", "--datasetDir", data, "--outDir", out / "flow", "--numEpochs", "1", "--stackSize", "3",
+        "--trainUsers", "S1", "S2", "S4", "--testUsers", "S3", *TINY)
+    return out
+
+
+def test_checkpoints_record_their_configuration(models_):
+    rgb = torch.load(models_ / "rgb" / "stage1" / "best_model.pth", weights_only=True)["config"]
+    assert rgb["classes"] == ["open_box", "put_cup", "take_cup"]
+    assert (rgb["attention"], rgb["memSize"], rgb["seqLen"], rgb["frameSize"]) == (True, 16, 4, 64)
+    assert rgb["trainUsers"] == ["S1", "S3", "S4"] and rgb["testUsers"] == ["S2"]
+    assert rgb["select"] == "val" and rgb["valFraction"] == 0.15 and rgb["msKind"] is None
+    flow = torch.load(models_ / "flow" / "stage1" / "best_model.pth", weights_only=True)
+    assert flow["config"]["stackSize"] == 3 and flow["stackSize"] == 3
+    assert flow["model"]["conv1.weight"].shape[1] == 6  # 2 x 3 flow frames
+    assert flow["config"]["trainUsers"] == ["S1", "S2", "S4"] and flow["config"]["testUsers"] == ["S3"]
+
+
+def test_last_pth_loads_weights_only(models_):
+    state = torch.load(models_ / "rgb" / "stage1" / "last.pth", weights_only=True)
+    assert state["epoch"] == 2 and torch.is_tensor(state["rng"]["numpy"]["mt"])
+
+
+def test_select_val_picks_the_epoch_of_the_best_validation_accuracy(models_):
+    d = models_ / "rgb" / "stage1"
+    rows = read_log(d / "log.csv")
+    val = [float(r["val_acc"]) for r in rows]
+    first_best = val.index(max(val)) + 1
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["select"] == "val" and summary["selected_epoch"] == first_best
+    assert summary["selected_test_accuracy"] == pytest.approx(float(rows[first_best - 1]["test_acc"]))
+    assert torch.load(d / "best_model.pth", weights_only=True)["epoch"] == first_best
+    args = json.loads((d / "args.json").read_text())
+    assert args["select"] == "val" and args["valFraction"] == 0.15
+
+
+def test_select_last_keeps_the_last_epoch(data, tmp_path):
+    run("main_flow.py", "--datasetDir", data, "--outDir", tmp_path, "--numEpochs", "2", "--select", "last",
+        "--lr", "0.05", *TINY)
+    assert torch.load(tmp_path / "stage1" / "best_model.pth", weights_only=True)["epoch"] == 2
+    s = json.loads((tmp_path / "stage1" / "summary.json").read_text())
+    assert s["selected_epoch"] == 2 and s["selected_test_accuracy"] == s["final_test_accuracy"]
+
+
+def test_stage2_refuses_a_stage1_of_another_configuration(models_, data, tmp_path):
+    s1 = models_ / "rgb" / "stage1" / "best_model.pth"
+    base = ["--datasetDir", data, "--outDir", tmp_path / "o", "--stage", "2", "--stage1Dict", s1, *TINY]
+    assert_one_line_error(run("main_rgb.py", *base, "--noAttention", check=False),
+                          "--stage1Dict", "attention", "no attention (--noAttention)")
+    assert_one_line_error(run("main_ms_op.py", *base, "--seqLen", "5", check=False), "--seqLen 4", "--seqLen 5")
+    assert_one_line_error(run("main_ms.py", *base, "--memSize", "8", check=False), "--memSize 16", "--memSize 8")
+    assert_one_line_error(run("main_rgb.py", *base, "--trainUsers", "S1", "S3", check=False), "--trainUsers")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
+    # a val-selected stage 2 needs a val-selected stage 1 (else stage 1 trained on its val videos)
+    ck = torch.load(s1, weights_only=True)
+    ck["config"]["select"], ck["config"]["valFraction"] = "test", None
+    torch.save(ck, tmp_path / "s1_test.pth")
+    assert_one_line_error(run("main_rgb.py", *base[:-len(TINY) - 1], tmp_path / "s1_test.pth", "--select", "val",
+                              *TINY, check=False), "--select test", "--select val")
+
+
+def test_stage2_from_the_same_configuration_runs(models_, data, tmp_path):
+    run("main_ms_op.py", "--datasetDir", data, "--outDir", tmp_path, "--stage", "2", "--numEpochs", "1",
+        "--stage1Dict", models_ / "rgb" / "stage1" / "best_model.pth", "--select", "val", *TINY)
+    ck = torch.load(tmp_path / "stage2" / "best_model.pth", weights_only=True)
+    assert ck["config"]["opInput"] == "flat" and ck["config"]["msKind"] == "classification"
+    s = 2  # layer4 side at 64 px: fc6 reads the flattened map
+    assert ck["model"]["op_head.fc6.0.weight"].shape == (1024, 512 * s * s)
+
+
+def test_overlapping_train_and_test_users_are_refused(data, tmp_path):
+    p = run("main_rgb.py", "--datasetDir", data, "--outDir", tmp_path, "--trainUsers", "S1", "S2",
+            "--testUsers", "S2", *TINY, check=False)
+    assert_one_line_error(p, "--trainUsers", "--testUsers", "S2")
+    assert not tmp_path.joinpath("stage1").exists()
+
+
+def test_stack_size_3_through_evaluate_and_two_stream(models_, data, tmp_path):
+    flow = models_ / "flow" / "stage1" / "best_model.pth"
+    # evaluate.py reads the stack size and the test users from the checkpoint
+    run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow,
+        "--outDir", tmp_path / "ev", "--numWorkers", "0")
+    s = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert s["test_users"] == ["S3"]
+    rows = list(csv.reader(open(tmp_path / "ev" / "predictions.csv")))[1:]
+    assert rows and all("/S3/" in r[0] for r in rows)
+    # scoring a user the checkpoint was trained on needs --allowTrainUsers
+    p = run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow, "--testUsers", "S2",
+            "--outDir", tmp_path / "ev2", check=False)
+    assert_one_line_error(p, "S2", "--allowTrainUsers")
+    run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow, "--testUsers", "S2",
+        "--allowTrainUsers", "--outDir", tmp_path / "ev3", "--numWorkers", "0")
+    assert_one_line_error(run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow,
+                              "--stackSize", "5", "--outDir", tmp_path / "ev4", check=False), "--stackSize 3")
+    # two-stream: the flow model's users differ from the default split: refused, naming them
+    rgb2 = tmp_path / "rgb2"
+    run("main_rgb.py", "--datasetDir", data, "--outDir", rgb2, "--numEpochs", "1", "--trainUsers", "S1", "S2", "S4",
+        "--testUsers", "S3", *TINY)
+    rgb = rgb2 / "stage2" / "best_model.pth"
+    assert_one_line_error(run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "bad",
+                              "--flowModel", flow, "--rgbModel", rgb, *TINY, check=False), "--flowModel", "--trainUsers")
+    # same users, no --stackSize: the flow model's 3 is read back
+    run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts", "--numEpochs", "1", "--flowModel",
+        flow, "--rgbModel", rgb, "--trainUsers", "S1", "S2", "S4", "--testUsers", "S3", *TINY)
+    ts = torch.load(tmp_path / "ts" / "stage1" / "best_model.pth", weights_only=True)
+    assert ts["config"]["stackSize"] == 3 and ts["model"]["flow_model.conv1.weight"].shape[1] == 6
+    assert json.loads((tmp_path / "ts" / "stage1" / "args.json").read_text())["stackSize"] == 3
+    run("evaluate.py", "--model", "twostream", "--datasetDir", data, "--modelStateDict",
+        tmp_path / "ts" / "stage1" / "best_model.pth", "--outDir", tmp_path / "ev5", "--numWorkers", "0")
+    assert json.loads((tmp_path / "ev5" / "summary.json").read_text())["test_users"] == ["S3"]
+    assert_one_line_error(run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts5", "--flowModel",
+                              flow, "--rgbModel", rgb, "--trainUsers", "S1", "S2", "S4", "--testUsers", "S3",
+                              "--stackSize", "5", *TINY, check=False), "--stackSize 3", "--stackSize 5")
