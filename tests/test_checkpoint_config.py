@@ -19,13 +19,20 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models_(data, tmp_path_factory):
-    """A val-selected RGB stage 1 (attention) and a flow model with 3-frame stacks trained on
-    S1 S2 S4 and tested on S3."""
+    """A val-selected RGB stage 1 (attention) and a last-epoch flow model with 3-frame stacks."""
     out = tmp_path_factory.mktemp("cfg")
     run("main_rgb.py", "--datasetDir", data, "--outDir", out / "rgb", "--stage", "1", "--numEpochs", "2",
         "--select", "val", *TINY)
-    run("main_flow.py", "--datasetDir", data, "--outDir", out / "flow", "--numEpochs", "1", "--stackSize", "3",
-        "--trainUsers", "S1", "S2", "S4", "--testUsers", "S3", *TINY)
+    run("main_flow.py", "--datasetDir", data, "--outDir", out / "flow", "--numEpochs", "2", "--stackSize", "3",
+        "--select", "last", "--lr", "0.05", *TINY)
+    return out
+
+
+def with_users(path, out, train, test):
+    """A copy of a checkpoint whose record says it was trained on `train` and tested on `test`."""
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["trainUsers"], ck["config"]["testUsers"] = train, test
+    torch.save(ck, out)
     return out
 
 
@@ -38,7 +45,7 @@ def test_checkpoints_record_their_configuration(models_):
     flow = torch.load(models_ / "flow" / "stage1" / "best_model.pth", weights_only=True)
     assert flow["config"]["stackSize"] == 3 and flow["stackSize"] == 3
     assert flow["model"]["conv1.weight"].shape[1] == 6  # 2 x 3 flow frames
-    assert flow["config"]["trainUsers"] == ["S1", "S2", "S4"] and flow["config"]["testUsers"] == ["S3"]
+    assert flow["config"]["trainUsers"] == ["S1", "S3", "S4"] and flow["config"]["testUsers"] == ["S2"]
 
 
 def test_last_pth_loads_weights_only(models_):
@@ -59,12 +66,12 @@ def test_select_val_picks_the_epoch_of_the_best_validation_accuracy(models_):
     assert args["select"] == "val" and args["valFraction"] == 0.15
 
 
-def test_select_last_keeps_the_last_epoch(data, tmp_path):
-    run("main_flow.py", "--datasetDir", data, "--outDir", tmp_path, "--numEpochs", "2", "--select", "last",
-        "--lr", "0.05", *TINY)
-    assert torch.load(tmp_path / "stage1" / "best_model.pth", weights_only=True)["epoch"] == 2
-    s = json.loads((tmp_path / "stage1" / "summary.json").read_text())
-    assert s["selected_epoch"] == 2 and s["selected_test_accuracy"] == s["final_test_accuracy"]
+def test_select_last_keeps_the_last_epoch(models_):
+    d = models_ / "flow" / "stage1"
+    assert torch.load(d / "best_model.pth", weights_only=True)["epoch"] == 2
+    s = json.loads((d / "summary.json").read_text())
+    assert s["select"] == "last" and s["selected_epoch"] == 2
+    assert s["selected_test_accuracy"] == s["final_test_accuracy"]
 
 
 def test_stage2_refuses_a_stage1_of_another_configuration(models_, data, tmp_path):
@@ -100,8 +107,8 @@ def test_overlapping_train_and_test_users_are_refused(data, tmp_path):
     assert not tmp_path.joinpath("stage1").exists()
 
 
-def test_stack_size_3_through_evaluate_and_two_stream(models_, data, tmp_path):
-    flow = models_ / "flow" / "stage1" / "best_model.pth"
+def test_evaluate_scores_the_checkpoints_test_users_only(models_, data, tmp_path):
+    flow = with_users(models_ / "flow" / "stage1" / "best_model.pth", tmp_path / "f.pth", ["S1", "S2", "S4"], ["S3"])
     # evaluate.py reads the stack size and the test users from the checkpoint
     run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow,
         "--outDir", tmp_path / "ev", "--numWorkers", "0")
@@ -113,26 +120,30 @@ def test_stack_size_3_through_evaluate_and_two_stream(models_, data, tmp_path):
     p = run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow, "--testUsers", "S2",
             "--outDir", tmp_path / "ev2", check=False)
     assert_one_line_error(p, "S2", "--allowTrainUsers")
+    assert not (tmp_path / "ev2" / "predictions.csv").exists()
     run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow, "--testUsers", "S2",
         "--allowTrainUsers", "--outDir", tmp_path / "ev3", "--numWorkers", "0")
+    assert json.loads((tmp_path / "ev3" / "summary.json").read_text())["test_users"] == ["S2"]
+
+
+def test_stack_size_3_through_evaluate_and_two_stream(models_, data, tmp_path):
+    flow = models_ / "flow" / "stage1" / "best_model.pth"
+    rgb = models_ / "rgb" / "stage1" / "best_model.pth"
     assert_one_line_error(run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow,
                               "--stackSize", "5", "--outDir", tmp_path / "ev4", check=False), "--stackSize 3")
-    # two-stream: the flow model's users differ from the default split: refused, naming them
-    rgb2 = tmp_path / "rgb2"
-    run("main_rgb.py", "--datasetDir", data, "--outDir", rgb2, "--numEpochs", "1", "--trainUsers", "S1", "S2", "S4",
-        "--testUsers", "S3", *TINY)
-    rgb = rgb2 / "stage2" / "best_model.pth"
+    # a flow model of other users is refused, naming them
+    other = with_users(flow, tmp_path / "other.pth", ["S1", "S2", "S4"], ["S3"])
     assert_one_line_error(run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "bad",
-                              "--flowModel", flow, "--rgbModel", rgb, *TINY, check=False), "--flowModel", "--trainUsers")
-    # same users, no --stackSize: the flow model's 3 is read back
+                              "--flowModel", other, "--rgbModel", rgb, *TINY, check=False), "--flowModel", "--trainUsers")
+    # no --stackSize: the flow model's 3 is read back
     run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts", "--numEpochs", "1", "--flowModel",
-        flow, "--rgbModel", rgb, "--trainUsers", "S1", "S2", "S4", "--testUsers", "S3", *TINY)
+        flow, "--rgbModel", rgb, *TINY)
     ts = torch.load(tmp_path / "ts" / "stage1" / "best_model.pth", weights_only=True)
     assert ts["config"]["stackSize"] == 3 and ts["model"]["flow_model.conv1.weight"].shape[1] == 6
     assert json.loads((tmp_path / "ts" / "stage1" / "args.json").read_text())["stackSize"] == 3
     run("evaluate.py", "--model", "twostream", "--datasetDir", data, "--modelStateDict",
         tmp_path / "ts" / "stage1" / "best_model.pth", "--outDir", tmp_path / "ev5", "--numWorkers", "0")
-    assert json.loads((tmp_path / "ev5" / "summary.json").read_text())["test_users"] == ["S3"]
+    assert json.loads((tmp_path / "ev5" / "summary.json").read_text())["test_users"] == ["S2"]
     assert_one_line_error(run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts5", "--flowModel",
-                              flow, "--rgbModel", rgb, "--trainUsers", "S1", "S2", "S4", "--testUsers", "S3",
-                              "--stackSize", "5", *TINY, check=False), "--stackSize 3", "--stackSize 5")
+                              flow, "--rgbModel", rgb, "--stackSize", "5", *TINY, check=False),
+                          "--stackSize 3", "--stackSize 5")

@@ -242,3 +242,28 @@ def test_paper_parameter_counts_with_flat_op_input():
     ms = (512 * 100 + 100) + (100 * 49 * 98 + 98)
     op = 26_777_100
     assert sum(p.numel() for p in model.parameters()) == resnet34 + convlstm + classifier + ms + op
+
+
+def test_training_batches_show_the_op_head_four_different_frames(tree, tmp_path):
+    """5-frame videos at seqLen 8 repeat frames in every clip; the training step's draw (dataset
+    frame numbers -> Experiment.forward -> SAMSOPNet) still shows 4 different ones."""
+    for c in ("open_box", "take_cup"):
+        for u in ("S1", "S2"):
+            tree.video(u, c, 1, 5)
+    args = E.base_parser("ms_op", "").parse_args(
+        ["--datasetDir", tree.root, "--outDir", str(tmp_path / "o"), "--seqLen", "8", "--frameSize", "32",
+         "--memSize", "8", "--trainBatchSize", "4", "--numWorkers", "0", "--pretrained", "none",
+         "--cacheDir", "none", "--trainUsers", "S1", "--testUsers", "S2"])
+    exp = E.Experiment("ms_op", args, 2, torch.device("cpu"), "fp32", None, None)
+    train_set, test_set = E.stage_datasets(exp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = E.prepare_model(exp, exp.build_model("none")).eval()
+    batch = next(iter(E.stage_loaders(exp, train_set, test_set)[0]))
+    numbers = batch["frame_numbers"]
+    assert numbers[0].tolist() == [1, 1, 2, 2, 3, 3, 4, 4]  # floor(linspace(1, 5, 8, endpoint=False))
+    for seed in range(5):
+        with torch.no_grad():
+            out = exp.forward(model, batch, torch.Generator().manual_seed(seed), train=True)
+        for b in range(numbers.shape[0]):
+            assert sorted(numbers[b, out["op_frames"][b]].tolist()) == [1, 2, 3, 4]
