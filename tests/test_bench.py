@@ -9,9 +9,9 @@ import json
 import time
 
 import pytest
-import torch
 
-pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
+pytestmark = [pytest.mark.filterwarnings("ignore:pretrained='none'"),
+              pytest.mark.usefixtures("one_thread_flush_denormal")]
 
 STEP_S, INFER_S, CLIP_S = 1.5, 0.25, 0.125
 BATCH, SEQ_LEN = 3, 4
@@ -26,17 +26,6 @@ class FakeClock:
 
     def __getattr__(self, name):  # anything else bench may use from `time`
         return getattr(time, name)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spinning on shared cores; bench.main flushes
-    subnormals, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_flush_denormal(False)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from utils import experiment as E
 from utils.train import train_one_epoch
 
-pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
+pytestmark = [pytest.mark.filterwarnings("ignore:pretrained='none'"),
+              pytest.mark.usefixtures("one_thread_flush_denormal")]
 C, T = 3, 4
 ACTION_RIGHT = [[True, False, False, False], [True, True, True]]   # 4 of 7 clips
 ORDER_RIGHT = [[True, True, True, False], [False, False, False]]   # 3 of 7 clips
@@ -38,7 +39,6 @@ def peaked(target, right, k, like):
 
 
 def test_train_one_epoch_figures_are_means_over_clips(tmp_path, monkeypatch):
-    torch.set_flush_denormal(True)
     args = E.base_parser("ms_op", "test").parse_args(
         ["--datasetDir", str(tmp_path), "--outDir", str(tmp_path / "o"), "--frameSize", "64", "--seqLen", str(T),
          "--memSize", "8", "--pretrained", "none", "--noMS"])
@@ -58,10 +58,7 @@ def test_train_one_epoch_figures_are_means_over_clips(tmp_path, monkeypatch):
     torch.manual_seed(0)
     loader = Loader({"rgb": torch.randn(n, T, 3, 64, 64), "label": torch.tensor([0, 1, 2, 0][:n]),
                      "index": torch.arange(n)} for n in (4, 3))
-    try:
-        result = train_one_epoch(exp, model, loader, optimizer, 1, torch.Generator().manual_seed(0))
-    finally:
-        torch.set_flush_denormal(False)
+    result = train_one_epoch(exp, model, loader, optimizer, 1, torch.Generator().manual_seed(0))
     clips = [r for batch in ACTION_RIGHT for r in batch]
     orders = [r for batch in ORDER_RIGHT for r in batch]
     assert result["acc"] == pytest.approx(100 * 4 / 7)

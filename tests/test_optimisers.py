@@ -17,7 +17,8 @@ import torch
 from models import EgoRNN, FlowResNet34, TwoStream
 from utils import experiment as E
 
-pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
+pytestmark = [pytest.mark.filterwarnings("ignore:pretrained='none'"),
+              pytest.mark.usefixtures("one_thread_flush_denormal")]
 C = 3
 
 ADAM = dict(weight_decay=4e-5, eps=1e-4)

@@ -11,7 +11,8 @@ import torch
 
 from utils import experiment as E
 
-pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
+pytestmark = [pytest.mark.filterwarnings("ignore:pretrained='none'"),
+              pytest.mark.usefixtures("one_thread_flush_denormal")]
 
 # OPN's 12 classes (reference.md section 4), 0-based; an order and its reverse share a class.
 OPN_CLASSES = ["0123", "0213", "0231", "0132", "0312", "0321", "1023", "1032", "1203", "2013", "2031", "2103"]

@@ -14,7 +14,8 @@ from models import EgoRNN, FlowResNet34, TwoStream
 from utils import experiment as E
 from utils.train import train_step
 
-pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
+pytestmark = [pytest.mark.filterwarnings("ignore:pretrained='none'"),
+              pytest.mark.usefixtures("one_thread_flush_denormal")]
 C, T, FRAME, MEM = 3, 4, 64, 8
 
 CONVLSTM = [f"convlstm.conv_x{g}.{w}" for g in "ifco" for w in ("weight", "bias")] + \
@@ -23,16 +24,6 @@ CLASSIFIER = ["classifier.1.weight", "classifier.1.bias"]
 LAYER4_CONVS = [f"backbone.layer4.{b}.conv{k}.weight" for b in (0, 1, 2) for k in (1, 2)]
 CAM_FC = ["backbone.fc.weight", "backbone.fc.bias"]
 NO_GRADIENT = {"backbone.fc.bias"}  # trainable, but the CAM reads only rows of fc.weight
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread_flush_denormal():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-    torch.set_num_threads(threads)
 
 
 def experiment(kind, stage, tmp_path, extra=()):

@@ -20,23 +20,26 @@ import torchvision
 from utils import experiment as E
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--frameSize", "64", "--seqLen", "4", "--trainBatchSize", "4", "--memSize", "16",
-        "--valBatchSize", "8", "--numWorkers", "0", "--precision", "fp32", "--camVideos", "0", "--numEpochs", "1"]
+# Small and quick: 32 px frames, 2 training clips (user S1), one epoch at an lr that moves nothing.
+TINY = ["--frameSize", "32", "--seqLen", "4", "--trainUsers", "S1", "--trainBatchSize", "2", "--memSize", "16",
+        "--valBatchSize", "4", "--numWorkers", "0", "--precision", "fp32", "--camVideos", "0", "--numEpochs", "1",
+        "--cacheDir", "none"]
 FROZEN_LR = ["--lr", "1e-30"]
 TRAIN_MODE_BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
-pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
+pytestmark = [pytest.mark.filterwarnings("ignore:pretrained='none'"),
+              pytest.mark.usefixtures("one_thread_flush_denormal")]  # the scripts run in this process
 
 
-def run(*args):
-    p = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"{args} failed ({p.returncode}):\n{p.stderr[-3000:]}"
-    return p
+def script(kind, *args):
+    assert E.run(kind, [str(a) for a in args]) == 0
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data") / "syn"
-    run("-m", "datasets.synthetic", "--out", d, "--classes", "3", "--instances", "1", "--size", "80x60")
+    p = subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", str(d), "--classes", "3", "--instances",
+                        "1", "--size", "48x36"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
     return d
 
 
@@ -89,7 +92,7 @@ def assert_default_init(state, prefix):
 
 def test_stage2_starts_from_stage1Dict(data, tmp_path):
     given = checkpoint_file("rgb", 1, data, tmp_path / "s1.pth", seed=11)
-    run("main_ms_op.py", "--datasetDir", data, "--outDir", tmp_path / "o", "--stage", "2",
+    script("ms_op", "--datasetDir", data, "--outDir", tmp_path / "o", "--stage", "2",
         "--stage1Dict", tmp_path / "s1.pth", "--pretrained", "none", *TINY, *FROZEN_LR)
     got = torch.load(tmp_path / "o" / "stage2" / "best_model.pth", weights_only=True)["model"]
     egornn = {k for k in got if k.startswith("egornn.")}
@@ -109,7 +112,7 @@ def test_flow_starts_from_pretrained_path_and_twostream_from_its_models(data, tm
     torch.manual_seed(21)
     resnet = randomise(torchvision.models.resnet34(weights=None), seed=21).state_dict()
     torch.save(resnet, tmp_path / "resnet34.pth")
-    run("main_flow.py", "--datasetDir", data, "--outDir", tmp_path / "flow", "--pretrained", tmp_path / "resnet34.pth",
+    script("flow", "--datasetDir", data, "--outDir", tmp_path / "flow", "--pretrained", tmp_path / "resnet34.pth",
         *TINY, *FROZEN_LR)
     flow_file = tmp_path / "flow" / "stage1" / "best_model.pth"
     flow = torch.load(flow_file, weights_only=True)["model"]
@@ -124,7 +127,7 @@ def test_flow_starts_from_pretrained_path_and_twostream_from_its_models(data, tm
 
     # two-stream: --flowModel (the flow run's best model) and --rgbModel (a stage-2 RGB model)
     rgb = checkpoint_file("rgb", 2, data, tmp_path / "rgb.pth", seed=12)
-    run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts", "--flowModel", flow_file,
+    script("twostream", "--datasetDir", data, "--outDir", tmp_path / "ts", "--flowModel", flow_file,
         "--rgbModel", tmp_path / "rgb.pth", "--pretrained", "none", *TINY, *FROZEN_LR, "--flowLr", "1e-30")
     got = torch.load(tmp_path / "ts" / "stage1" / "best_model.pth", weights_only=True)["model"]
     flow_keys = {k for k in got if k.startswith("flow_model.")}
