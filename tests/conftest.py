@@ -47,3 +47,16 @@ class GteaTree:
 @pytest.fixture
 def tree(tmp_path):
     return GteaTree(tmp_path / "gtea")
+
+
+@pytest.fixture
+def one_thread_flush_denormal():
+    """One torch thread (tiny tensors: no OpenMP spinning on shared cores) and subnormals flushed,
+    as the scripts do (scripts run in the test process flush them too); both restored afterwards."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+    torch.set_num_threads(threads)

@@ -2,13 +2,19 @@
 import hashlib
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from datasets import GTEA61
+from datasets import GTEA61, DatasetError
 from datasets import synthetic as syn
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = ["--classes", "4", "--instances", "1", "--users", "S1", "S2", "S3", "--size", "64x48"]
 
@@ -109,22 +115,65 @@ def test_if_missing_and_refusals(tmp_path, small_course, capsys):
     assert syn.main(["--out", str(other), *SMALL, "--if-missing"]) == 2
     assert "not a complete synthetic dataset" in capsys.readouterr().err
     assert (other / "notes.txt").read_text() == "keep"
-    # an interrupted generation leaves no complete-looking folder; nothing is left behind
-    assert not [p for p in os.listdir(os.path.dirname(small_course)) if ".tmp-" in p]
     assert syn.main(["--out", str(tmp_path / "x"), "--classes", "99"]) == 2
     assert not (tmp_path / "x").exists()
 
 
-def test_interrupted_generation_is_not_complete(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_generation_failing_midway_leaves_nothing_and_reruns(tmp_path, monkeypatch, small_course, error):
+    """Ctrl-C or a full disk after some videos are written: no dataset folder and no partial
+    files are left; rerunning writes the complete dataset."""
     out = tmp_path / "d"
+    real_render, real_save = syn.render_video, syn._save
+    rendered, saved = [], []
 
-    def boom(*a, **k):
-        raise KeyboardInterrupt
+    def render(*a, **k):
+        rendered.append(1)
+        if len(rendered) == 4:
+            raise error()
+        return real_render(*a, **k)
 
-    monkeypatch.setattr(syn, "generate", boom)
-    with pytest.raises(KeyboardInterrupt):
+    def save(*a, **k):
+        saved.append(a[1])
+        return real_save(*a, **k)
+    monkeypatch.setattr(syn, "render_video", render)
+    monkeypatch.setattr(syn, "_save", save)
+    with pytest.raises(error):
         syn.main(["--out", str(out), *SMALL])
+    assert len(saved) > 20 and all(".tmp-" in p for p in saved)  # three videos were on disk
     assert not out.exists() and os.listdir(tmp_path) == []
+    monkeypatch.setattr(syn, "render_video", real_render)
+    assert syn.main(["--out", str(out), *SMALL, "--if-missing"]) == 0
+    assert syn.is_complete(out) and tree_digest(out) == tree_digest(small_course)
+
+
+# The generator, slowed down so that a kill lands in the middle of writing the videos.
+SLOW_GENERATOR = ("import sys, time; from datasets import synthetic as s; save = s._save; "
+                  "s._save = lambda *a: (time.sleep(0.01), save(*a)); sys.exit(s.main(sys.argv[1:]))")
+
+
+def test_generation_killed_midway_is_never_read_and_reruns(tmp_path, small_course):
+    """SIGKILL (no clean-up runs) while videos are being written: the dataset folder does not
+    exist, so nothing can read the half-written videos; rerunning with --if-missing writes the
+    complete dataset, identical to an uninterrupted generation."""
+    out = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_GENERATOR, "--out", str(out), *SMALL], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    written = []
+    deadline = time.time() + 120
+    while time.time() < deadline and len(written) < 30 and proc.poll() is None:
+        written = [f for d, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".png")]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the generator finished before it could be killed"
+    assert len(written) >= 30
+    assert not out.exists() and not syn.is_complete(out)
+    with pytest.raises(DatasetError, match=str(out)):
+        GTEA61(out, ["S1"], "rgb", train=False, seqLen=4, frameSize=32)
+    assert syn.main(["--out", str(out), *SMALL, "--if-missing"]) == 0
+    assert syn.is_complete(out) and tree_digest(out) == tree_digest(small_course)
+    ds = GTEA61(out, ["S1", "S2", "S3"], "rgb_mmaps", train=False, seqLen=4, frameSize=32, mapSize=1)
+    assert len(ds) == 10 and ds.num_skipped == 2
 
 
 @pytest.mark.parametrize("cls", ["take_cup", "close_box", "push_bread", "stir_spoon,cup"])

@@ -1,7 +1,6 @@
 """Tests of models/: shapes, the ConvLSTM equations, attention, training stages, the OP sampler,
 checkpoint formats and pretrained-weight handling. Random tensors on CPU, small frames."""
 import math
-import time
 import warnings
 
 import numpy as np
@@ -596,18 +595,28 @@ def test_pretrained_path_and_cache(tv_state, tmp_path, monkeypatch):
 
 
 def test_pretrained_imagenet_not_cached_fails_fast(tmp_path, monkeypatch):
+    """Without the cached file and without a network: one download attempt of the ResNet-34
+    weights (no retries), then a one-line error saying where to put the file."""
+    import socket
     old = torch.hub.get_dir()
+    attempts = []
 
-    def offline(*a, **k):  # what torch.hub raises without a network, whatever this machine has
+    def offline(url, *a, **k):  # what torch.hub raises without a network, whatever this machine has
+        attempts.append((url, socket.getdefaulttimeout()))
         raise OSError("<urlopen error [Errno -2] Name or service not known>")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     try:
         torch.hub.set_dir(str(tmp_path))
-        t = time.time()
+        timeout_before = socket.getdefaulttimeout()
         with pytest.raises(PretrainedWeightsError) as err:
             SAMSOPNet(C, mem_size=MEM)
         msg = str(err.value)
         assert "\n" not in msg and str(tmp_path) in msg and "--pretrained none" in msg
-        assert time.time() - t < 10
+        assert "resnet34-b627a593.pth" in msg
+        assert len(attempts) == 1 and attempts[0][0].endswith("/resnet34-b627a593.pth"), attempts
+        # the attempt runs under a finite socket timeout (an unreachable host cannot hang the
+        # script), and the process's default timeout is restored afterwards
+        assert attempts[0][1] is not None and 0 < attempts[0][1] <= 60, attempts
+        assert socket.getdefaulttimeout() == timeout_before
     finally:
         torch.hub.set_dir(old)
