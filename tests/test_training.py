@@ -115,6 +115,18 @@ def test_twostream_from_flow_and_rgb(runs, data, tmp_path):
         "--flowModel", runs / "flow" / "stage1" / "best_model.pth",
         "--rgbModel", runs / "rgb" / "stage2" / "best_model.pth", *TINY)
     check_stage_dir(out / "stage1", 1, cam=False)
+    # the streams are the given models: every tensor two-stream does not train equals the file's
+    got = torch.load(out / "stage1" / "best_model.pth", weights_only=True)["model"]
+    flow = torch.load(runs / "flow" / "stage1" / "best_model.pth", weights_only=True)["model"]
+    rgb = torch.load(runs / "rgb" / "stage2" / "best_model.pth", weights_only=True)["model"]
+    frozen_flow = [k for k in flow if not k.startswith("layer4.")]
+    trained_rgb = {f"backbone.layer4.{b}.conv{c}.weight" for b in range(3) for c in (1, 2)} | \
+        {"backbone.fc.weight", "backbone.fc.bias"}
+    frozen_rgb = [k for k in rgb if k.startswith("egornn.backbone.") and k[len("egornn."):] not in trained_rgb]
+    assert len(frozen_flow) > 100 and len(frozen_rgb) > 150
+    differ = [k for k in frozen_flow if not torch.equal(got["flow_model." + k], flow[k])] + \
+        [k for k in frozen_rgb if not torch.equal(got["rgb_model." + k[len("egornn."):]], rgb[k])]
+    assert not differ, differ[:5]
 
 
 def test_evaluate_writes_predictions(runs, data, tmp_path):
