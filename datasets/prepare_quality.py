@@ -2,7 +2,7 @@
 ground truth (synthetic data: not a GTEA-61 measurement).
 
     python -m datasets.synthetic --layout videos --out data/synthetic_videos
-    python -m datasets.prepare_quality --data data/synthetic_videos [--videos 8]
+    python -m datasets.prepare_quality --data data/synthetic_videos [--videos 8] [--seed 1]
         [--methods farneback tvl1 tvl1-default] [--mapSizes 7 14 28] [--json PATH]
 
 For each flow method, without and with the camera compensation (the warp), on every pair of
@@ -146,7 +146,9 @@ def table(results, camera, sizes):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m datasets.prepare_quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="python -m datasets.synthetic --layout videos output")
-    ap.add_argument("--videos", type=int, default=8, help="videos measured, spread over the dataset (0: all)")
+    ap.add_argument("--videos", type=int, default=8, help="videos measured, drawn at random (0: all)")
+    ap.add_argument("--seed", type=int, default=1, help="which videos are drawn (the parameters of "
+                    "datasets.warpflow were chosen on seed 0's)")
     ap.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=["farneback", "tvl1", "tvl1-default"])
     ap.add_argument("--mapSizes", type=int, nargs="+", default=[7, 14, 28])
     ap.add_argument("--json", default=None, help="also write the figures to this file")
@@ -156,7 +158,7 @@ def main(argv=None):
               f"python -m datasets.synthetic --layout videos --out {args.data}", file=sys.stderr)
         return 2
     import cv2
-    vids = videos_of(args.data, args.videos)
+    vids = videos_of(args.data, args.videos, args.seed)
     first = next(read_frames(os.path.join(args.data, "videos", *vids[0][:2], vids[0][2] + ".mp4")))
     print(f"{len(vids)} synthetic videos of {args.data}, {first.shape[1]}x{first.shape[0]}; OpenCV {cv2.__version__}, "
           "1 thread", file=sys.stderr)

@@ -106,7 +106,8 @@ def output_size(width, height, short_side):
 
 
 def _decoded(path):
-    """(time in seconds, rotated RGB frame) for every decoded frame, in presentation order."""
+    """(time in seconds as a Fraction, rotated RGB frame) for every decoded frame, in
+    presentation order."""
     av = _av()
     c = _open(path)
     try:
@@ -117,7 +118,9 @@ def _decoded(path):
         n = 0
         try:
             for frame in c.decode(s):
-                t = frame.time if frame.pts is not None else (n / float(rate) if rate else float(n))
+                # exact times (Fractions), so that ties in --fps resampling are ties
+                t = (frame.pts * frame.time_base if frame.pts is not None and frame.time_base
+                     else fractions.Fraction(n) / (rate or 1))
                 rgb = frame.to_ndarray(format="rgb24")
                 yield t, _rotate(rgb, frame.rotation)
                 n += 1
@@ -143,6 +146,7 @@ def read_frames(path, fps=None, short_side=0):
             yield _resize(rgb, short_side)
         return
     # resample: output frame j shows the decoded frame nearest to t0 + j / fps
+    fps = fractions.Fraction(fps).limit_denominator(1000000)
     j, t0, prev = 0, None, None
     for t, rgb in frames:
         if t0 is None:
@@ -155,14 +159,15 @@ def read_frames(path, fps=None, short_side=0):
         prev = (t, rgb)
 
 
-def write_video(path, frames, fps, codec="libx264", options=None, pix_fmt=None):
+def write_video(path, frames, fps, codec="libx264", options=None, pix_fmt=None, container_options=None):
     """Encode RGB frames (N, H, W, 3) uint8 into `path` (the container from its extension).
-    libx264 runs on one thread with a fixed preset, so the bytes are the same every time."""
+    libx264 runs on one thread with a fixed preset, so the bytes are the same every time.
+    `options` go to the encoder, `container_options` to the muxer (e.g. movflags=faststart)."""
     av = _av()
     frames = np.asarray(frames)
     h, w = frames.shape[1:3]
     rate = fractions.Fraction(fps).limit_denominator(1001)
-    with av.open(os.fspath(path), "w") as c:
+    with av.open(os.fspath(path), "w", options=container_options or {}) as c:
         s = c.add_stream(codec, rate=rate)
         s.width, s.height = w, h
         s.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")

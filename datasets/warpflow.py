@@ -46,7 +46,10 @@ METHODS = ("tvl1", "farneback", "raft")
 TVL1_DEFAULT = dict(tau=0.25, lambda_=0.15, theta=0.3, nscales=5, warps=5, epsilon=0.01,
                     innnerIterations=30, outerIterations=10, scaleStep=0.8, gamma=0.0,
                     medianFiltering=5)
-TVL1_TUNED = dict(TVL1_DEFAULT, nscales=3, warps=2, epsilon=0.05, innnerIterations=10,
+# Fewer, coarser steps: scales halve (scaleStep 0.5, so 5 scales reach as far as OpenCV's 5 at
+# 0.8 would not: large motions need the coarse levels), 3 warps, 10 x 2 iterations, epsilon
+# 0.02. Chosen on synthetic videos among 30 settings for speed, end-point error and maps.
+TVL1_TUNED = dict(TVL1_DEFAULT, nscales=5, warps=3, epsilon=0.02, innnerIterations=10,
                   outerIterations=2, scaleStep=0.5)
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
@@ -150,7 +153,8 @@ class RaftFlow:
     def __call__(self, prev_rgb, cur_rgb):
         torch = self.torch
         h, w = prev_rgb.shape[:2]
-        ph, pw = -h % 8, -w % 8  # RAFT needs sizes divisible by 8
+        # RAFT needs sizes divisible by 8 and at least 128 (its correlation pyramid)
+        ph, pw = max(-h % 8, 128 - h), max(-w % 8, 128 - w)
 
         def prep(rgb):
             t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
