@@ -44,7 +44,6 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import re
 import shutil
 import sys
 import time
@@ -241,9 +240,14 @@ def process(job, opts, progress=None):
     from datasets.video import VideoError
     try:
         staging, n = _run_job(job, opts, progress)
-    except VideoError as e:
+    except OSError:
+        raise  # a full or read-only disk stops the run (main() says so in one line)
+    except Exception as e:  # noqa: BLE001 - one strange video must not stop a long run
         shutil.rmtree(_staging(opts["out"], job.rel), ignore_errors=True)
-        return job.rel, 0, str(e)
+        if isinstance(e, VideoError):
+            return job.rel, 0, str(e)
+        msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
+        return job.rel, 0, f"{job.source if isinstance(job.source, str) else job.rel}: {type(e).__name__}: {msg}"
     _place(job, opts, staging)
     return job.rel, n, None
 
@@ -477,8 +481,9 @@ def run_jobs(jobs, opts, workers, quiet=False):
             return results
         ctx = mp.get_context("spawn")  # OpenCV's thread pool does not survive fork
         q = ctx.Queue()
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(opts, q)) as pool:
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                                   initargs=(opts, q))
+        try:
             pending = {pool.submit(_worker, j) for j in jobs}
             while pending:
                 finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -486,6 +491,13 @@ def run_jobs(jobs, opts, workers, quiet=False):
                 for f in finished:
                     results.append(_report(f.result(), bar))
             _drain(q, bar)
+        except BaseException:
+            # Ctrl-C or an error: stop now; the videos in progress stay unfinished (no marker)
+            for p in list(getattr(pool, "_processes", {}).values()):
+                p.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return results
     finally:
         bar.close()
@@ -536,7 +548,11 @@ def main(argv=None):
         print(f"preparing {len(jobs)} video(s) ({what}{'; ' + method if method else ''}; {layout} layout) "
               f"into {args.out}" + (f"; {done} already done" if done else ""), file=sys.stderr, flush=True)
         t0 = time.time()
-        results = run_jobs(jobs, worker_opts, args.workers, args.quiet)
+        try:
+            results = run_jobs(jobs, worker_opts, args.workers, args.quiet)
+        except OSError as e:
+            raise UserError(f"cannot write {e.filename or args.out}: {e.strerror or e} (free some space or "
+                            "fix the permissions, then rerun: finished videos are kept)") from None
     finally:
         lock.release()
     bad = [(rel, err) for rel, _, err in results if err]

@@ -20,7 +20,7 @@ from datasets import GTEA61
 from datasets import prepare
 from datasets import synthetic as syn
 from datasets import warpflow
-from datasets.video import VideoError, probe, read_frames, write_video
+from datasets.video import probe, read_frames, write_video
 from utils.errors import UserError
 
 av = pytest.importorskip("av")
