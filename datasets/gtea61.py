@@ -6,7 +6,9 @@ Layouts (auto-detected by `detect_layout`):
           flow_x_processed/<user>/<class>/<inst>/flow_x_NNNNN.png       (and flow_y_processed)
           (`processed_frames/` is accepted as well as `processed_frames2/`)
   egornn  frames/<user>/<class>/<inst>/image_NNNNN.jpg
-          flow_x/<user>/<class>/<inst>/flow_x_NNNNN.jpg                (and flow_y); no motion maps
+          flow_x/<user>/<class>/<inst>/flow_x_NNNNN.jpg                (and flow_y)
+          mmaps/<user>/<class>/<inst>/map_NNNNN.png   (motion maps: not in the original release;
+                                                       python -m datasets.prepare writes them)
 Either extension (.png/.jpg/.jpeg) is accepted in both layouts.
 
 What `GTEA61(...)[i]` returns (a dict; T = seqLen, S = numSeg, F = frameSize, s = mapSize):
@@ -93,7 +95,8 @@ _LAYOUTS = {
         "rgb_sub": None,
         "rgb_re": re.compile(r"^image_(\d+)" + _EXT, re.I),
         "mmaps_sub": None,
-        "mmaps_re": None,
+        "mmaps_top": "mmaps",  # written by datasets.prepare; not in the original release
+        "mmaps_re": re.compile(r"^map_(\d+)" + _EXT, re.I),
         "rgb_pattern": "frames/<user>/<class>/<inst>/image_NNNNN.jpg",
         "flow_pattern": "{d}/<user>/<class>/<inst>/flow_{a}_NNNNN.jpg",
     },
@@ -288,10 +291,11 @@ class GTEA61(Dataset):
         if self._needs_rgb and tops["rgb"] is None:
             raise DatasetError(f"modality {self.modality} needs RGB frames but {root} has no "
                                f"{L['rgb'][0]}/ folder: expected {L['rgb_pattern']}")
-        if self._needs_mmaps and L["mmaps_sub"] is None:
+        if self._needs_mmaps and L["mmaps_sub"] is None and not os.path.isdir(os.path.join(root, L["mmaps_top"])):
             raise DatasetError(f"modality rgb_mmaps needs motion maps but {root} is in the Ego-RNN "
-                               "layout (frames/...), which has none: expected the course layout "
-                               "processed_frames2/<user>/<class>/<inst>/mmaps/mapNNNN.png")
+                               "layout (frames/...) without them (expected mmaps/<user>/<class>/<inst>/"
+                               "map_NNNNN.png, or the course layout's mmaps/mapNNNN.png next to rgb/): make "
+                               f"them with python -m datasets.prepare --frames {root} --only mmaps")
         if self._needs_flow:
             for a in ("x", "y"):
                 if tops["flow_" + a] is None:
@@ -333,13 +337,15 @@ class GTEA61(Dataset):
                             continue
                         v["flow"] = flow
                     if self._needs_mmaps:
-                        d = os.path.join(root, primary, rel, L["mmaps_sub"])
+                        d = (os.path.join(root, primary, rel, L["mmaps_sub"]) if L["mmaps_sub"]
+                             else os.path.join(root, L["mmaps_top"], rel))
                         files = _frame_files(d, L["mmaps_re"])
                         if not files:
                             raise DatasetError(
                                 f"motion maps missing for video {vid}: {d} "
-                                f"{'has no mapNNNN.png files' if files is not None else 'does not exist'} "
-                                "(modality rgb_mmaps expects mmaps/mapNNNN.png next to rgb/)")
+                                f"{'has no motion-map files' if files is not None else 'does not exist'} "
+                                "(modality rgb_mmaps expects mmaps/mapNNNN.png next to rgb/, or in the "
+                                "Ego-RNN layout mmaps/<user>/<class>/<inst>/map_NNNNN.png)")
                         v["mmaps_dir"] = d
                         v["mmaps_nums"] = [n for n, _ in files]
                         v["mmaps_names"] = [name for _, name in files]

@@ -1,8 +1,8 @@
 """Synthetic GTEA-61-like dataset, written in the real on-disk layouts.
 
-    python -m datasets.synthetic --out DIR [--layout course|egornn] [--classes N]
+    python -m datasets.synthetic --out DIR [--layout course|egornn|videos] [--classes N]
         [--instances K] [--users S1 S2 S3 S4] [--seed S] [--size WxH] [--if-missing]
-        [--no-short] [--no-quirks]
+        [--no-short] [--no-quirks] [--fps F]
 
 What is in a video (all sizes scale with the frame height; defaults 160x120, 3 instances per
 class and user, 4 users, 8 classes, lengths 10..28 frames):
@@ -27,6 +27,16 @@ Outputs per video, consistent with each other:
   * flow_x / flow_y between frames k and k+1 (so one image fewer than RGB), 8-bit,
     128 + 6 * displacement in pixels, clipped to 0..255: warp-flow-like, i.e. the object and
     hand motion only (camera motion removed).
+The videos layout writes the same videos as files to prepare (python -m datasets.prepare),
+with what a preparation should find:
+  * videos/<user>/<class>/<inst>.mp4: the RGB frames, H.264 (crf 17) at --fps (default 15);
+  * truth/<user>/<class>/<inst>/mapNNNN.png: the motion maps above, one per frame;
+  * truth/<user>/<class>/<inst>/truth.npz: "flow" (N-1, H, W, 2) float32, the true optical
+    flow from frame k to k+1 in pixels (x, y), camera motion included; "scene_flow", the same
+    without the camera motion (what camera-compensated flow should give); "moving" (N, H, W)
+    bool, the pixels that move in the scene; "camera" (N, 2), the camera offsets.
+  The camera's step between frames is a whole-pixel translation of 1-2 px (median, up to 5),
+  enough that uncompensated flow marks the whole background as moving.
 Quirks in the course layout (default on, --no-quirks to disable): one `rgb0003(1).png`
 duplicate, `.DS_Store` files and one missing motion-map index. Too-short videos (default on,
 --no-short to disable): two videos of 4 and 3 frames in the first and third user.
@@ -52,6 +62,8 @@ MARKER = ".complete"
 FORMAT_VERSION = 1
 FLOW_SCALE = 6.0  # 8-bit flow value per pixel of displacement
 DEFAULT_USERS = ("S1", "S2", "S3", "S4")
+LAYOUTS = ("course", "egornn", "videos")
+VIDEO_FPS = 15
 DEFAULT_CLASSES = ("take_cup", "put_cup", "open_box", "close_box",
                    "take_jam", "put_jam", "open_jam", "close_jam")
 REVERSED = {"put": "take", "close": "open", "pull": "push"}  # verb -> verb played backwards
@@ -192,8 +204,11 @@ def _shape_mask(shape, dx, dy, r, u):
 def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1, camera=True):
     """Render one video. Returns dict with uint8 arrays: "rgb" (N, H, W, 3), "mmaps"
     (N, H, W), "flow_x" / "flow_y" (N-1, H, W), bool "moving" (N, H, W) (pixels of the
-    parts that move relative to the scene), and "camera" (N, 2) integer (x, y) offsets of the
-    frame in the scene. camera=False keeps the camera still (same video otherwise)."""
+    parts that move relative to the scene), "camera" (N, 2) integer (x, y) offsets of the
+    frame in the scene, and the true flow from frame k to k+1 in pixels, float32 (N-1, H, W, 2)
+    (x, y): "scene_flow" (the parts' motion, camera removed: what flow_x / flow_y encode) and
+    "flow" (what is seen: scene_flow minus the camera's step). camera=False keeps the camera
+    still (same video otherwise)."""
     W, H = size
     rng = np.random.default_rng([seed, user_index, zlib.crc32(cls.encode()), instance, length])
     style = USER_STYLES[user_index % len(USER_STYLES)]
@@ -256,6 +271,7 @@ def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1, c
     moving = np.zeros((length, H, W), bool)
     fxs = np.full((max(length - 1, 0), H, W), 128, np.uint8)
     fys = np.full((max(length - 1, 0), H, W), 128, np.uint8)
+    scene_flow = np.zeros((max(length - 1, 0), H, W, 2), np.float32)
     for k in range(length):
         ox, oy = cam[k]
         img = scene[oy:oy + H, ox:ox + W].copy()
@@ -304,9 +320,13 @@ def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1, c
                     continue
                 fxs[k][sel] = int(np.clip(round(128 + FLOW_SCALE * d[0]), 0, 255))
                 fys[k][sel] = int(np.clip(round(128 + FLOW_SCALE * d[1]), 0, 255))
+                scene_flow[k][sel] = d
         lit = img * (gain * flick[k]) + np.array(tint, np.float32)
         rgb[k] = np.clip(np.round(lit), 0, 255).astype(np.uint8)
-    return {"rgb": rgb, "mmaps": mm, "flow_x": fxs, "flow_y": fys, "moving": moving, "camera": cam}
+    # what a flow method sees: every pixel also moves by minus the camera's step
+    flow = scene_flow - (cam[1:] - cam[:-1]).astype(np.float32)[:, None, None, :]
+    return {"rgb": rgb, "mmaps": mm, "flow_x": fxs, "flow_y": fys, "moving": moving, "camera": cam,
+            "scene_flow": scene_flow, "flow": flow}
 
 
 def _lengths(rng, n):
@@ -338,14 +358,37 @@ def _save(arr, path, layout):
         im.save(path, format="JPEG", quality=92)
 
 
+def write_videos(out, rows, size, seed, fps, verbose=True):
+    """The videos layout: each video as an H.264 mp4 plus the generator's truth for it."""
+    from datasets.video import write_video  # PyAV: only this layout needs it
+    t0 = time.time()
+    for n_done, (ui, user, cls, inst, n) in enumerate(rows):
+        vid = render_video(cls, ui, n, size, seed, int(inst))
+        d_vid = os.path.join(out, "videos", user, cls)
+        d_truth = os.path.join(out, "truth", user, cls, inst)
+        os.makedirs(d_vid, exist_ok=True)
+        os.makedirs(d_truth)
+        write_video(os.path.join(d_vid, f"{inst}.mp4"), vid["rgb"], fps)
+        for k in range(n):
+            _save(vid["mmaps"][k], os.path.join(d_truth, f"map{k + 1:04d}.png"), "course")
+        np.savez_compressed(os.path.join(d_truth, "truth.npz"), flow=vid["flow"],
+                            scene_flow=vid["scene_flow"], moving=vid["moving"], camera=vid["camera"])
+        if verbose and (n_done + 1) % 24 == 0:
+            print(f"  {n_done + 1}/{len(rows)} videos", file=sys.stderr, flush=True)
+    if verbose:
+        print(f"  {len(rows)} videos in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+
+
 def generate(out, layout="course", classes=8, instances=3, users=DEFAULT_USERS, seed=0,
-             size=(160, 120), short=True, quirks=True, verbose=True):
+             size=(160, 120), short=True, quirks=True, verbose=True, fps=VIDEO_FPS):
     """Write a complete dataset to the new folder `out` (must not exist or be empty)."""
-    if layout not in ("course", "egornn"):
-        raise ValueError(f"layout must be course or egornn, got {layout!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     names = class_names(classes)
     users = list(users)
     W, H = size
+    if layout == "videos":
+        return write_videos(out, plan(names, instances, users, seed, short), size, seed, fps, verbose)
     ext = "png" if layout == "course" else "jpg"
     rgb_top, fx_top, fy_top = (("processed_frames2", "flow_x_processed", "flow_y_processed")
                                if layout == "course" else ("frames", "flow_x", "flow_y"))
@@ -389,9 +432,12 @@ def generate(out, layout="course", classes=8, instances=3, users=DEFAULT_USERS, 
 
 
 def _params(args):
-    return {"version": FORMAT_VERSION, "layout": args.layout, "classes": args.classes,
-            "instances": args.instances, "users": list(args.users), "seed": args.seed,
-            "size": list(args.size), "short": args.short, "quirks": args.quirks}
+    params = {"version": FORMAT_VERSION, "layout": args.layout, "classes": args.classes,
+              "instances": args.instances, "users": list(args.users), "seed": args.seed,
+              "size": list(args.size), "short": args.short, "quirks": args.quirks}
+    if args.layout == "videos":
+        params["fps"] = args.fps
+    return params
 
 
 def is_complete(path):
@@ -412,7 +458,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m datasets.synthetic",
                                  description="Write a small synthetic GTEA-61-like dataset.")
     ap.add_argument("--out", required=True, help="dataset folder to create")
-    ap.add_argument("--layout", choices=("course", "egornn"), default="course")
+    ap.add_argument("--layout", choices=LAYOUTS, default="course",
+                    help="course / egornn: frames, flow (and maps) as images; videos: mp4 files plus the "
+                         "true flow and motion masks, the input of python -m datasets.prepare")
+    ap.add_argument("--fps", type=float, default=VIDEO_FPS, help="frame rate of the videos layout")
     ap.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{len(class_pool())})")
     ap.add_argument("--instances", type=int, default=3, help="videos per class and user")
     ap.add_argument("--users", nargs="+", default=list(DEFAULT_USERS))
@@ -434,6 +483,10 @@ def main(argv=None):
 
     if args.instances < 1:
         return fail(f"--instances must be >= 1, got {args.instances}")
+    if args.layout == "videos" and (args.size[0] % 2 or args.size[1] % 2):
+        return fail(f"--size {args.size[0]}x{args.size[1]}: H.264 videos need an even width and height")
+    if args.fps <= 0:
+        return fail(f"--fps must be positive, got {args.fps}")
     try:
         class_names(args.classes)
     except ValueError as e:
@@ -462,7 +515,7 @@ def main(argv=None):
     try:
         print(f"writing synthetic dataset ({args.layout} layout) to {out}", file=sys.stderr, flush=True)
         generate(tmp, args.layout, args.classes, args.instances, args.users, args.seed,
-                 args.size, args.short, args.quirks)
+                 args.size, args.short, args.quirks, fps=args.fps)
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump(params, f, indent=1, sort_keys=True)
             f.write("\n")

@@ -1,0 +1,576 @@
+"""Prepare a dataset from raw videos (or complete one that has frames): RGB frames,
+camera-compensated warp flow and motion maps, in either layout the loaders read.
+
+    python -m datasets.prepare --videos DIR --out DATASET [--layout course|egornn]
+        [--flow tvl1|farneback|raft] [--noWarp] [--fps N] [--shortSide 256] [--workers N]
+        [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
+    python -m datasets.prepare --frames DATASET [--out DIR] [--only flow|mmaps ...] ...
+
+Inputs:
+  --videos DIR   DIR/<user>/<class>/<instance>.<ext> (mp4, avi, mov, mkv, webm; any names,
+                 commas allowed as in `stir_spoon,cup`), decoded with PyAV (datasets/video.py:
+                 every frame once, presentation order, rotation applied, optional --fps and
+                 --shortSide);
+  --frames DIR   a dataset root in either layout: writes what a video lacks there (motion maps
+                 in the Ego-RNN layout, flow where missing), computed from its frames as they
+                 are (no resizing). With --out elsewhere the frames are copied there too.
+
+What is written per video (N frames), numbered as the loaders read them (datasets/gtea61.py):
+  course   processed_frames2/<u>/<c>/<i>/rgb/rgb0001.png .. N
+           processed_frames2/<u>/<c>/<i>/mmaps/map0001.png .. N
+           flow_x_processed/<u>/<c>/<i>/flow_x_00001.png .. N-1   (and flow_y_processed)
+  egornn   frames/<u>/<c>/<i>/image_00001.jpg .. N
+           mmaps/<u>/<c>/<i>/map_00001.png .. N
+           flow_x/<u>/<c>/<i>/flow_x_00001.jpg .. N-1             (and flow_y)
+Flow k goes from frame k to frame k+1, so there is one flow image fewer than RGB frames (as in
+GTEA-61's releases and the synthetic generator). Motion map k (datasets/warpflow.py) comes from
+flow k; the last frame, which has no next frame, repeats map N-1.
+
+Resilience:
+  * every part of a video (rgb, mmaps, flow_x, flow_y folders) is written into
+    DATASET/.prepare/tmp/ and renamed into place when complete (flow_y, flow_x, mmaps, then rgb:
+    once a video's rgb folder is there, so is everything else), then a completion marker
+    DATASET/.prepare/done/<part>/<u>/<c>/<i>.json records the settings. A rerun skips the
+    videos whose markers match, and redoes a video interrupted between its renames (a journal
+    lists what it had started to place). Markers from other settings stop the run unless
+    --overwrite. One run at a time per DATASET (a lock file).
+  * a video that cannot be read is named in a one-line error and skipped; the others go on,
+    and the run ends listing them with exit status 1 (0 with --skipBad).
+"""
+import argparse
+import fcntl
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
+
+import numpy as np
+
+from utils.errors import UserError, run_cli
+
+PARTS = ("frames", "flow", "mmaps")
+STATE = ".prepare"
+# per layout and folder kind: (folder pattern relative to the root, file name pattern)
+LAYOUTS = {
+    "course": {"rgb": ("processed_frames2/{rel}/rgb", "rgb{:04d}.png"),
+               "mmaps": ("processed_frames2/{rel}/mmaps", "map{:04d}.png"),
+               "flow_x": ("flow_x_processed/{rel}", "flow_x_{:05d}.png"),
+               "flow_y": ("flow_y_processed/{rel}", "flow_y_{:05d}.png")},
+    "egornn": {"rgb": ("frames/{rel}", "image_{:05d}.jpg"),
+               "mmaps": ("mmaps/{rel}", "map_{:05d}.png"),
+               "flow_x": ("flow_x/{rel}", "flow_x_{:05d}.jpg"),
+               "flow_y": ("flow_y/{rel}", "flow_y_{:05d}.jpg")},
+}
+KINDS = {"frames": ("rgb",), "flow": ("flow_y", "flow_x"), "mmaps": ("mmaps",)}
+PLACE_ORDER = ("flow_y", "flow_x", "mmaps", "rgb")  # rgb last: the loaders start from it
+JPEG_QUALITY = 95
+_OS_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
+
+
+def _visible(name):
+    return not (name.startswith(".") or name.lower() in _OS_NAMES)
+
+
+def _listdir(path):
+    return sorted(n for n in os.listdir(path) if _visible(n))
+
+
+def folder(root, layout, kind, rel):
+    return os.path.join(root, LAYOUTS[layout][kind][0].format(rel=rel))
+
+
+def filename(layout, kind, number):
+    return LAYOUTS[layout][kind][1].format(number)
+
+
+# ---- image files ----------------------------------------------------------------------------
+def _cv2():
+    import cv2
+    return cv2
+
+
+def write_image(path, arr):
+    """RGB (H, W, 3) or grey (H, W) uint8 as PNG (fast compression) or JPEG (quality 95)."""
+    cv2 = _cv2()
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    if path.endswith(".png"):
+        ok = cv2.imwrite(path, arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        ok = cv2.imwrite(path, arr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise OSError(f"cannot write {path}")
+
+
+def read_rgb(path):
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        from datasets.video import VideoError
+        raise VideoError(f"cannot read frame {path}: {e} (re-extract or delete it)") from None
+
+
+# ---- one video ------------------------------------------------------------------------------
+class Job:
+    """One video: where it comes from, what to write and with which settings."""
+
+    def __init__(self, rel, source, parts, settings, estimate, frame_numbers=None):
+        self.rel = rel                      # "<user>/<class>/<inst>"
+        self.source = source                # video file, or a list of frame files
+        self.parts = tuple(parts)           # subset of PARTS to write
+        self.settings = settings            # {part: dict} recorded in the markers
+        self.estimate = estimate            # frames, for the progress bar
+        self.frame_numbers = frame_numbers  # --frames: the frames' own numbers
+
+
+def _frames_of(job, opts):
+    if isinstance(job.source, str):
+        from datasets.video import read_frames
+        return read_frames(job.source, opts["fps"], opts["shortSide"])
+    return (read_rgb(p) for p in job.source)
+
+
+def _run_job(job, opts, progress):
+    """Write one video's parts into a fresh staging folder; returns (staging, frame count)."""
+    cv2 = _cv2()
+    cv2.setNumThreads(1)  # one process per core instead (--workers)
+    from datasets import warpflow
+    layout = opts["layout"]
+    staging = _staging(opts["out"], job.rel)
+    shutil.rmtree(staging, ignore_errors=True)
+    kinds = [k for p in job.parts for k in KINDS[p]]
+    for k in kinds:
+        os.makedirs(os.path.join(staging, k))
+
+    def put(kind, number, arr):
+        write_image(os.path.join(staging, kind, filename(layout, kind, number)), arr)
+
+    want_flow, want_maps = "flow" in job.parts, "mmaps" in job.parts
+    frames = _frames_of(job, opts)
+    if want_flow or want_maps:
+        frames = warpflow.flows_and_maps(frames, opts["_method"], opts["warp"], want_flow, want_maps)
+    else:
+        frames = ((k, rgb, None, None) for k, rgb in enumerate(frames))
+    numbers = job.frame_numbers
+    n = pending = 0
+    for k, rgb, flow, mmap in frames:
+        n += 1
+        num = numbers[k] if numbers else k + 1
+        if "frames" in job.parts:
+            if isinstance(job.source, str):
+                put("rgb", num, rgb)
+            else:  # --frames with another --out: the frame files are copied as they are
+                src = job.source[k]
+                shutil.copyfile(src, os.path.join(staging, "rgb", os.path.basename(src)))
+        if flow is not None:
+            x, y = warpflow.encode_flow(flow)
+            put("flow_x", k + 1, x)
+            put("flow_y", k + 1, y)
+        if mmap is not None:
+            put("mmaps", num, mmap)
+        pending += 1
+        if progress is not None and pending >= 4:
+            progress(pending)
+            pending = 0
+    if progress is not None and pending:
+        progress(pending)
+    return staging, n
+
+
+def _place(job, opts, staging):
+    """Move the staged folders into the dataset, then write the completion markers."""
+    out, layout = opts["out"], opts["layout"]
+    kinds = [k for k in PLACE_ORDER if any(k in KINDS[p] for p in job.parts)]
+    targets = [folder(out, layout, k, job.rel) for k in kinds]
+    journal = _state(out, "journal", job.rel)
+    _write_json(journal, {"targets": [os.path.relpath(t, out) for t in targets]})
+    for kind, target in zip(kinds, targets):
+        _remove(target, out)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(os.path.join(staging, kind), target)
+    for p in job.parts:
+        _write_json(_state(out, "done/" + p, job.rel), job.settings[p])
+    os.remove(journal)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove(path, out):
+    """Delete a folder being replaced: moved aside first, so the name is free at once."""
+    if os.path.lexists(path):
+        trash = os.path.join(out, STATE, "trash", f"{os.getpid()}-{time.monotonic_ns()}")
+        os.makedirs(os.path.dirname(trash), exist_ok=True)
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _staging(out, rel):
+    return os.path.join(out, STATE, "tmp", hashlib.sha1(rel.encode()).hexdigest()[:16])
+
+
+def _state(out, kind, rel):
+    return os.path.join(out, STATE, kind, rel + ".json")
+
+
+def _write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def process(job, opts, progress=None):
+    """Prepare one video; returns (job.rel, frames, error message or None)."""
+    from datasets.video import VideoError
+    try:
+        staging, n = _run_job(job, opts, progress)
+    except OSError:
+        raise  # a full or read-only disk stops the run (main() says so in one line)
+    except Exception as e:  # noqa: BLE001 - one strange video must not stop a long run
+        shutil.rmtree(_staging(opts["out"], job.rel), ignore_errors=True)
+        if isinstance(e, VideoError):
+            return job.rel, 0, str(e)
+        msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
+        return job.rel, 0, f"{job.source if isinstance(job.source, str) else job.rel}: {type(e).__name__}: {msg}"
+    _place(job, opts, staging)
+    return job.rel, n, None
+
+
+# ---- worker processes -----------------------------------------------------------------------
+_WORKER = {}
+
+
+def _init_worker(opts, q):
+    from datasets import warpflow
+    opts = dict(opts)
+    if opts["_needs_method"]:
+        opts["_method"] = warpflow.flow_method(opts["flow"], opts["raftWeights"])
+    _WORKER.update(opts=opts, q=q)
+
+
+def _worker(job):
+    q = _WORKER["q"]
+    return process(job, _WORKER["opts"], lambda k: q.put(k))
+
+
+# ---- planning -------------------------------------------------------------------------------
+def _scan_videos(root):
+    """[(rel, path)] of DIR/<user>/<class>/<inst>.<ext>; UserError on duplicates."""
+    from datasets.video import VIDEO_EXTS
+    if not os.path.isdir(root):
+        raise UserError(f"--videos {root}: no such folder (expected <user>/<class>/<instance>.mp4 inside)")
+    found, misplaced = {}, []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        depth = len(os.path.relpath(dirpath, root).split(os.sep)) if dirpath != root else 0
+        for name in sorted(filenames):
+            stem, ext = os.path.splitext(name)
+            if not _visible(name) or ext.lower() not in VIDEO_EXTS:
+                continue
+            path = os.path.join(dirpath, name)
+            if depth != 2:
+                misplaced.append(os.path.relpath(path, root))
+                continue
+            rel = "/".join(os.path.relpath(dirpath, root).split(os.sep) + [stem])
+            if rel in found:
+                raise UserError(f"two videos for {rel}: {found[rel]} and {path} (keep one)")
+            found[rel] = path
+    if misplaced:
+        print(f"warning: ignored {len(misplaced)} video(s) not at <user>/<class>/<instance>.<ext>: "
+              + ", ".join(misplaced[:5]) + (" ..." if len(misplaced) > 5 else ""), file=sys.stderr)
+    if not found:
+        raise UserError(f"--videos {root}: no videos at <user>/<class>/<instance>.<ext> "
+                        f"({', '.join(VIDEO_EXTS)})")
+    return sorted(found.items())
+
+
+def _scan_frames(root):
+    """(layout, [(rel, [frame paths], [frame numbers])]) of a dataset root in either layout."""
+    from datasets.gtea61 import _LAYOUTS, _frame_files, _subdirs, _top, detect_layout
+    layout = detect_layout(root)
+    L = _LAYOUTS[layout]
+    top = _top(root, L["rgb"])
+    if top is None:
+        raise UserError(f"--frames {root}: no RGB frames ({L['rgb_pattern']})")
+    videos = []
+    for u in _subdirs(os.path.join(root, top)):
+        for c in _subdirs(os.path.join(root, top, u)):
+            for i in _subdirs(os.path.join(root, top, u, c)):
+                d = os.path.join(root, top, u, c, i)
+                if L["rgb_sub"]:
+                    d = os.path.join(d, L["rgb_sub"])
+                files = _frame_files(d, L["rgb_re"]) or []
+                if files:
+                    videos.append((f"{u}/{c}/{i}", [os.path.join(d, f) for _, f in files], [k for k, _ in files]))
+    if not videos:
+        raise UserError(f"--frames {root}: no frames found ({L['rgb_pattern']})")
+    return layout, videos
+
+
+def _has_files(path):
+    try:
+        return any(_visible(n) for n in os.listdir(path))
+    except OSError:
+        return False
+
+
+def plan(args, opts):
+    """The jobs of this run, and how many videos are already done."""
+    out, layout = opts["out"], opts["layout"]
+    common = {"flow": {"flow": args.flow, "warp": not args.noWarp},
+              "mmaps": {"flow": args.flow, "warp": not args.noWarp}, "frames": {}}
+    if args.videos:
+        items = []
+        for rel, path in _scan_videos(args.videos):
+            st = os.stat(path)
+            src = {"source": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                   "fps": args.fps, "shortSide": args.shortSide}
+            items.append((rel, path, None, src))
+    else:
+        items = [(rel, files, nums, {"source": "frames"}) for rel, files, nums in opts["_frames"]]
+    jobs, done, conflicts = [], 0, []
+    for rel, source, nums, src in items:
+        settings = {p: dict(common[p], **src) for p in PARTS}
+        journal = _read_json(_state(out, "journal", rel))
+        if journal is not None:  # killed while placing this video: what it had placed goes
+            for t in journal.get("targets", []):
+                _remove(os.path.join(out, t), out)
+            os.remove(_state(out, "journal", rel))
+        todo = []
+        for p in opts["only"]:
+            marker = _read_json(_state(out, "done/" + p, rel))
+            present = all(_has_files(folder(out, layout, k, rel)) for k in KINDS[p])
+            if not args.overwrite and present:
+                if marker == settings[p]:
+                    continue  # done
+                if marker is not None:
+                    conflicts.append((rel, p))
+                    continue
+                continue  # data already there that this tool did not write: kept (--frames)
+            todo.append(p)
+        if not todo:
+            done += 1
+            continue
+        if isinstance(source, str):
+            from datasets.video import VideoError, estimated_frames
+            try:
+                est = estimated_frames(source, args.fps)
+            except VideoError:
+                est = 0
+        else:
+            est = len(source)
+        jobs.append(Job(rel, source, todo, settings, est, nums))
+    if conflicts:
+        rel, p = conflicts[0]
+        raise UserError(f"{out} already holds {len(conflicts)} part(s) made with other settings or from another "
+                        f"source (first: {p} of {rel}, see {_state(out, 'done/' + p, rel)}): pass --overwrite to "
+                        "remake them, or choose another --out")
+    return jobs, done
+
+
+# ---- command line ---------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """One-line errors, as the experiment scripts' parser (utils/experiment.py, which imports
+    torch: too slow to start for a tool that does not need it)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parse_args(argv):
+    p = Parser(prog="python -m datasets.prepare", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--videos", help="folder of videos: <user>/<class>/<instance>.<ext>")
+    src.add_argument("--frames", help="dataset root (either layout) to complete with flow / motion maps")
+    p.add_argument("--out", help="dataset to write (required with --videos; default: the --frames root)")
+    p.add_argument("--layout", choices=tuple(LAYOUTS), default=None,
+                   help="course (PNG) or egornn (JPEG); default course, or the --frames root's")
+    p.add_argument("--flow", choices=("tvl1", "farneback", "raft"), default="tvl1")
+    p.add_argument("--noWarp", action="store_true", help="plain flow, without the camera compensation")
+    p.add_argument("--fps", type=float, default=None, help="resample the videos to this rate (default: the source's)")
+    p.add_argument("--shortSide", type=int, default=None,
+                   help="scale frames down so the short side is this (default 256; 0: source size)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="videos prepared in parallel")
+    p.add_argument("--only", action="append", choices=PARTS, default=None,
+                   help="write only this part (repeatable); default: all (--frames: flow and mmaps)")
+    p.add_argument("--overwrite", action="store_true", help="remake parts that are already there")
+    p.add_argument("--skipBad", action="store_true", help="exit 0 even if some videos could not be read")
+    p.add_argument("--raftWeights", default=None, help="torchvision RAFT state dict (default: the torch hub cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1 (got {args.workers})")
+    if args.frames:
+        for name in ("fps", "shortSide"):
+            if getattr(args, name) is not None:
+                raise UserError(f"--{name} applies to --videos only: --frames uses the frames as they are")
+        args.out = os.path.abspath(args.out or args.frames)
+    else:
+        if not args.out:
+            raise UserError("--videos needs --out DATASET (the folder to write)")
+        args.out = os.path.abspath(args.out)
+        args.shortSide = 256 if args.shortSide is None else args.shortSide
+        if args.shortSide < 0:
+            raise UserError(f"--shortSide must be >= 0 (got {args.shortSide})")
+        if args.fps is not None and args.fps <= 0:
+            raise UserError(f"--fps must be positive (got {args.fps})")
+        if os.path.isdir(args.out) and _has_files(args.out) and not os.path.isdir(os.path.join(args.out, STATE)) \
+                and not args.overwrite:
+            raise UserError(f"--out {args.out} holds files that datasets.prepare did not write: choose an empty "
+                            "or new folder, or pass --overwrite")
+    if args.flow == "raft":
+        from datasets.warpflow import RaftWeightsError, find_raft_weights
+        try:
+            find_raft_weights(args.raftWeights)
+        except RaftWeightsError as e:
+            raise UserError(str(e)) from None
+
+
+class _Lock:
+    """One run at a time per dataset: an exclusive lock on DATASET/.prepare/lock."""
+
+    def __init__(self, out):
+        os.makedirs(os.path.join(out, STATE), exist_ok=True)
+        self.f = open(os.path.join(out, STATE, "lock"), "w")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.close()
+            raise UserError(f"another datasets.prepare is writing {out}: wait for it to finish") from None
+
+    def release(self):
+        self.f.close()
+
+
+def _progress_bar(total, quiet):
+    from tqdm import tqdm
+    return tqdm(total=total, unit="frame", disable=quiet, dynamic_ncols=True, smoothing=0.1,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} frames [{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def run_jobs(jobs, opts, workers, quiet=False):
+    """Prepare every job; returns [(rel, frames, error)] in completion order."""
+    results = []
+    bar = _progress_bar(sum(j.estimate for j in jobs), quiet)
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            _init_worker(opts, None)
+            local = _WORKER["opts"]
+            for job in jobs:
+                results.append(_report(process(job, local, bar.update), bar))
+            return results
+        ctx = mp.get_context("spawn")  # OpenCV's thread pool does not survive fork
+        q = ctx.Queue()
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                                   initargs=(opts, q))
+        try:
+            pending = {pool.submit(_worker, j) for j in jobs}
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(q, bar)
+                for f in finished:
+                    results.append(_report(f.result(), bar))
+            _drain(q, bar)
+        except BaseException:
+            # Ctrl-C or an error: stop now; the videos in progress stay unfinished (no marker)
+            for p in list(getattr(pool, "_processes", {}).values()):
+                p.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return results
+    finally:
+        bar.close()
+
+
+def _drain(q, bar):
+    while True:
+        try:
+            bar.update(q.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _report(result, bar):
+    rel, n, err = result
+    if err:
+        bar.write(f"error: {err}", file=sys.stderr)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    if args.frames:
+        layout, frames = _scan_frames(args.frames)
+        if args.layout and args.layout != layout:
+            raise UserError(f"--layout {args.layout}: {args.frames} is in the {layout} layout, and --frames "
+                            "keeps the layout (prepare the videos again with --videos to change it)")
+        only = args.only or (["frames", "flow", "mmaps"] if os.path.abspath(args.frames) != args.out
+                             else ["flow", "mmaps"])
+        if "frames" in only and os.path.abspath(args.frames) == args.out:
+            only.remove("frames")  # the frames are the input
+    else:
+        layout, frames = args.layout or "course", None
+        only = args.only or list(PARTS)
+    only = [p for p in PARTS if p in only]
+    opts = {"out": args.out, "layout": layout, "flow": args.flow, "warp": not args.noWarp, "fps": args.fps,
+            "shortSide": args.shortSide, "raftWeights": args.raftWeights, "only": only, "_frames": frames,
+            "_needs_method": "flow" in only or "mmaps" in only}
+    lock = _Lock(args.out)
+    try:
+        shutil.rmtree(os.path.join(args.out, STATE, "tmp"), ignore_errors=True)  # a killed run's
+        shutil.rmtree(os.path.join(args.out, STATE, "trash"), ignore_errors=True)
+        jobs, done = plan(args, opts)
+        worker_opts = {k: v for k, v in opts.items() if k != "_frames"}
+        what = ", ".join(only)
+        method = f"{args.flow}{'' if args.noWarp else ' + warp'}" if opts["_needs_method"] else ""
+        print(f"preparing {len(jobs)} video(s) ({what}{'; ' + method if method else ''}; {layout} layout) "
+              f"into {args.out}" + (f"; {done} already done" if done else ""), file=sys.stderr, flush=True)
+        t0 = time.time()
+        try:
+            results = run_jobs(jobs, worker_opts, args.workers, args.quiet)
+        except OSError as e:
+            raise UserError(f"cannot write {e.filename or args.out}: {e.strerror or e} (free some space or "
+                            "fix the permissions, then rerun: finished videos are kept)") from None
+    finally:
+        lock.release()
+    bad = [(rel, err) for rel, _, err in results if err]
+    frames_done = sum(n for _, n, _ in results)
+    secs = time.time() - t0
+    print(f"done: {len(results) - len(bad)} video(s), {frames_done} frames in {secs:.1f} s "
+          f"({frames_done / max(secs, 1e-9):.1f} frames/s) -> {args.out}", file=sys.stderr)
+    if bad:
+        listing = "; ".join(f"{rel}" for rel, _ in bad)
+        msg = (f"{len(bad)} video(s) could not be read and were skipped: {listing} (errors above; fix or "
+               "remove them and rerun: the others are done)")
+        if args.skipBad:
+            print(f"warning: {msg}", file=sys.stderr)
+            return 0
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,383 @@
+"""From videos to datasets: decoding (counts, order, rate, rotation), warp flow on a known camera
+motion, the flow encoding, datasets.prepare into both layouts and the loaders, training on the
+result, bad videos, and a run killed mid-video then resumed."""
+import fractions
+import hashlib
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets import GTEA61
+from datasets import prepare
+from datasets import synthetic as syn
+from datasets import warpflow
+from datasets.video import probe, read_frames, write_video
+from utils.errors import UserError
+
+av = pytest.importorskip("av")
+cv2 = pytest.importorskip("cv2")
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+FAST = ["--flow", "farneback", "--workers", "1", "--quiet"]
+
+
+def tree_digest(root, skip=(prepare.STATE,)):
+    """Hash of every file's path and bytes under root (folders in `skip` left out)."""
+    h = hashlib.sha256()
+    for d, dirs, files in sorted(os.walk(root)):
+        dirs[:] = sorted(x for x in dirs if x not in skip)
+        for f in sorted(files):
+            p = os.path.join(d, f)
+            h.update(os.path.relpath(p, root).encode())
+            h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def count(folder, prefix):
+    return len([f for f in os.listdir(folder) if f.startswith(prefix)])
+
+
+def level_video(path, n, codec, fps, size=(64, 48), **kw):
+    """n frames, frame k uniformly grey at level 10 * k: the decoded level says which frame it is."""
+    w, h = size
+    frames = np.stack([np.full((h, w, 3), 10 * k, np.uint8) for k in range(n)])
+    write_video(path, frames, fps, codec, **kw)
+
+
+def levels(frames):
+    return [int(round(float(f.mean()) / 10)) for f in frames]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """The synthetic dataset as videos: 2 classes x 4 users, one video each, 64x48."""
+    out = tmp_path_factory.mktemp("syn") / "videos"
+    assert syn.main(["--out", str(out), "--layout", "videos", "--classes", "2", "--instances", "1",
+                     "--size", "64x48", "--no-short"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(videos, tmp_path_factory):
+    """datasets.prepare of `videos` into both layouts (Farneback: fast)."""
+    out = {}
+    for layout in ("course", "egornn"):
+        d = tmp_path_factory.mktemp("prep") / layout
+        assert prepare.main(["--videos", str(videos / "videos"), "--out", str(d), "--layout", layout, *FAST]) == 0
+        out[layout] = d
+    return out
+
+
+# ---- decoding -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,codec,fps", [("a.mp4", "libx264", fractions.Fraction(30000, 1001)),
+                                            ("b.avi", "mpeg4", 25), ("c.webm", "libvpx-vp9", 15),
+                                            ("d.mov", "mjpeg", 12), ("e.mkv", "ffv1", 24)])
+def test_decoded_frames_are_the_containers_in_order(tmp_path, name, codec, fps):
+    path = str(tmp_path / name)
+    level_video(path, 23, codec, fps)
+    with av.open(path) as c:  # the container's own count: its header, else its packets
+        s = c.streams.video[0]
+        listed = s.frames or sum(1 for p in c.demux(s) if p.size)
+    assert listed == 23
+    frames = list(read_frames(path))
+    assert len(frames) == listed
+    assert levels(frames) == list(range(23))  # each frame once, in presentation order
+
+
+def test_fps_resampling_takes_the_nearest_frame(tmp_path):
+    path = str(tmp_path / "v.mp4")
+    level_video(path, 23, "libx264", 25)
+    for fps in (10, 50):
+        # output time j / fps shows source frame argmin_k |k / 25 - j / fps| (ties: the earlier)
+        expected, j = [], 0
+        while j / fps <= 22 / 25 + 1e-9:
+            d = [abs(k / 25 - j / fps) for k in range(23)]
+            expected.append(min(range(23), key=lambda k: (round(d[k], 9), k)))
+            j += 1
+        assert levels(read_frames(path, fps=fps)) == expected
+    assert levels(read_frames(path, fps=10))[:4] == [0, 2, 5, 7]  # 2.5 and 7.5: ties
+
+
+def _set_rotation(path, matrix):
+    """Write a display matrix into an mp4's track header (what phones record)."""
+    b = bytearray(Path(path).read_bytes())
+    i = b.find(b"tkhd")
+    version = b[i + 4]
+    off = i + 8 + (28 if version == 1 else 20) + 8 + 8
+    assert struct.unpack(">9i", b[off:off + 36]) == (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+    b[off:off + 36] = struct.pack(">9i", *matrix)
+    Path(path).write_bytes(bytes(b))
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    path = str(tmp_path / "portrait.mp4")
+    frames = np.zeros((3, 48, 64, 3), np.uint8)
+    frames[:, :16, :16] = 255  # a white square in the top-left corner
+    write_video(path, frames, 25)
+    _set_rotation(path, (0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30))  # 90 degrees clockwise
+    out = list(read_frames(path))
+    assert len(out) == 3 and out[0].shape == (64, 48, 3)
+    # turned clockwise, the top-left corner goes to the top-right
+    assert out[0][:16, -16:].mean() > 200 and out[0][:16, :16].mean() < 50
+
+
+def test_short_side(tmp_path):
+    path = str(tmp_path / "v.mp4")
+    level_video(path, 3, "libx264", 25)
+    assert next(read_frames(path, short_side=24)).shape == (24, 32, 3)
+    assert next(read_frames(path, short_side=100)).shape == (48, 64, 3)  # never enlarged
+    assert probe(path)["frames"] == 3
+
+
+# ---- warp flow ------------------------------------------------------------------------------
+def _textured(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.uniform(0, 255, (h, w, 3)).astype(np.float32), (0, 0), 2.0)
+    return np.clip((noise - noise.mean()) * 4 + 128, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("method", ["farneback", "tvl1"])
+def test_camera_translation_is_removed_and_object_motion_kept(method):
+    scene = _textured(140, 180)
+    square = _textured(24, 24, seed=1)
+    dx, dy = 3, -2  # the camera moves by (3, -2): the scene moves by (-3, +2) in the image
+    a = scene[10:130, 10:170].copy()
+    b = scene[10 + dy:130 + dy, 10 + dx:170 + dx].copy()
+    a[40:64, 60:84] = square  # an object that moves 4 px right in the scene between a and b
+    b[40 - dy:64 - dy, 64 - dx:88 - dx] = square
+    m = warpflow.flow_method(method)
+    plain, _, _ = warpflow.warp_flow(a, b, m, warp=False)
+    bg = np.ones(a.shape[:2], bool)
+    bg[30:75, 50:100] = False
+    bg[:8], bg[-8:], bg[:, :8], bg[:, -8:] = False, False, False, False
+    assert np.allclose(np.median(plain[bg], 0), (-dx, -dy), atol=0.3)
+    flow, H, valid = warpflow.warp_flow(a, b, m)
+    assert np.allclose(H[:2, 2], (-dx, -dy), atol=0.3) and np.allclose(H[:2, :2], np.eye(2), atol=0.02)
+    mag = np.linalg.norm(flow[bg & valid], axis=-1)
+    assert np.median(mag) < 0.1 and np.percentile(mag, 95) < 0.4
+    assert np.allclose(np.median(flow[44:60, 64:80], axis=(0, 1)), (4, 0), atol=1.0)
+    mmap = warpflow.motion_map(a, [flow], [valid])
+    assert mmap[44:60, 64:80].mean() > 200 and (mmap[bg] > 0).mean() < 0.02
+
+
+def test_flow_encoding_has_zero_at_128_in_png_and_jpeg(tmp_path):
+    # hand computation: v = round(128 + f * 255 / 40), clipped
+    x, y = warpflow.encode_flow(np.array([[[0.0, 1.0], [20.0, -20.0], [-1.0, 50.0]]], np.float32))
+    assert x.tolist() == [[128, 255, 122]] and y.tolist() == [[134, 0, 255]]
+    assert warpflow.decode_flow(np.uint8([128]), np.uint8([128])).tolist() == [[0.0, 0.0]]
+    zero_x, _ = warpflow.encode_flow(np.zeros((48, 64, 2), np.float32))
+    for ext in ("png", "jpg"):
+        p = str(tmp_path / f"f.{ext}")
+        prepare.write_image(p, zero_x)
+        assert (np.asarray(Image.open(p)) == 128).all()
+
+
+def test_still_video_gives_flow_128_in_both_layouts(tmp_path):
+    still = np.repeat(_textured(48, 64)[None], 6, 0)
+    os.makedirs(tmp_path / "v" / "S1" / "c")
+    write_video(str(tmp_path / "v" / "S1" / "c" / "1.mkv"), still, 25, "ffv1")  # lossless: equal frames
+    for layout, d, warp in (("course", "flow_x_processed", []), ("egornn", "flow_x", ["--noWarp"])):
+        out = tmp_path / layout
+        # TV-L1 gives exactly zero flow between equal frames (Farneback up to 0.1 px)
+        assert prepare.main(["--videos", str(tmp_path / "v"), "--out", str(out), "--layout", layout,
+                             *warp, *FAST, "--flow", "tvl1"]) == 0
+        for axis in ("x", "y"):
+            folder = out / d.replace("_x", "_" + axis) / "S1" / "c" / "1"
+            files = sorted(os.listdir(folder))
+            assert len(files) == 5
+            for f in files:
+                assert (np.asarray(Image.open(folder / f)) == 128).all(), (layout, f)
+
+
+# ---- datasets.prepare -----------------------------------------------------------------------
+def test_synthetic_videos_layout(videos):
+    names = syn.class_names(2)
+    for user in syn.DEFAULT_USERS:
+        for cls in names:
+            truth = np.load(videos / "truth" / user / cls / "1" / "truth.npz")
+            n = len(truth["moving"])
+            frames = list(read_frames(str(videos / "videos" / user / cls / "1.mp4")))
+            assert len(frames) == n == count(videos / "truth" / user / cls / "1", "map")
+            step = np.diff(truth["camera"], axis=0)[:, None, None, :]
+            assert np.allclose(truth["flow"], truth["scene_flow"] - step, atol=1e-5)
+            maps = np.stack([np.asarray(Image.open(videos / "truth" / user / cls / "1" / f"map{k + 1:04d}.png"))
+                             for k in range(n)])
+            assert not maps[~truth["moving"]].any() and maps[truth["moving"]].all()
+    assert np.abs(step).max() > 0  # the camera moves
+
+
+def test_prepare_writes_what_the_loaders_read(videos, prepared):
+    names = syn.class_names(2)
+    for layout, root in prepared.items():
+        for user in syn.DEFAULT_USERS:
+            for cls in names:
+                n = probe(str(videos / "videos" / user / cls / "1.mp4"))["frames"]
+                if layout == "course":
+                    base = root / "processed_frames2" / user / cls / "1"
+                    rgb, maps = base / "rgb", base / "mmaps"
+                    fx, fy = root / "flow_x_processed" / user / cls / "1", root / "flow_y_processed" / user / cls / "1"
+                    assert sorted(os.listdir(rgb))[:2] == ["rgb0001.png", "rgb0002.png"]
+                    assert sorted(os.listdir(maps))[-1] == f"map{n:04d}.png"
+                else:
+                    rgb, maps = root / "frames" / user / cls / "1", root / "mmaps" / user / cls / "1"
+                    fx, fy = root / "flow_x" / user / cls / "1", root / "flow_y" / user / cls / "1"
+                    assert sorted(os.listdir(rgb))[0] == "image_00001.jpg"
+                    assert sorted(os.listdir(maps))[-1] == f"map_{n:05d}.png"
+                    assert sorted(os.listdir(fx))[-1] == f"flow_x_{n - 1:05d}.jpg"
+                # one RGB frame and one map per decoded frame; flow k goes from frame k to k+1
+                assert len(os.listdir(rgb)) == len(os.listdir(maps)) == n
+                assert len(os.listdir(fx)) == len(os.listdir(fy)) == n - 1
+        for modality in ("rgb", "flow", "twostream", "rgb_mmaps"):
+            ds = GTEA61(root, ["S1", "S3", "S4"], modality, train=True, seqLen=4, frameSize=32, mapSize=7)
+            assert ds.layout == layout and len(ds) == 6 and ds.classes == sorted(names)
+            item = ds[0]
+            if modality == "rgb_mmaps":
+                assert item["mmaps"].shape == (4, 7, 7)
+                assert set(np.unique(item["mmaps"].numpy())) <= {0.0, 1.0}
+            if modality in ("flow", "twostream"):
+                assert item["flow"].shape == (1, 10, 32, 32)
+    # the two layouts hold the same pixels, up to JPEG
+    a = np.asarray(Image.open(prepared["course"] / "processed_frames2" / "S2" / names[0] / "1" / "rgb" / "rgb0003.png"))
+    b = np.asarray(Image.open(prepared["egornn"] / "frames" / "S2" / names[0] / "1" / "image_00003.jpg"))
+    assert np.abs(a.astype(int) - b).mean() < 3
+    ma = np.asarray(Image.open(prepared["course"] / "processed_frames2" / "S2" / names[0] / "1" / "mmaps" / "map0003.png"))
+    mb = np.asarray(Image.open(prepared["egornn"] / "mmaps" / "S2" / names[0] / "1" / "map_00003.png"))
+    assert set(np.unique(ma)) <= {0, 255} and (ma != mb).mean() < 0.05
+
+
+def test_one_epoch_of_samsop_net_on_prepared_videos(prepared, tmp_path):
+    # the Ego-RNN layout: its motion maps are the new path (both layouts load above)
+    out = tmp_path / "run"
+    p = subprocess.run([PY, "main_ms_op.py", "--datasetDir", str(prepared["egornn"]), "--outDir", str(out),
+                        "--numEpochs", "1", "--pretrained", "none", "--frameSize", "32", "--seqLen", "4",
+                        "--memSize", "8", "--trainBatchSize", "6", "--valBatchSize", "8", "--numWorkers", "0",
+                        "--precision", "fp32", "--camVideos", "0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = (out / "stage2" / "log.csv").read_text().splitlines()
+    assert len(log) == 2 and float(log[1].split(",")[6]) > 0  # the MS loss ran on the maps
+
+
+def test_rerun_skips_done_videos_and_refuses_other_settings(videos, prepared, capsys):
+    root = str(prepared["course"])
+    before = tree_digest(root)
+    assert prepare.main(["--videos", str(videos / "videos"), "--out", root, *FAST]) == 0
+    assert "0 video(s)" in capsys.readouterr().err and tree_digest(root) == before
+    with pytest.raises(UserError, match="other settings"):
+        prepare.main(["--videos", str(videos / "videos"), "--out", root, "--noWarp", *FAST])
+    assert tree_digest(root) == before
+
+
+def test_frames_input_adds_motion_maps_to_the_egornn_release(tmp_path):
+    root = tmp_path / "release"
+    assert syn.main(["--out", str(root), "--layout", "egornn", "--classes", "2", "--instances", "1",
+                     "--users", "S1", "S2", "--size", "48x36", "--no-short"]) == 0
+    with pytest.raises(Exception, match="datasets.prepare --frames"):
+        GTEA61(root, ["S1"], "rgb_mmaps", train=True)
+    flow_before = tree_digest(root / "flow_x")
+    assert prepare.main(["--frames", str(root), "--only", "mmaps", *FAST]) == 0
+    assert tree_digest(root / "flow_x") == flow_before  # the release's flow is left alone
+    for d in (root / "frames").glob("*/*/*"):
+        rel = d.relative_to(root / "frames")
+        assert count(root / "mmaps" / rel, "map_") == count(d, "image_")
+    ds = GTEA61(root, ["S1", "S2"], "rgb_mmaps", train=True, seqLen=4, frameSize=32)
+    assert len(ds) == 4 and ds[0]["mmaps"].shape == (4, 7, 7)
+    # a video whose flow is missing gets flow; the others keep theirs
+    others = tree_digest(root / "flow_x" / "S2")
+    victim = next((root / "flow_x").glob("S1/*/1"))
+    rel = victim.relative_to(root / "flow_x")
+    shutil.rmtree(victim)
+    shutil.rmtree(root / "flow_y" / rel)
+    assert prepare.main(["--frames", str(root), *FAST]) == 0
+    assert count(root / "flow_x" / rel, "flow_x_") == count(root / "frames" / rel, "image_") - 1
+    assert tree_digest(root / "flow_x" / "S2") == others
+
+
+def test_bad_videos_are_named_and_skipped(videos, tmp_path):
+    src = tmp_path / "v"
+    shutil.copytree(videos / "videos" / "S1", src / "S1")
+    good = sorted(src.glob("S1/*/1.mp4"))
+    # moov at the end, cut: no index; moov first, cut: fewer frames than listed; not a video
+    cut = Path(good[0]).read_bytes()
+    (src / "S1" / good[0].parent.name / "cut.mp4").write_bytes(cut[:len(cut) // 2])
+    noise = np.random.default_rng(0).integers(0, 256, (25, 48, 64, 3), dtype=np.uint8)
+    write_video(str(src / "fast.mp4"), noise, 25, container_options={"movflags": "faststart"})
+    fast = (src / "fast.mp4").read_bytes()
+    (src / "S1" / good[1].parent.name / "short.mp4").write_bytes(fast[:len(fast) * 2 // 3])
+    (src / "fast.mp4").unlink()
+    (src / "S1" / good[1].parent.name / "notes.mp4").write_text("not a video")
+    out = tmp_path / "out"
+    cmd = [PY, "-m", "datasets.prepare", "--videos", str(src), "--out", str(out), *FAST]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 4
+    for name in ("cut.mp4", "short.mp4", "notes.mp4"):
+        assert sum(name in e for e in errors[:3]) == 1, (name, errors)
+    assert "truncated" in next(e for e in errors if "short.mp4" in e)
+    assert "3 video(s) could not be read" in errors[-1]
+    for g in good:  # the others are complete
+        rel = Path("S1") / g.parent.name / "1"
+        assert count(out / "processed_frames2" / rel / "rgb", "rgb") == probe(str(g))["frames"]
+    for bad in ("cut", "short", "notes"):
+        assert not list((out / "processed_frames2" / "S1").glob(f"*/{bad}"))
+        assert not list((out / "flow_x_processed" / "S1").glob(f"*/{bad}"))
+    assert not list((out / prepare.STATE / "tmp").rglob("*.png"))
+    p = subprocess.run(cmd + ["--skipBad"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "warning: 3 video(s)" in p.stderr and "2 already done" in p.stderr, p.stderr
+
+
+def test_killed_run_resumes_to_the_same_dataset(tmp_path):
+    src = tmp_path / "syn"
+    assert syn.main(["--out", str(src), "--layout", "videos", "--classes", "2", "--instances", "2",
+                     "--users", "S1", "--size", "128x96", "--no-short"]) == 0
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    args = ["--videos", str(src / "videos"), *FAST]
+    assert prepare.main(args + ["--out", str(ref)]) == 0
+    p = subprocess.Popen([PY, "-m", "datasets.prepare", *args, "--out", str(out)], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = out / prepare.STATE / "done" / "frames"
+    staging = out / prepare.STATE / "tmp"
+    deadline = time.time() + 120
+    # kill it while it writes its second video: one video complete, one half-written
+    while time.time() < deadline and p.poll() is None:
+        if done.exists() and len(list(done.rglob("*.json"))) == 1 and any(staging.rglob("*.png")):
+            p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    assert p.wait(30) == -signal.SIGKILL, "the run ended before it could be killed"
+    # what the loaders would read is complete: every rgb folder in place has all its frames
+    for d in (out / "processed_frames2").glob("*/*/*/rgb"):
+        rel = d.relative_to(out)
+        assert count(d, "rgb") == count(ref / rel, "rgb")
+        assert count(d.parent / "mmaps", "map") == count(ref / rel.parent / "mmaps", "map")
+    assert len(list((out / "processed_frames2").glob("*/*/*/rgb"))) < 4
+    assert prepare.main(args + ["--out", str(out)]) == 0
+    assert tree_digest(out) == tree_digest(ref)
+
+
+def test_raft_needs_weights_and_runs_on_the_cpu(tmp_path, monkeypatch, videos):
+    torch = pytest.importorskip("torch")
+    from torchvision.models.optical_flow import raft_small
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="RAFT weights"):
+        prepare.main(["--videos", str(videos / "videos"), "--out", str(tmp_path / "o"), "--flow", "raft"])
+    with pytest.raises(UserError, match="no such file"):
+        prepare.main(["--videos", str(videos / "videos"), "--out", str(tmp_path / "o"), "--flow", "raft",
+                      "--raftWeights", str(tmp_path / "nope.pth")])
+    torch.manual_seed(0)
+    torch.save(raft_small(weights=None).state_dict(), tmp_path / "raft.pth")
+    method = warpflow.flow_method("raft", str(tmp_path / "raft.pth"))
+    a = _textured(44, 60)  # padded to RAFT's minimum of 128 px and cropped back
+    flow = method(a, np.roll(a, 2, axis=1))
+    assert flow.shape == (44, 60, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
