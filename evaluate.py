@@ -26,7 +26,8 @@ def parse_args(argv):
     from utils.experiment import Parser
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--datasetDir", required=True)
+    p.add_argument("--datasetDir", default=None,
+                   help="default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61")
     p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")
     p.add_argument("--seqLen", type=int, default=None, help="default: the checkpoint's, else 25 as the original")
     p.add_argument("--memSize", type=int, default=512)
@@ -43,7 +44,11 @@ def parse_args(argv):
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (default) reproduces the original's logits; bf16 is faster")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.datasetDir is None:
+        from utils.defaults import default_dataset_dir
+        args.datasetDir = default_dataset_dir()
+    return args
 
 
 def read_meta(path):

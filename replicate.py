@@ -775,7 +775,8 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", required=True, choices=["1", "2", "3", "all"])
-    p.add_argument("--datasetDir", required=True, help="GTEA-61 root (course layout for the MS cells)")
+    p.add_argument("--datasetDir", default=None, help="GTEA-61 root (course layout for the MS cells); default: "
+                   "$GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61")
     p.add_argument("--outDir", default="experiments/replicate")
     p.add_argument("--epochs1", type=int, default=None, help="stage-1 epochs (default: the paper's 300)")
     p.add_argument("--epochs2", type=int, default=None, help="stage-2 epochs (default: the paper's 150)")
@@ -799,6 +800,13 @@ def parse_args(argv):
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--verbose", action="store_true", help="show the scripts' output (always in <outDir>/logs/)")
     opts = p.parse_args(argv)
+    if opts.datasetDir is None:
+        from utils.defaults import default_dataset_dir
+        from utils.errors import UserError
+        try:  # --dry-run keeps stdout for the commands
+            opts.datasetDir = default_dataset_dir(lambda m: print(m, file=sys.stderr if opts.dry_run else sys.stdout))
+        except UserError as e:
+            raise UsageError(str(e)) from None
     for name in ("epochs1", "epochs2", "epochsFlow", "epochsTwoStream", "frameSize"):
         v = getattr(opts, name)
         if v is not None and v <= 0:

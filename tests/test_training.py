@@ -238,7 +238,7 @@ def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
     assert_one_line_error(run("main_rgb.py", *base, "--lr", "0", check=False), "--lr")
     assert_one_line_error(run("main_rgb.py", *base, "--numEpochs", "-1", check=False), "--numEpochs")
     assert_one_line_error(run("main_rgb.py", *base, "--bogus", check=False), "--bogus")
-    assert_one_line_error(run("evaluate.py", "--model", "rgb", check=False), "--datasetDir")
+    assert_one_line_error(run("evaluate.py", "--model", "rgb", check=False), "--modelStateDict")
     # dataset errors from the data layer
     assert_one_line_error(run("main_rgb.py", *base[2:], "--datasetDir", tmp_path / "nope", check=False),
                           str(tmp_path / "nope"))

@@ -54,7 +54,8 @@ def base_parser(kind, description):
     stages = STAGES[FAMILY[kind]]
     p.add_argument("--stage", type=int, choices=stages, default=None,
                    help="run only this stage (default: " + " then ".join(map(str, stages)) + ")")
-    p.add_argument("--datasetDir", required=True, help="GTEA-61 root (course or Ego-RNN layout)")
+    p.add_argument("--datasetDir", default=None, help="GTEA-61 root (course or Ego-RNN layout); default: "
+                   "$GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61 (utils/defaults.py)")
     p.add_argument("--trainUsers", nargs="+", default=["S1", "S3", "S4"])
     p.add_argument("--testUsers", nargs="+", default=["S2"])
     p.add_argument("--outDir", default=None, help=f"default experiments/main_{kind}_seq<seqLen>")
@@ -375,8 +376,8 @@ def build_stage_model(exp, train_set):
     # Stage 2 starts from the best stage-1 weights of the same configuration; the heads start fresh.
     path = a.stage1Dict or os.path.join(a.outDir, "stage1", "best_model.pth")
     if not os.path.isfile(path):
-        raise UserError(f"stage 2 needs a stage-1 checkpoint and there is none at {path}: run stage 1 first "
-                        f"(--stage 1) or pass --stage1Dict PATH")
+        from utils.defaults import missing_stage1_message
+        raise UserError(missing_stage1_message(exp.kind, a, path))
     check_config(path, saved_config(path), expected_config(
         exp, "classes", "attention", "memSize", "seqLen", "frameSize", "trainUsers", "testUsers"),
         "--stage1Dict" if a.stage1Dict else "stage 1")
@@ -467,6 +468,9 @@ def run(kind, argv=None, description=None, extra_args=None):
         extra_args(parser)
     args = parser.parse_args(argv)
     check_args(kind, args)
+    if args.datasetDir is None:
+        from utils.defaults import default_dataset_dir
+        args.datasetDir = default_dataset_dir()
     if args.outDir is None:
         args.outDir = "experiments/main_flow" if kind == "flow" else f"experiments/main_{kind}_seq{args.seqLen}"
     family = FAMILY[kind]

@@ -1,0 +1,79 @@
+"""Where the scripts look when an argument is not given, so that the paper's usage line
+`python main_ms_op.py --stage 2 --lr 1e-4 --seqLen 16` runs as typed (the original Ego-RNN
+scripts had defaults for the dataset folder and the stage-1 model).
+
+--datasetDir, in this order (paths relative to the working directory):
+  1. the GTEA61_DIR environment variable;
+  2. data/GTEA61, where the README says to put GTEA-61 (either layout);
+  3. data/synthetic_gtea61, the synthetic dataset `make demo` generates (said so on a line of its own).
+"""
+import os
+import shlex
+
+from utils.errors import UserError
+
+ENV_VAR = "GTEA61_DIR"
+GTEA61_DIR = os.path.join("data", "GTEA61")
+SYNTHETIC_DIR = os.path.join("data", "synthetic_gtea61")  # the Makefile's DEMO_DATA
+DEMO_OUT = os.path.join("experiments", "demo_ms_op")      # utils/demo.sh's stage folders
+
+
+def default_dataset_dir(announce=print):
+    """The --datasetDir to use when none is given; `announce` prints which one and why.
+    Raises UserError naming all three places when none exists."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        if not os.path.isdir(env):
+            raise UserError(f"{ENV_VAR}={env}: no such folder; point it at a GTEA-61 root, unset it, "
+                            f"or pass --datasetDir DIR")
+        announce(f"--datasetDir not given: using {env} (from {ENV_VAR})")
+        return env
+    if os.path.isdir(GTEA61_DIR):
+        announce(f"--datasetDir not given: using {GTEA61_DIR}")
+        return GTEA61_DIR
+    from datasets.synthetic import is_complete
+    if is_complete(SYNTHETIC_DIR):
+        announce(f"--datasetDir not given: using {SYNTHETIC_DIR}, the SYNTHETIC dataset made by `make demo`; "
+                 f"results are not GTEA-61 numbers (for GTEA-61: set {ENV_VAR}, put it in {GTEA61_DIR}, "
+                 f"or pass --datasetDir)")
+        return SYNTHETIC_DIR
+    raise UserError(f"no --datasetDir given and no default dataset found: {ENV_VAR} is not set, "
+                    f"{GTEA61_DIR} does not exist (in {os.getcwd()}) and neither does {SYNTHETIC_DIR}; "
+                    f"pass --datasetDir DIR, put GTEA-61 in {GTEA61_DIR}, or run `make demo` for the "
+                    f"synthetic one")
+
+
+def stage1_command(kind, args):
+    """The command that trains the stage 1 that `args` (a stage-2 run) looks for."""
+    from utils.experiment import base_parser
+    defaults = base_parser(kind, "").parse_args([])
+    cmd = ["python", f"main_{kind}.py", "--stage", "1", "--seqLen", str(args.seqLen)]
+    try:
+        implicit_data = args.datasetDir == default_dataset_dir(announce=lambda _: None)
+    except UserError:
+        implicit_data = False
+    if not implicit_data:
+        cmd += ["--datasetDir", str(args.datasetDir)]
+    if args.outDir != f"experiments/main_{kind}_seq{args.seqLen}":
+        cmd += ["--outDir", str(args.outDir)]
+    # what changes the stage-1 weights' shapes or meaning
+    for name in ("trainUsers", "testUsers", "memSize", "frameSize", "pretrained"):
+        value = getattr(args, name, None)
+        if value != getattr(defaults, name):
+            cmd += [f"--{name}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    if getattr(args, "noAttention", False):
+        cmd.append("--noAttention")
+    return shlex.join(cmd)
+
+
+def missing_stage1_message(kind, args, path):
+    """One line for a stage-2 run without its stage-1 checkpoint: what to run, and `make demo`'s
+    stage 1 when there is one."""
+    msg = (f"stage 2 needs a stage-1 checkpoint and there is none at {path}: run stage 1 first "
+           f"(`{stage1_command(kind, args)}`) or pass --stage1Dict PATH")
+    demo = os.path.join(DEMO_OUT, "stage1", "best_model.pth")
+    if os.path.isfile(demo) and os.path.abspath(demo) != os.path.abspath(path):
+        held = os.path.exists(os.path.join(DEMO_OUT, "stage2"))
+        msg += (f"; `make demo`'s stage 1 (synthetic data) exists: --stage1Dict {demo} uses it, and so does "
+                f"--outDir {DEMO_OUT}" + (" (with --overwrite: its stage 2 holds the demo's results)" if held else ""))
+    return msg

@@ -1,0 +1,717 @@
+"""Check this implementation against a local checkout of the original Ego-RNN code.
+
+    git clone https://github.com/swathikirans/ego-rnn /tmp/ego-rnn
+    python -m utils.verify_original --egornnSrc /tmp/ego-rnn [--datasetDir DIR] [--seqLen 7] [--memSize 512] [--steps 3]
+
+The original code is imported at run time from --egornnSrc (it is not part of this repository).
+It targets torch 0.3 on a GPU, so a few run-time patches are applied to it, and printed. Then:
+
+  1. The original RGB (attentionModel), flow (flow_resnet34) and two-stream
+     (twoStreamAttentionModel) models are built from one seed and their state dicts saved with
+     torch.save(model.state_dict()), as the original scripts do.
+  2. forward: evaluate.py (this project's test pipeline, fp32) on those files gives, video by
+     video, the logits of the original test pipeline: the original makeDataset* classes and
+     spatial_transforms (Scale(256), CenterCrop(224)) on the test users, the original model
+     loaded from the file; RGB: linspace frames; flow: the mean over 5 stacks; two-stream: the
+     centre stack.
+  3. training: a few optimiser steps of RGB stage 1 and stage 2 and of the flow model, run by the
+     original main-run-rgb.py / main-run-flow.py `main_run` itself (its parameter sets, train /
+     eval modes, optimiser), and by this project's training step (utils.train.train_step), from the
+     same weights on the same batch, dropout off: the losses, every parameter and buffer, and the
+     number of trainable parameters must agree.
+
+Exit status 0 when every check agrees within its tolerance, 1 otherwise, 2 for a wrong argument.
+"""
+import argparse
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # evaluate.py lives at the repository root
+    sys.path.insert(0, ROOT)
+
+from utils.errors import UserError, run_cli  # noqa: E402
+
+ORIGINAL_URL = "https://github.com/swathikirans/ego-rnn"
+# What the checks import or run from the checkout.
+ORIGINAL_FILES = ("objectAttentionModelConvLSTM.py", "MyConvLSTMCell.py", "resnetMod.py", "flow_resnet.py",
+                  "twoStreamModel.py", "spatial_transforms.py", "makeDatasetRGB.py", "makeDatasetFlow.py",
+                  "makeDatasetTwoStream.py", "main-run-rgb.py", "main-run-flow.py")
+ORIGINAL_MODULES = ("objectAttentionModelConvLSTM", "MyConvLSTMCell", "resnetMod", "flow_resnet", "twoStreamModel",
+                    "spatial_transforms", "makeDatasetRGB", "makeDatasetFlow", "makeDatasetTwoStream",
+                    "tensorboardX")
+STACK = 5      # flow frames per stack, both codes' default
+FLOW_SEGS = 5  # flow stacks averaged per test video (eval-run-flow.py --numSegs)
+
+# Tolerances. fp32 on the CPU; the two codes batch the frames differently (the original runs
+# the ResNet frame by frame), so results agree to float rounding, not bit for bit.
+LOGIT_TOL = 1e-4   # relative to the largest |logit|
+LOSS_TOL = 1e-5    # absolute, per step
+PARAM_TOL = 1e-5   # absolute, every parameter and buffer after one step (one Adam step moves a weight ~lr)
+SPREAD = 10        # later steps: this many times the spread one rounding of the input causes
+NOISE = 1e-7       # that rounding: the batch times (1 + NOISE N(0, 1)), about one float32 ulp
+
+PATCHES = [
+    "`.cuda()` of tensors and modules returns them unchanged (CPU run)",
+    "torch.utils.model_zoo.load_url downloads nothing: it returns torchvision's ResNet-34 ImageNet file if it is in "
+    "the torch cache, else an empty dict (the model keeps its seeded random initialisation)",
+    "main-run-*.py, as source text: `async=True` -> `non_blocking=True` (a keyword since Python 3.7), "
+    "`.data[0]` -> `.item()` (0-dim tensors cannot be indexed), the module-level `__main__()` call dropped "
+    "(main_run is called with the arguments below)",
+    "tensorboardX.SummaryWriter: a writer that writes nothing (not installed here)",
+    "main_run's makeDataset and torch.utils.data.DataLoader give the one fixed batch per epoch, so one "
+    "epoch is one optimiser step",
+    "main_run's model constructor (attentionModel / flow_resnet34) returns the seed model loaded from its saved "
+    "state dict, with the dataset's class count (the script takes 61 from --dataset gtea61)",
+    "dropout off (p = 0) on both sides in the training checks: the two codes draw different masks",
+    "deprecation warnings of torch 0.3 calls (xavier_normal, F.sigmoid, TypedStorage, scheduler order) silenced",
+]
+
+EXCLUDED = [
+    "scheduler stepped before each epoch in the original (README Deviations): --steps stays below the first lr "
+    "milestone, so both run at a constant lr",
+    "class ids counted per user in the original: the logits are compared video by video (matched by user, class "
+    "and instance) and the training batch gives both sides the same labels",
+    "training crops (the original's corner crops one pixel short) and random flow starts: the training checks "
+    "feed both sides one fixed batch made by the original test transforms",
+    "two-stream RGB frames counted over the flow frames in the original loader (one fewer): the original two-stream "
+    "model gets the original RGB test pipeline's clip (frames over the RGB count) with its loader's centre flow stack",
+    "files this project ignores (`*(1).*` duplicates, OS files): the original reads the test videos through a "
+    "folder in its own layout linking, in order, the frames this project lists",
+    "the MS and OP heads (SAMSOP-Net's additions) have no original counterpart: stage 2 is Ego-RNN's stage 2",
+]
+
+
+def parse_args(argv):
+    from utils.experiment import Parser
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--egornnSrc", required=True, help=f"a plain checkout of {ORIGINAL_URL}")
+    p.add_argument("--datasetDir", default=None, help="any dataset this project reads, with optical flow "
+                   "(default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61)")
+    p.add_argument("--seqLen", type=int, default=7)
+    p.add_argument("--memSize", type=int, default=512)
+    p.add_argument("--steps", type=int, default=3, help="optimiser steps per training check (at most 20)")
+    p.add_argument("--batchSize", type=int, default=4, help="training videos in the fixed batch")
+    p.add_argument("--trainUsers", nargs="+", default=["S1", "S3", "S4"])
+    p.add_argument("--testUsers", nargs="+", default=["S2"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibrationClips", type=int, default=16,
+                   help="without ImageNet weights: training clips that estimate the BatchNorm statistics")
+    p.add_argument("--workDir", default=None, help="keep the checkpoints and logs here (default: a temporary "
+                   "folder, deleted at the end)")
+    args = p.parse_args(argv)
+    for name in ("seqLen", "memSize", "steps", "batchSize"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive (got {getattr(args, name)})")
+    if args.steps > 20:
+        raise UserError(f"--steps {args.steps}: at most 20, below the first lr milestone (25), where the original's "
+                        f"early scheduler step (a listed deviation) would change the lr one step before ours")
+    check_source(args.egornnSrc)
+    if args.datasetDir is None:
+        from utils.defaults import default_dataset_dir
+        args.datasetDir = default_dataset_dir()
+    return args
+
+
+def check_source(src):
+    """One-line error unless `src` holds the original files the checks use."""
+    if not os.path.isdir(src):
+        raise UserError(f"--egornnSrc {src}: no such folder; clone {ORIGINAL_URL} and pass its folder")
+    missing = [f for f in ORIGINAL_FILES if not os.path.isfile(os.path.join(src, f))]
+    if missing:
+        raise UserError(f"--egornnSrc {src}: not a checkout of the original Ego-RNN code ({len(missing)} of its "
+                        f"files missing, e.g. {missing[0]}); pass the folder of a clone of {ORIGINAL_URL}")
+
+
+# ----------------------------------------------------------------------------- the original code
+
+class _SummaryWriter:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):  # add_scalar, export_scalars_to_json, close, ...
+        return lambda *args, **kwargs: None
+
+
+class Original:
+    """The original code, imported from `src` under the run-time patches (see PATCHES)."""
+
+    def __init__(self, src):
+        check_source(src)
+        self.src = os.path.abspath(src)
+        self.imagenet = None  # "cache" | "none", set when a pretrained model is built
+
+    @contextlib.contextmanager
+    def runtime(self):
+        """The patches, applied while the original code runs, undone afterwards."""
+        import torch.utils.model_zoo as model_zoo
+        saved = dict(tensor_cuda=torch.Tensor.cuda, module_cuda=nn.Module.cuda, load_url=model_zoo.load_url,
+                     modules={n: sys.modules.get(n) for n in ORIGINAL_MODULES}, path=list(sys.path))
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        nn.Module.cuda = lambda self, *a, **k: self
+        model_zoo.load_url = self._load_url
+        writer = types.ModuleType("tensorboardX")
+        writer.SummaryWriter = _SummaryWriter
+        sys.modules["tensorboardX"] = writer
+        sys.path.insert(0, self.src)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield self
+        finally:
+            torch.Tensor.cuda, nn.Module.cuda = saved["tensor_cuda"], saved["module_cuda"]
+            model_zoo.load_url = saved["load_url"]
+            sys.path[:] = saved["path"]
+            for name, module in saved["modules"].items():  # another checkout may be loaded next
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+
+    def _load_url(self, url, *args, **kwargs):
+        from models.backbone import imagenet_cache_path
+        path = imagenet_cache_path()
+        if "resnet34" in url and os.path.isfile(path):
+            self.imagenet = "cache"
+            return torch.load(path, map_location="cpu", weights_only=True)
+        self.imagenet = "none"
+        return {}
+
+    def module(self, name):
+        import importlib
+        return importlib.import_module(name)
+
+    def main_script(self, filename):
+        """The namespace of main-run-*.py, executed with the source patches (its main_run not run)."""
+        path = os.path.join(self.src, filename)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        text = re.sub(r"\basync\s*=", "non_blocking=", text)
+        text = text.replace(".data[0]", ".item()")
+        text = re.sub(r"^__main__\(\)\s*$", "", text, flags=re.M)
+        ns = {"__name__": "egornn_" + re.sub(r"\W", "_", filename[:-3]), "__file__": path}
+        exec(compile(text, path, "exec"), ns)  # noqa: S102 - the user's checkout of the original code
+        return ns
+
+    # ---- the original models and pipelines
+    def rgb_model(self, num_classes, mem_size):
+        return self.module("objectAttentionModelConvLSTM").attentionModel(num_classes=num_classes, mem_size=mem_size)
+
+    def flow_model(self, num_classes, pretrained):
+        return self.module("flow_resnet").flow_resnet34(pretrained, channels=2 * STACK, num_classes=num_classes)
+
+    def twostream_model(self, num_classes, mem_size, flow_path="", rgb_path=""):
+        return self.module("twoStreamModel").twoStreamAttentionModel(
+            flowModel=flow_path, frameModel=rgb_path, stackSize=STACK, memSize=mem_size, num_classes=num_classes)
+
+    def test_transform(self):
+        """eval-run-*.py's spatial transform."""
+        st = self.module("spatial_transforms")
+        normalize = st.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+        return st.Compose([st.Scale(256), st.CenterCrop(224), st.ToTensor(), normalize])
+
+    def rgb_dataset(self, root, seq_len):
+        return self.module("makeDatasetRGB").makeDataset(root, spatial_transform=self.test_transform(),
+                                                         seqLen=seq_len, fmt=".jpg")
+
+    def flow_dataset(self, root, segments):
+        """eval-run-flow.py's dataset (segments stacks) or main-run-flow.py's validation one (centre stack)."""
+        if segments > 1:
+            return self.module("makeDatasetFlow").makeDataset(root, spatial_transform=self.test_transform(),
+                                                              sequence=True, numSeg=segments, stackSize=STACK,
+                                                              fmt=".jpg", phase="Test")
+        return self.module("makeDatasetFlow").makeDataset(root, spatial_transform=self.test_transform(),
+                                                          sequence=False, stackSize=STACK, fmt=".jpg", phase="Test")
+
+    def twostream_dataset(self, root, seq_len):
+        return self.module("makeDatasetTwoStream").makeDataset(
+            root, spatial_transform=self.test_transform(), sequence=False, numSeg=1, stackSize=STACK, fmt=".jpg",
+            phase="Test", seqLen=seq_len)
+
+
+def video_key(path):
+    """user/class/instance of a video folder or video id of either code."""
+    return "/".join(os.path.normpath(path).split(os.sep)[-3:])
+
+
+def dropout_off(model):
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+# ----------------------------------------------------------------------------- data
+
+def original_layout(dataset_dir, users, out, seq_len):
+    """A folder in the original's layout (frames/, flow_x/, flow_y/ of `users`) linking, in order,
+    the frames this project lists for each video, numbered from 1. Returns (root, num_classes, classes)."""
+    from datasets import GTEA61
+    ds = GTEA61(dataset_dir, users, "twostream", train=False, seqLen=seq_len, stackSize=STACK)
+    for v, vid in zip(ds._videos, ds.video_ids):  # the scanned file lists of each video
+        key = video_key(vid)
+        links = [(os.path.join(out, "frames", key, f"image_{k:05d}.jpg"), os.path.join(v["rgb_dir"], name))
+                 for k, (_, name) in enumerate(v["rgb"], 1)]
+        for k, (_, px, py) in enumerate(v["flow"], 1):
+            links.append((os.path.join(out, "flow_x", key, f"flow_x_{k:05d}.jpg"), px))
+            links.append((os.path.join(out, "flow_y", key, f"flow_y_{k:05d}.jpg"), py))
+        for link, target in links:  # the original opens them by name; PIL reads PNG under .jpg
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            try:
+                os.symlink(os.path.abspath(target), link)
+            except OSError:
+                shutil.copyfile(target, link)
+    return out, ds.num_classes, ds.classes, len(ds)
+
+
+def spread(n, k):
+    """k indices spread over range(n) (several classes in a small batch)."""
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
+
+
+# ----------------------------------------------------------------------------- the checks
+
+class Report:
+    def __init__(self):
+        self.ok = True
+
+    def line(self, ok, text):
+        self.ok &= bool(ok)
+        print(f"{text}: {'OK' if ok else 'DIFFERENT'}", flush=True)
+
+
+def compare_logits(ref, ours):
+    """ref, ours: {video key: logits (C,)} -> (ok, text). Every video of one must be in the other."""
+    if set(ref) != set(ours):
+        only = sorted(set(ref) ^ set(ours))
+        return False, f"{len(ref)} and {len(ours)} videos, {len(only)} not in both (e.g. {only[0]})"
+    keys = sorted(ref)
+    a = torch.stack([torch.as_tensor(ref[k], dtype=torch.float64) for k in keys])
+    b = torch.stack([torch.as_tensor(ours[k], dtype=torch.float64) for k in keys])
+    if a.shape != b.shape:
+        return False, f"logit shapes {tuple(a.shape)} and {tuple(b.shape)}"
+    diff = (a - b).abs().max().item()
+    largest = a.abs().max().item()
+    tol = max(1e-7, LOGIT_TOL * largest)
+    same_pred = int((a.argmax(1) == b.argmax(1)).sum())
+    return diff <= tol, (f"{len(keys)} videos, max |logit diff| {diff:.1e} (tol {tol:.0e}; largest |logit| "
+                         f"{largest:.3g}, logit std {a.std().item():.3g}), same top-1 on {same_pred}")
+
+
+def state_diff(a, b):
+    """(largest |a - b| over every tensor of two state dicts with the same keys, its key)."""
+    diffs = {k: (a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0 for k in a}
+    worst = max(diffs, key=diffs.get)
+    return diffs[worst], worst
+
+
+def moved(state, start):
+    """How far the steps moved the floating-point tensors (not the step counters)."""
+    return max((state[k].double() - start[k].double()).abs().max().item()
+               for k in state if state[k].is_floating_point() and state[k].numel())
+
+
+def optimizer_summary(opt, kind=None):
+    """(optimiser class, trainable parameter count, hyper-parameters of each group)."""
+    skip = {"params", "name", "initial_lr"}
+    return (kind or type(opt).__name__, sum(p.numel() for g in opt.param_groups for p in g["params"]),
+            [{k: v for k, v in g.items() if k not in skip} for g in opt.param_groups])
+
+
+def compare_training(ref, ours, noisy):
+    """ref (the original), ours (this project), noisy (this project on the batch x (1 + 1e-7 noise)):
+    dict(losses, step1, final: state dicts in this project's keys, optimizer summary; ours: start).
+    Returns (ok, text).
+
+    After one step both codes must agree to float rounding (PARAM_TOL): same trainable set, lr,
+    weight decay, eps, train/eval modes. Later steps amplify rounding (a ReLU that flips, batch
+    statistics in the flow model), so the final state must agree within SPREAD times what a
+    change of one rounding in the input does to this project's own run, or PARAM_TOL if larger."""
+    if set(ref["final"]) != set(ours["final"]):
+        only = sorted(set(ref["final"]) ^ set(ours["final"]))
+        return False, f"different parameters and buffers, e.g. {only[0]}"
+    if len(ref["losses"]) != len(ours["losses"]) or not ours["losses"]:
+        return False, f"{len(ref['losses'])} and {len(ours['losses'])} losses"
+    (t1, c1, g1), (t2, c2, g2) = ref["optimizer"], ours["optimizer"]
+    same_opt = t1 == t2 and [sorted(g.items()) for g in g1] == [sorted(g.items()) for g in g2]
+    parts = [f"trainable {c1:,} {'=' if c1 == c2 else '!='} {c2:,}",
+             f"same {t2} settings" if same_opt else f"optimisers differ: {t1} {g1} / {t2} {g2}"]
+    ok = c1 == c2 and same_opt
+
+    loss1 = abs(ref["losses"][0] - ours["losses"][0])
+    diff1, worst1 = state_diff(ref["step1"], ours["step1"])
+    ok1 = loss1 <= LOSS_TOL and diff1 <= PARAM_TOL
+    parts.append(f"step 1: |loss diff| {loss1:.1e}, parameters and buffers |diff| <= {diff1:.1e} (tol {LOSS_TOL:g} / "
+                 f"{PARAM_TOL:g}; the step moved them up to {moved(ours['step1'], ours['start']):.1e})"
+                 + ("" if diff1 <= PARAM_TOL else f", worst {worst1}"))
+
+    loss_diff = max(abs(a - b) for a, b in zip(ref["losses"], ours["losses"]))
+    diff, worst = state_diff(ref["final"], ours["final"])
+    spread_loss = max(abs(a - b) for a, b in zip(noisy["losses"], ours["losses"]))
+    spread, _ = state_diff(noisy["final"], ours["final"])
+    loss_tol, param_tol = max(LOSS_TOL, SPREAD * spread_loss), max(PARAM_TOL, SPREAD * spread)
+    okn = loss_diff <= loss_tol and diff <= param_tol
+    n = len(ours["losses"])
+    parts.append(f"after {n} steps: losses {'/'.join(f'{x:.5f}' for x in ours['losses'])}, |loss diff| <= "
+                 f"{loss_diff:.1e}, |diff| <= {diff:.1e} (rounding spread {spread_loss:.1e} / {spread:.1e}, tol "
+                 f"{loss_tol:.1e} / {param_tol:.1e}; moved up to {moved(ours['final'], ours['start']):.1e})"
+                 + ("" if diff <= param_tol else f", worst {worst}"))
+    return ok and ok1 and okn, "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- running both codes
+
+def _recording(cls, store):
+    class Recorded(cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            store.append(self)
+    return Recorded
+
+
+class _Batches:
+    """What main_run's makeDataset returns: only its length is used."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+class _EpochBatches:
+    """main_run's DataLoader: the one fixed batch per epoch; on_epoch(e) runs as epoch e starts."""
+
+    def __init__(self, batch, on_epoch=None):
+        self.batch, self.on_epoch, self.epoch = batch, on_epoch, 0
+
+    def __iter__(self):
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
+        self.epoch += 1
+        yield self.batch
+
+
+def _clone(state):
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def run_original_main(orig, script, factory_name, build, seed_path, batch, kwargs):
+    """main_run(**kwargs) of main-run-*.py, one batch per epoch. Returns dict(losses (its printed
+    training losses), step1 / final (its model's state dicts), optimizer summary)."""
+    made, optimizers, loaders, snapshots = [], [], [], []
+
+    def factory(*args, **kw):  # the script's model constructor -> the seed model
+        model = build()
+        model.load_state_dict(torch.load(seed_path, map_location="cpu", weights_only=True))
+        made.append(dropout_off(model))
+        return model
+
+    def snapshot(epoch):  # after the first epoch = after the first optimiser step
+        if epoch == 1:
+            snapshots.append(_clone(made[0].state_dict()))
+
+    def data_loader(*args, **kw):  # the training loader is made first, then the validation one
+        loaders.append(_EpochBatches(batch, None if loaders else snapshot))
+        return loaders[-1]
+
+    saved = dict(loader=torch.utils.data.DataLoader, adam=torch.optim.Adam, sgd=torch.optim.SGD)
+    out = io.StringIO()
+    with orig.runtime():
+        ns = orig.main_script(script)
+        ns[factory_name] = factory
+        ns["makeDataset"] = lambda *a, **k: _Batches(len(batch[1]))
+        torch.utils.data.DataLoader = data_loader
+        torch.optim.Adam = _recording(saved["adam"], optimizers)
+        torch.optim.SGD = _recording(saved["sgd"], optimizers)
+        try:
+            with contextlib.redirect_stdout(out):
+                ns["main_run"](**kwargs)
+        except SystemExit:  # the script's own exits (output folder exists, unknown dataset)
+            raise RuntimeError(f"{script}: main_run exited early; its output:\n{out.getvalue()[-2000:]}") from None
+        finally:
+            torch.utils.data.DataLoader = saved["loader"]
+            torch.optim.Adam, torch.optim.SGD = saved["adam"], saved["sgd"]
+    losses = [float(x) for x in re.findall(r"^Train: Epoch = \d+ \| Loss = (\S+) \|", out.getvalue(), flags=re.M)]
+    if len(made) != 1 or len(optimizers) != 1:
+        raise RuntimeError(f"{script}: main_run built {len(made)} models and {len(optimizers)} optimisers, expected "
+                           f"one of each; its output:\n{out.getvalue()[-2000:]}")
+    final = _clone(made[0].state_dict())
+    opt = optimizers[0]
+    return dict(losses=losses, step1=snapshots[0] if snapshots else final, final=final,
+                optimizer=optimizer_summary(opt, type(opt).__bases__[0].__name__))
+
+
+def run_project(kind, stage, seed_path, batch, steps, args, num_classes, work):
+    """This project's stage: model as the scripts build it from the seed file, its optimiser,
+    train modes and training step (utils.train.train_step). Returns dict(losses, start, step1,
+    final (state dicts of the EgoRNN / flow model), optimizer summary)."""
+    from models.checkpoints import load_checkpoint
+    from utils.experiment import Experiment, base_parser, build_stage_model, prepare_model
+    from utils.train import train_step
+    argv = ["--datasetDir", args.datasetDir, "--outDir", work, "--seqLen", str(args.seqLen), "--memSize",
+            str(args.memSize), "--stage", str(stage), "--device", "cpu", "--precision", "fp32", "--pretrained", "none"]
+    if kind == "rgb":
+        argv += ["--stage1Dict", seed_path]
+    a = base_parser(kind, "").parse_args(argv)
+    exp = Experiment(kind, a, stage, torch.device("cpu"), "fp32", num_classes=num_classes, classes=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random backbone": every weight comes from the seed file
+        if stage == 2:
+            model = build_stage_model(exp, None)  # reads --stage1Dict as main_rgb.py --stage 2 does
+        else:
+            model = exp.build_model("none")
+            load_checkpoint(model, seed_path)
+    model = dropout_off(prepare_model(exp, model))
+    start = _clone(_core(model).state_dict())
+    optimizer = exp.make_optimizer(model)
+    scheduler = exp.make_scheduler(optimizer)
+    inputs, labels = batch
+    losses, step1 = [], None
+    for step in range(steps):
+        exp.set_train_mode(model)
+        data = {"rgb" if kind == "rgb" else "flow": inputs.clone(), "label": labels.clone()}
+        _, _, result = train_step(exp, model, data, optimizer, None, step)
+        losses.append(result["loss"].item())
+        scheduler.step()  # one step is one epoch here, as on the original's side
+        if step == 0:
+            step1 = _clone(_core(model).state_dict())
+    return dict(losses=losses, start=start, step1=step1, final=_clone(_core(model).state_dict()),
+                optimizer=optimizer_summary(optimizer))
+
+
+def _core(model):
+    """The part of a project model the original has: SAMSOPNet -> its EgoRNN."""
+    return getattr(model, "egornn", model)
+
+
+def in_project_keys(state, kind, num_classes, mem_size, path):
+    """An original state dict, saved as the original does and read by this project's checkpoint
+    loader into a fresh model: that model's state dict (this project's keys)."""
+    import models
+    from models.checkpoints import load_checkpoint
+    torch.save(state, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = models.EgoRNN(num_classes, mem_size=mem_size, pretrained="none") if kind == "rgb" else \
+            models.FlowResNet34(num_classes, pretrained="none")
+    load_checkpoint(fresh, path)
+    return _clone(fresh.state_dict())
+
+
+def training_check(orig, kind, stage, script, factory_name, build, seed_path, batch, kwargs, args, C, work):
+    """-> (ok, text) of one training check: the original main_run, this project's step, and this
+    project's step on the batch x (1 + NOISE N(0, 1)) (the rounding spread)."""
+    os.makedirs(work, exist_ok=True)
+    ref = run_original_main(orig, script, factory_name, build, seed_path, batch, kwargs)
+    for k in ("step1", "final"):
+        ref[k] = in_project_keys(ref[k], kind, C, args.memSize, os.path.join(work, "trained.pth"))
+    ours = run_project(kind, stage, seed_path, batch, args.steps, args, C, os.path.join(work, "project"))
+    g = torch.Generator().manual_seed(args.seed)
+    noisy_batch = (batch[0] * (1 + NOISE * torch.randn(batch[0].shape, generator=g)), batch[1])
+    noisy = run_project(kind, stage, seed_path, noisy_batch, args.steps, args, C, os.path.join(work, "project_noisy"))
+    return compare_training(ref, ours, noisy)
+
+
+def project_logits(model, dataset_dir, ckpt, args, out_dir):
+    """evaluate.py on a checkpoint -> {video key: logits} read back from its predictions.csv."""
+    import csv
+
+    import evaluate
+    argv = ["--model", model, "--datasetDir", dataset_dir, "--modelStateDict", ckpt, "--seqLen", str(args.seqLen),
+            "--memSize", str(args.memSize), "--testUsers", *args.testUsers, "--outDir", out_dir, "--numWorkers", "0",
+            "--device", "cpu", "--batchSize", "4", "--stackSize", str(STACK), "--numSeg", str(FLOW_SEGS)]
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        evaluate.main(argv)
+    with open(os.path.join(out_dir, "predictions.csv"), newline="") as f:
+        return {video_key(r["video"]): torch.tensor([float(v) for k, v in r.items() if k.startswith("logit_")])
+                for r in csv.DictReader(f)}
+
+
+@torch.no_grad()
+def original_logits(orig, kind, ckpt, test_root, args, num_classes):
+    """The original test pipeline on its layout folder -> {video key: logits}."""
+    out = {}
+    with orig.runtime():
+        if kind == "rgb":
+            model = orig.rgb_model(num_classes, args.memSize)
+        elif kind == "flow":
+            model = orig.flow_model(num_classes, False)
+        else:
+            model = orig.twostream_model(num_classes, args.memSize)
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        model.train(False)
+        if kind == "rgb":  # eval-run-rgb.py: batch 1, (T, 1, 3, 224, 224)
+            ds = orig.rgb_dataset(test_root, args.seqLen)
+            for i, path in enumerate(ds.images):
+                clip, _ = ds[i]
+                out[video_key(path)] = model(clip.unsqueeze(0).permute(1, 0, 2, 3, 4))[0][0]
+        elif kind == "flow":  # eval-run-flow.py: the mean logits of the stacks
+            ds = orig.flow_dataset(test_root, FLOW_SEGS)
+            for i, path in enumerate(ds.imagesX):
+                stacks, _ = ds[i]
+                out[video_key(path)] = torch.mean(model(stacks)[0], 0)
+        else:  # eval-run-twoStream-joint.py, with the RGB test pipeline's clip (see EXCLUDED)
+            ds = orig.twostream_dataset(test_root, args.seqLen)
+            rgb = orig.rgb_dataset(test_root, args.seqLen)
+            clips = {video_key(p): i for i, p in enumerate(rgb.images)}
+            for i, path in enumerate(ds.imagesX):
+                flow, _, _ = ds[i]
+                clip, _ = rgb[clips[video_key(path)]]
+                out[video_key(path)] = model(flow.unsqueeze(0), clip.unsqueeze(0).permute(1, 0, 2, 3, 4))[0]
+    return out
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model, clips):
+    """BatchNorm statistics of a random backbone from a few clips (cumulative average), as
+    --pretrained none does: a random ResNet-34 with mean 0 / variance 1 statistics saturates the
+    ConvLSTM, which would make any comparison weak."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the clips
+        m.train()
+    for x in clips:
+        model(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = parse_args(argv)
+    orig = Original(args.egornnSrc)
+    from datasets import DatasetError
+    torch.set_flush_denormal(True)
+    keep = args.workDir is not None
+    if keep and os.path.isdir(args.workDir) and os.listdir(args.workDir):
+        raise UserError(f"--workDir {args.workDir} is not empty; pass a new or empty folder")
+    work = os.path.abspath(args.workDir) if keep else tempfile.mkdtemp(prefix="verify_original_")
+    os.makedirs(work, exist_ok=True)
+    try:
+        return _main(args, orig, work)
+    except DatasetError as e:
+        raise UserError(f"--datasetDir {args.datasetDir}: {e} (the checks need RGB frames and optical flow)")
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _revision(src):
+    try:
+        r = subprocess.run(["git", "-C", src, "log", "-1", "--format=%h %cs"], capture_output=True, text=True,
+                           timeout=10)
+        return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "no git metadata"
+    except (OSError, subprocess.SubprocessError):
+        return "no git metadata"
+
+
+def _main(args, orig, work):
+    from utils.experiment import DEFAULTS
+    from replicate import dataset_kind
+    print(f"original Ego-RNN code: {orig.src} ({_revision(orig.src)}); torch {torch.__version__}, CPU, fp32")
+    test_root, C, classes, n_test = original_layout(args.datasetDir, args.testUsers, os.path.join(work, "test"),
+                                                    args.seqLen)
+    train_root, *_ = original_layout(args.datasetDir, args.trainUsers, os.path.join(work, "train"), args.seqLen)
+    data_kind, reason = dataset_kind(args.datasetDir)
+    print(f"dataset {args.datasetDir} ({data_kind.upper() if data_kind == 'synthetic' else data_kind}: {reason}): "
+          f"{C} classes, test users "
+          f"{' '.join(args.testUsers)} ({n_test} videos); seqLen {args.seqLen}, memSize {args.memSize}, "
+          f"{args.steps} steps on {args.batchSize} training videos, seed {args.seed}")
+    print("run-time patches of the original code:")
+    for p in PATCHES:
+        print(f"  - {p}")
+    print("deviations of this project excluded from the comparison (README \"Deviations\"):")
+    for e in EXCLUDED:
+        print(f"  - {e}")
+
+    # 1. the original models from one seed, saved as the original does
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    import random
+    random.seed(args.seed)
+    paths = {k: os.path.join(work, f"model_{k}_state_dict.pth") for k in ("rgb", "flow", "twostream")}
+    with orig.runtime():
+        rgb = orig.rgb_model(C, args.memSize)
+        flow = orig.flow_model(C, True)
+        rgb_train = orig.rgb_dataset(train_root, args.seqLen)
+        flow_train = orig.flow_dataset(train_root, 1)
+        if orig.imagenet == "none":
+            idx = spread(len(rgb_train), args.calibrationClips)
+            calibrate_batchnorm(rgb.resNet, [rgb_train[i][0] for i in idx])
+            calibrate_batchnorm(flow, [torch.stack([flow_train[i][0] for i in idx])])
+        torch.save(rgb.state_dict(), paths["rgb"])
+        torch.save(flow.state_dict(), paths["flow"])
+        two = orig.twostream_model(C, args.memSize, paths["flow"], paths["rgb"])
+        torch.save(two.state_dict(), paths["twostream"])
+        idx = spread(len(rgb_train), args.batchSize)
+        rgb_batch = (torch.stack([rgb_train[i][0] for i in idx]), torch.tensor([rgb_train[i][1] for i in idx]))
+        flow_batch = (torch.stack([flow_train[i][0] for i in idx]), torch.tensor([flow_train[i][1] for i in idx]))
+    if orig.imagenet == "cache":
+        print("weights: torchvision's ImageNet ResNet-34 file from the torch cache through the original's pretrained "
+              "path (the original downloaded resnet34-333f7ec4.pth); the rest seeded")
+    else:
+        print(f"weights: no ImageNet ResNet-34 file in the torch cache: seeded random initialisation (the original's), "
+              f"BatchNorm statistics estimated from {len(spread(len(rgb_train), args.calibrationClips))} training clips")
+    print(f"state dicts saved with torch.save(model.state_dict()): {', '.join(os.path.basename(p) for p in paths.values())}")
+
+    report = Report()
+    # 2. forward: evaluate.py against the original test pipeline
+    for kind, what in (("rgb", f"{args.seqLen} frames at floor(linspace(1, N, {args.seqLen}))"),
+                       ("flow", f"mean logits of {FLOW_SEGS} stacks"), ("twostream", "centre flow stack")):
+        if kind == "twostream" and args.memSize != 512:
+            print(f"forward twostream: skipped, the original two-stream classifier is Linear(512 * 2, C), "
+                  f"so it needs --memSize 512 (got {args.memSize})")
+            continue
+        ref = original_logits(orig, kind, paths[kind], test_root, args, C)
+        ours = project_logits(kind, args.datasetDir, paths[kind], args, os.path.join(work, f"eval_{kind}"))
+        ok, text = compare_logits(ref, ours)
+        report.line(ok, f"forward {kind:9s} evaluate.py vs the original test pipeline ({what}): {text}")
+
+    # 3. training: the original main_run against this project's training step
+    for stage in (1, 2):
+        d = DEFAULTS["rgb"][stage]
+        kwargs = dict(dataset="gtea61", stage=stage, train_data_dir="train", val_data_dir=None,
+                      stage1_dict=paths["rgb"], seqLen=args.seqLen, trainBatchSize=args.batchSize,
+                      valBatchSize=args.batchSize, numEpochs=args.steps, lr1=d["lr"], decay_factor=d["decayRate"],
+                      decay_step=d["stepSize"], memSize=args.memSize, out_dir=os.path.join(work, "original"))
+        ok, text = training_check(orig, "rgb", stage, "main-run-rgb.py", "attentionModel",
+                                  lambda: orig.rgb_model(C, args.memSize), paths["rgb"], rgb_batch, kwargs, args, C,
+                                  os.path.join(work, f"rgb_stage{stage}"))
+        report.line(ok, f"training rgb stage {stage} (main-run-rgb.py main_run vs utils.train.train_step, Adam lr "
+                        f"{d['lr']:g}, {args.steps} steps): {text}")
+    d = DEFAULTS["flow"][1]
+    kwargs = dict(dataset="gtea61", trainDir="train", valDir="val", stackSize=STACK, trainBatchSize=args.batchSize,
+                  valBatchSize=args.batchSize, numEpochs=args.steps, lr1=d["lr"], decay_factor=d["decayRate"],
+                  decay_step=d["stepSize"], outDir=os.path.join(work, "original"))
+    ok, text = training_check(orig, "flow", 1, "main-run-flow.py", "flow_resnet34", lambda: orig.flow_model(C, False),
+                              paths["flow"], flow_batch, kwargs, args, C, os.path.join(work, "flow"))
+    report.line(ok, f"training flow (main-run-flow.py main_run vs utils.train.train_step, SGD lr {d['lr']:g}, "
+                    f"BatchNorm in train mode, {args.steps} steps): {text}")
+
+    print(f"{'all checks agree' if report.ok else 'DIFFERENCES FOUND'} (tolerances: logits {LOGIT_TOL:g} x "
+          f"the largest |logit|; training, step 1: losses {LOSS_TOL:g}, parameters and buffers {PARAM_TOL:g}; "
+          f"after the last step: {SPREAD} x the rounding spread, at least those)")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
