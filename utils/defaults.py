@@ -75,5 +75,17 @@ def missing_stage1_message(kind, args, path):
     if os.path.isfile(demo) and os.path.abspath(demo) != os.path.abspath(path):
         held = os.path.exists(os.path.join(DEMO_OUT, "stage2"))
         msg += (f"; `make demo`'s stage 1 (synthetic data) exists: --stage1Dict {demo} uses it, and so does "
-                f"--outDir {DEMO_OUT}" + (" (with --overwrite: its stage 2 holds the demo's results)" if held else ""))
+                f"--outDir {DEMO_OUT}" + (" (with --overwrite: its stage 2 holds the demo's results)" if held else "")
+                + _demo_settings(demo))
     return msg
+
+
+def _demo_settings(path):
+    """The settings a stage 2 must share with the demo's stage 1 (utils/config.py checks them)."""
+    from utils.config import saved_config
+    try:
+        c = saved_config(path)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded
+        return ""
+    keys = [k for k in ("seqLen", "frameSize", "memSize") if c.get(k) is not None]
+    return (", with the same " + " ".join(f"--{k} {c[k]}" for k in keys)) if keys else ""
