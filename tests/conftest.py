@@ -1,4 +1,5 @@
 """Shared fixtures: tiny GTEA-61 trees written into tmp_path."""
+import contextlib
 import os
 
 import numpy as np
@@ -49,14 +50,23 @@ def tree(tmp_path):
     return GteaTree(tmp_path / "gtea")
 
 
-@pytest.fixture
-def one_thread_flush_denormal():
+@contextlib.contextmanager
+def one_thread_and_flushed_subnormals():
     """One torch thread (tiny tensors: no OpenMP spinning on shared cores) and subnormals flushed,
-    as the scripts do (scripts run in the test process flush them too); both restored afterwards."""
+    as the scripts do (random-weight ResNets fill with subnormals that slow CPU convolutions ~10x,
+    reference section 8); both restored afterwards."""
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread_flush_denormal():
+    with one_thread_and_flushed_subnormals():
+        yield

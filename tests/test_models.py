@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from tests.conftest import one_thread_and_flushed_subnormals
+
 import models
 from models import (CheckpointError, ConvLSTMCell, EgoRNN, FlowResNet34, MotionSegmentationHead,
                     OrderPredictionHead, PretrainedWeightsError, ResNet34Backbone, SAMSOPNet, TwoStream,
@@ -24,14 +26,8 @@ MEM = 8    # small ConvLSTM memory keeps the tests fast
 
 @pytest.fixture(autouse=True, scope="module")
 def flush_denormal():
-    """Random-weight ResNets fill with subnormal floats that make CPU convolutions ~10x slower;
-    the training scripts flush them too (reference section 8). Both settings are restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: one thread avoids OpenMP spinning on shared cores
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-    torch.set_num_threads(threads)
+    with one_thread_and_flushed_subnormals():
+        yield
 
 
 def rgb_model(**kw):

@@ -19,6 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import one_thread_and_flushed_subnormals
+
 from datasets import GTEA61
 from datasets.cache import FrameCache
 from datasets.transforms import IMAGENET_STD as E_STD
@@ -33,14 +35,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread_flush_denormal():
-    """As tests/test_models.py: one thread (tiny tensors, shared cores) and subnormals flushed,
-    as the scripts do; both restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-    torch.set_num_threads(threads)
+    with one_thread_and_flushed_subnormals():
+        yield
 
 
 def noisy_tree(tree, layout="course", videos=2, n=9):
