@@ -394,20 +394,21 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = Parser(prog="python -m datasets.prepare", description=__doc__.split("\n\n")[0],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m datasets.prepare", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="folder of videos: <user>/<class>/<instance>.<ext>")
     src.add_argument("--frames", help="dataset root (either layout) to complete with flow / motion maps")
     p.add_argument("--out", help="dataset to write (required with --videos; default: the --frames root)")
     p.add_argument("--layout", choices=tuple(LAYOUTS), default=None,
                    help="course (PNG) or egornn (JPEG); default course, or the --frames root's")
-    p.add_argument("--flow", choices=("tvl1", "farneback", "raft"), default="tvl1")
+    p.add_argument("--flow", choices=("tvl1", "farneback", "raft"), default="tvl1",
+                   help="optical flow method (default tvl1; farneback: fast on a CPU; raft: GPU)")
     p.add_argument("--noWarp", action="store_true", help="plain flow, without the camera compensation")
     p.add_argument("--fps", type=float, default=None, help="resample the videos to this rate (default: the source's)")
     p.add_argument("--shortSide", type=int, default=None,
                    help="scale frames down so the short side is this (default 256; 0: source size)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="videos prepared in parallel")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="videos prepared in parallel (default: one per core)")
     p.add_argument("--only", action="append", choices=PARTS, default=None,
                    help="write only this part (repeatable); default: all (--frames: flow and mmaps)")
     p.add_argument("--overwrite", action="store_true", help="remake parts that are already there")
