@@ -218,7 +218,10 @@ def test_errors_from_the_command_line(tmp_path):
     assert not (tmp_path / "o").exists()
     assert_one_line_error(rep("--table", "2", "--datasetDir", "D", "--dry-run", "--extra", "--bogus 1"), "--bogus")
     assert_one_line_error(rep("--table", "4", "--datasetDir", "D", "--dry-run"), "--table")
-    assert_one_line_error(rep("--table", "1", "--dry-run"), "--datasetDir")
+    # no --datasetDir and no default dataset in the working directory
+    env = {k: v for k, v in os.environ.items() if k != "GTEA61_DIR"}
+    assert_one_line_error(subprocess.run([PY, ROOT / "replicate.py", "--table", "1", "--dry-run"], cwd=tmp_path,
+                                         env=env, capture_output=True, text=True, timeout=120), "--datasetDir")
 
 
 def test_paper_schedules_match_the_scripts_defaults():

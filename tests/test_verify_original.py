@@ -2,7 +2,6 @@
 the original's torch 0.3 style, whose model is this project's EgoRNN under the original's names.
 The training check agrees for it, and finds a perturbed model, a wrong parameter set and a wrong
 optimiser setting; the comparisons of logits and states; the one-line error of a bad --egornnSrc."""
-import os
 import subprocess
 import sys
 import types
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import utils.verify_original as V
+from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ C, MEM, STEPS = 3, 8, 2
 
 @pytest.fixture(scope="module")
 def seed_and_batch(tmp_path_factory):
-    """The seed model saved as the original does, and a fixed batch (2 clips of 2 frames, 64 px)."""
+    """The seed model saved as the original does, and a fixed batch (2 clips of 2 frames, 32 px)."""
     d = tmp_path_factory.mktemp("seed")
     orig = V.Original(str(fake_tree(d / "tree")))
     torch.manual_seed(0)
@@ -114,16 +114,16 @@ def seed_and_batch(tmp_path_factory):
     path = d / "model_rgb_state_dict.pth"
     torch.save(model.state_dict(), path)
     g = torch.Generator().manual_seed(1)
-    batch = (torch.randn(2, 2, 3, 64, 64, generator=g), torch.tensor([0, 2]))
+    batch = (torch.randn(2, 2, 3, 32, 32, generator=g), torch.tensor([0, 2]))
     return str(path), batch
 
 
-def check(tmp_path, seed_and_batch, stage=1, **tree):
+def check(tmp_path, seed_and_batch, stage=1, steps=STEPS, **tree):
     path, batch = seed_and_batch
     orig = V.Original(str(fake_tree(tmp_path / "tree", **tree)))
-    args = types.SimpleNamespace(datasetDir=str(tmp_path), seqLen=2, memSize=MEM, steps=STEPS, seed=0)
+    args = types.SimpleNamespace(datasetDir=str(tmp_path), seqLen=2, memSize=MEM, steps=steps, seed=0)
     kwargs = dict(dataset="gtea61", stage=stage, train_data_dir="train", val_data_dir=None, stage1_dict=path,
-                  seqLen=2, trainBatchSize=2, valBatchSize=2, numEpochs=STEPS, lr1=1e-3, decay_factor=0.1,
+                  seqLen=2, trainBatchSize=2, valBatchSize=2, numEpochs=steps, lr1=1e-3, decay_factor=0.1,
                   decay_step=[25], memSize=MEM, out_dir=str(tmp_path / "out"))
     return V.training_check(orig, "rgb", stage, "main-run-rgb.py", "attentionModel", lambda: orig.rgb_model(C, MEM),
                             path, batch, kwargs, args, C, str(tmp_path / "work"))
@@ -142,7 +142,7 @@ def test_training_check_agrees_for_the_same_model_and_stage(tmp_path, seed_and_b
 
 @pytest.mark.filterwarnings("ignore")
 def test_training_check_finds_a_perturbed_model(tmp_path, seed_and_batch):
-    ok, text = check(tmp_path, seed_and_batch, perturb="0.01 * torch.arange(out['logits'].shape[1]).float()")
+    ok, text = check(tmp_path, seed_and_batch, steps=1, perturb="0.01 * torch.arange(out['logits'].shape[1]).float()")
     assert not ok
     loss_diff = float(text.split("step 1: |loss diff| ")[1].split(",")[0])
     assert loss_diff > V.LOSS_TOL, text
@@ -150,7 +150,7 @@ def test_training_check_finds_a_perturbed_model(tmp_path, seed_and_batch):
 
 @pytest.mark.filterwarnings("ignore")
 def test_training_check_finds_another_parameter_set(tmp_path, seed_and_batch):
-    ok, text = check(tmp_path, seed_and_batch, extra="list(model.resNet.fc.parameters())")
+    ok, text = check(tmp_path, seed_and_batch, steps=1, extra="list(model.resNet.fc.parameters())")
     assert not ok
     assert "trainable 662,819 != 149,819" in text, text  # + the ImageNet fc (1000*512 + 1000)
     assert "worst backbone.fc." in text, text
@@ -158,7 +158,7 @@ def test_training_check_finds_another_parameter_set(tmp_path, seed_and_batch):
 
 @pytest.mark.filterwarnings("ignore")
 def test_training_check_finds_other_optimiser_settings(tmp_path, seed_and_batch):
-    ok, text = check(tmp_path, seed_and_batch, eps="1e-8")
+    ok, text = check(tmp_path, seed_and_batch, steps=1, eps="1e-8")
     assert not ok and "optimisers differ" in text, text
 
 
@@ -192,18 +192,18 @@ def test_compare_training_tolerances():
     assert not V.compare_training(other, ours, noisy)[0]
 
 
-def verify(*args):
-    return subprocess.run([sys.executable, "-m", "utils.verify_original", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_bad_egornn_src_is_a_one_line_error(tmp_path):
     for src, needle in ((tmp_path / "nope", "no such folder"),
                         (ROOT, "not a checkout of the original Ego-RNN code")):
-        p = verify("--egornnSrc", src, "--datasetDir", tmp_path)
-        err = p.stderr.strip().splitlines()
-        assert p.returncode == 2 and len(err) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
-        assert err[0].startswith(f"error: --egornnSrc {src}") and needle in err[0], err[0]
-        assert "github.com/swathikirans/ego-rnn" in err[0]
-    p = verify("--egornnSrc", fake_tree(tmp_path / "tree"), "--datasetDir", tmp_path, "--steps", "30")
-    assert p.returncode == 2 and "--steps 30" in p.stderr, p.stderr
+        with pytest.raises(UserError) as e:
+            V.main(["--egornnSrc", str(src), "--datasetDir", str(tmp_path)])
+        assert str(e.value).startswith(f"--egornnSrc {src}") and needle in str(e.value), e.value
+        assert "github.com/swathikirans/ego-rnn" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError, match="--steps 30"):
+        V.main(["--egornnSrc", str(fake_tree(tmp_path / "tree")), "--datasetDir", str(tmp_path), "--steps", "30"])
+    # from the command line: one line, exit status 2, nothing else
+    p = subprocess.run([sys.executable, "-m", "utils.verify_original", "--egornnSrc", str(tmp_path / "nope"),
+                        "--datasetDir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == "", (p.returncode, p.stdout, p.stderr)
+    assert p.stderr.splitlines() == [f"error: --egornnSrc {tmp_path / 'nope'}: no such folder; clone "
+                                     f"https://github.com/swathikirans/ego-rnn and pass its folder"], p.stderr

@@ -69,7 +69,7 @@ PATCHES = [
     "the torch cache, else an empty dict (the model keeps its seeded random initialisation)",
     "main-run-*.py, as source text: `async=True` -> `non_blocking=True` (a keyword since Python 3.7), "
     "`.data[0]` -> `.item()` (0-dim tensors cannot be indexed), the module-level `__main__()` call dropped "
-    "(main_run is called with the arguments below)",
+    "(the tool calls main_run itself, with this project's stage defaults: lr, milestones, decay)",
     "tensorboardX.SummaryWriter: a writer that writes nothing (not installed here)",
     "main_run's makeDataset and torch.utils.data.DataLoader give the one fixed batch per epoch, so one "
     "epoch is one optimiser step",
@@ -310,17 +310,24 @@ def compare_logits(ref, ours):
                          f"{largest:.3g}, logit std {a.std().item():.3g}), same top-1 on {same_pred}")
 
 
+def _max_abs_diff(a, b):
+    if torch.equal(a, b):  # the frozen tensors: no arithmetic on most of the backbone
+        return 0.0
+    if not a.is_floating_point():
+        a, b = a.double(), b.double()
+    return (a - b).abs().max().item()
+
+
 def state_diff(a, b):
     """(largest |a - b| over every tensor of two state dicts with the same keys, its key)."""
-    diffs = {k: (a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0 for k in a}
+    diffs = {k: _max_abs_diff(a[k], b[k]) if a[k].numel() else 0.0 for k in a}
     worst = max(diffs, key=diffs.get)
     return diffs[worst], worst
 
 
 def moved(state, start):
     """How far the steps moved the floating-point tensors (not the step counters)."""
-    return max((state[k].double() - start[k].double()).abs().max().item()
-               for k in state if state[k].is_floating_point() and state[k].numel())
+    return max(_max_abs_diff(state[k], start[k]) for k in state if state[k].is_floating_point() and state[k].numel())
 
 
 def optimizer_summary(opt, kind=None):
