@@ -225,35 +225,52 @@ def test_refuses_to_overwrite_results(runs, data):
     assert before == {f: (stage / f).stat().st_mtime_ns for f in before}
 
 
+def run_at_once(cases, jobs=3):
+    """Run several short commands side by side (each mostly imports torch, single-threaded), so
+    that a dozen error checks cost a few imports' time, not a dozen. Returns their results in order."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results, running, todo = [None] * len(cases), {}, list(enumerate(cases))
+    while todo or running:
+        while todo and len(running) < jobs:
+            i, args = todo.pop(0)
+            running[i] = subprocess.Popen([PY, *map(str, args)], cwd=ROOT, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        i = next(iter(running))
+        proc = running.pop(i)
+        out, err = proc.communicate(timeout=300)
+        results[i] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
 def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
     base = ["--datasetDir", data, "--outDir", tmp_path / "o", *TINY]
-    # stage 2 without a stage-1 checkpoint: says where it looked
-    assert_one_line_error(run("main_rgb.py", *base, "--stage", "2", check=False),
-                          str(tmp_path / "o" / "stage1" / "best_model.pth"))
-    # a checkpoint of another model
-    assert_one_line_error(run("main_rgb.py", *base, "--stage", "2", "--stage1Dict",
-                              runs / "flow" / "stage1" / "best_model.pth", check=False), "flow")
-    # too few frames for the order prediction head
-    assert_one_line_error(run("main_ms_op.py", *base, "--seqLen", "3", check=False), "--seqLen")
-    assert_one_line_error(run("main_rgb.py", *base, "--lr", "0", check=False), "--lr")
-    assert_one_line_error(run("main_rgb.py", *base, "--numEpochs", "-1", check=False), "--numEpochs")
-    assert_one_line_error(run("main_rgb.py", *base, "--bogus", check=False), "--bogus")
-    assert_one_line_error(run("evaluate.py", "--model", "rgb", check=False), "--modelStateDict")
-    # dataset errors from the data layer
-    assert_one_line_error(run("main_rgb.py", *base[2:], "--datasetDir", tmp_path / "nope", check=False),
-                          str(tmp_path / "nope"))
-    assert_one_line_error(run("main_rgb.py", *base, "--testUsers", "S9", check=False), "S9")
-    # an output folder that cannot be created
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_line_error(run("main_rgb.py", *base[:2], "--outDir", blocker / "sub", *TINY, check=False),
-                          str(blocker / "sub"))
-    # a checkpoint with another class count
     other = tmp_path / "other"
     run("-m", "datasets.synthetic", "--out", other, "--classes", "4", "--instances", "1", "--size", "80x60")
-    assert_one_line_error(run("evaluate.py", "--model", "rgb", "--datasetDir", other, "--outDir", tmp_path / "e",
-                              "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", check=False),
-                          "classes")
+    cases = [
+        # stage 2 without a stage-1 checkpoint: says where it looked
+        (["main_rgb.py", *base, "--stage", "2"], str(tmp_path / "o" / "stage1" / "best_model.pth")),
+        # a checkpoint of another model
+        (["main_rgb.py", *base, "--stage", "2", "--stage1Dict", runs / "flow" / "stage1" / "best_model.pth"],
+         "flow"),
+        # too few frames for the order prediction head
+        (["main_ms_op.py", *base, "--seqLen", "3"], "--seqLen"),
+        (["main_rgb.py", *base, "--lr", "0"], "--lr"),
+        (["main_rgb.py", *base, "--numEpochs", "-1"], "--numEpochs"),
+        (["main_rgb.py", *base, "--bogus"], "--bogus"),
+        (["evaluate.py", "--model", "rgb"], "--modelStateDict"),
+        # dataset errors from the data layer
+        (["main_rgb.py", *base[2:], "--datasetDir", tmp_path / "nope"], str(tmp_path / "nope")),
+        (["main_rgb.py", *base, "--testUsers", "S9"], "S9"),
+        # an output folder that cannot be created
+        (["main_rgb.py", *base[:2], "--outDir", blocker / "sub", *TINY], str(blocker / "sub")),
+        # a checkpoint with another class count
+        (["evaluate.py", "--model", "rgb", "--datasetDir", other, "--outDir", tmp_path / "e",
+          "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth"], "classes"),
+    ]
+    for (args, needle), p in zip(cases, run_at_once([args for args, _ in cases])):
+        assert_one_line_error(p, needle)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
 
 
