@@ -371,8 +371,9 @@ def expected_config(exp, *keys):
     values = {"classes": list(exp.classes), "memSize": a.memSize, "seqLen": a.seqLen,
               "frameSize": a.frameSize, "stackSize": a.stackSize, "trainUsers": list(a.trainUsers),
               "testUsers": list(a.testUsers), "attention": not getattr(a, "noAttention", False)}
-    out = {k: values[k] for k in keys}
-    out.update(dataset=getattr(a, "dataset", "gtea61"), split=getattr(a, "split", None))
+    # dataset and split first: a run on another split also differs in trainUsers (the split's file)
+    out = {"dataset": getattr(a, "dataset", "gtea61"), "split": getattr(a, "split", None)}
+    out.update({k: values[k] for k in keys})
     if a.select == "val":  # a val-selected stage starts from val-selected models with the same split
         out.update(select="val", valFraction=a.valFraction)
     return out
