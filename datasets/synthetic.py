@@ -517,7 +517,8 @@ def _params(args):
     if args.layout == "videos":
         params["fps"] = args.fps
     if args.layout == "egtea":  # its own actions, sessions and frame rate
-        for k in ("classes", "users", "short", "quirks"):
+        params.update(classes=len(EGTEA_ACTIONS), users=list(EGTEA_SESSIONS), fps=EGTEA_FPS)
+        for k in ("short", "quirks"):
             params.pop(k)
     return params
 
