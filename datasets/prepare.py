@@ -87,9 +87,9 @@ KINDS = {"frames": ("rgb",), "flow": ("flow_y", "flow_x"), "mmaps": ("mmaps",)}
 PLACE_ORDER = ("flow_y", "flow_x", "mmaps", "rgb")  # rgb last: the loaders start from it
 JPEG_QUALITY = 95
 # Bytes per output pixel and frame, all parts together (RGB + flow x, y + motion map), for the
-# disk-space check: camera video compresses far less than synthetic frames, so these are what a
-# real video costs (PNG level 1: RGB about 2/3 of raw; JPEG 95: about 0.5 B/px), not the synthetic
-# figures of README "EGTEA Gaze+" (0.4-0.6 of them).
+# disk-space check. RGB at what a photograph costs (matplotlib's grace_hopper.jpg at short side
+# 256: PNG level 1 1.82 B/px, JPEG 95 0.50 B/px); the synthetic videos' flat colours cost a
+# fifth to a half of these (README "EGTEA Gaze+"), camera video more.
 BYTES_PER_PIXEL = {"course": 2.0 + 2 * 0.5 + 0.05, "egornn": 0.5 + 2 * 0.15 + 0.05}
 _OS_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 
