@@ -91,6 +91,7 @@ JPEG_QUALITY = 95
 # 256: PNG level 1 1.82 B/px, JPEG 95 0.50 B/px); the synthetic videos' flat colours cost a
 # fifth to a half of these (README "EGTEA Gaze+"), camera video more.
 BYTES_PER_PIXEL = {"course": 2.0 + 2 * 0.5 + 0.05, "egornn": 0.5 + 2 * 0.15 + 0.05}
+FILE_SLACK = 2048  # bytes per file beyond its size: half of a 4 KB file-system block on average
 _OS_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 
 
@@ -420,7 +421,10 @@ def estimate_bytes(jobs, layout, short_side):
         except VideoError:
             continue
         w, h = output_size(info["width"], info["height"], short_side)
-        total += job.estimate * w * h * BYTES_PER_PIXEL[layout] * len(job.parts) / len(PARTS)
+        files = sum(len(KINDS[p]) for p in job.parts)  # image files per frame
+        # the parts' shares of BYTES_PER_PIXEL: RGB 2/3, flow 1/3, maps ~0; half a 4 KB block per file
+        share = sum({"frames": 0.66, "flow": 0.33, "mmaps": 0.01}[p] for p in job.parts)
+        total += job.estimate * (w * h * BYTES_PER_PIXEL[layout] * share + files * FILE_SLACK)
     return total
 
 

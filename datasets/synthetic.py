@@ -108,11 +108,17 @@ def class_pool():
     return pool
 
 
+MAX_CLASSES = 74  # 2 x the pool: beyond it, the pool again as take_cup_2, ... (GTEA 71-sized sets)
+
+
 def class_names(n):
     pool = class_pool()
-    if not 2 <= n <= len(pool):
-        raise ValueError(f"--classes must be between 2 and {len(pool)}, got {n}")
-    return pool[:n]
+    if not 2 <= n <= MAX_CLASSES:
+        raise ValueError(f"--classes must be between 2 and {MAX_CLASSES}, got {n}")
+    # a repeated class looks like its original (same verb and noun, other draws): a dataset
+    # of that size for checking the loaders, not a task a model can learn beyond the pool
+    names = pool + [f"{c}_2" for c in pool]
+    return names[:n]
 
 
 def _ease(x):
@@ -130,6 +136,8 @@ class _Video:
 
     def __init__(self, cls, W, H, rng):
         self.verb, noun = cls.split("_", 1)
+        if noun.rsplit("_", 1)[-1].isdigit():  # take_cup_2: a repeat of take_cup (class_names)
+            noun = noun.rsplit("_", 1)[0]
         self.backwards = self.verb in REVERSED
         self.base_verb = REVERSED.get(self.verb, self.verb)
         u = H / 120.0
@@ -546,7 +554,8 @@ def main(argv=None):
                          "true flow and motion masks, the input of python -m datasets.prepare; egtea: a small "
                          "release in EGTEA Gaze+'s form (clips, index and split files: --egtea of datasets.prepare)")
     ap.add_argument("--fps", type=float, default=VIDEO_FPS, help="frame rate of the videos layout")
-    ap.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{len(class_pool())})")
+    ap.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{MAX_CLASSES}; beyond "
+                    f"{len(class_pool())}, repeats of the first ones under new names)")
     ap.add_argument("--instances", type=int, default=3, help="videos per class and user")
     ap.add_argument("--users", nargs="+", default=list(DEFAULT_USERS))
     ap.add_argument("--seed", type=int, default=0)

@@ -271,3 +271,18 @@ def test_prepare_train_both_stages_and_evaluate(prepared, tmp_path):
     mca = np.mean([100 * np.mean(v) for v in per_class.values()])
     assert summary["mean_class_accuracy"] == pytest.approx(mca, abs=1e-3)
     assert summary["class_index"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_gtea71_sized_dataset_in_the_gtea_layout(tmp_path, classes=71, users=("S1", "P6")):
+    """A GTEA 71-sized dataset (71 classes; users named as GTEA Gaze+'s may be) in GTEA-61's folder
+    layout: the loader takes the classes from the folder names of all users, whatever their number
+    (README "EGTEA Gaze+" has the full-size check of GTEA 71 and GTEA Gaze+)."""
+    from datasets import GTEA61
+    out = tmp_path / "d"
+    assert syn.main(["--out", str(out), "--classes", str(classes), "--instances", "1", "--users", *users,
+                     "--size", "32x32", "--no-short", "--no-quirks"]) == 0
+    names = sorted(p.name for p in (out / "processed_frames2" / users[0]).iterdir())
+    assert len(names) == classes
+    ds = GTEA61(out, users[1:2], "rgb", train=False, seqLen=2, frameSize=32)
+    assert ds.num_classes == classes and ds.classes == names
+    assert [ds.classes[label] for label in ds.labels] == [k.split("/")[1] for k in ds.video_keys]
