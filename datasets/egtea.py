@@ -158,6 +158,14 @@ class EGTEA(GTEA61):
     """Clips of one split file of a prepared root (see the module docstring); the arguments are
     GTEA61's, with `users` the split file's name, e.g. ["train_split1"]."""
 
+    def __init__(self, root, *args, **kwargs):
+        root = os.fspath(root)
+        if os.path.isdir(os.path.join(root, CLIPS)) and not any(
+                os.path.isdir(os.path.join(root, top)) for layout in _LAYOUTS.values() for top in layout["rgb"]):
+            raise DatasetError(f"{root} is a release of video clips ({CLIPS}/), not a prepared root: run "
+                               f"python -m datasets.prepare --egtea {root} --out ROOT and pass --datasetDir ROOT")
+        super().__init__(root, *args, **kwargs)
+
     def _scan(self):
         if len(self.users) != 1:
             raise DatasetError(f"a split-file dataset reads one split file, got {' '.join(self.users)} "

@@ -186,7 +186,7 @@ def test_verb_and_noun_accuracy_by_hand():
     assert nouns == ["jam", "spoon,cup"] and n == [0, 0, 1, 0]
 
 
-def test_dataset_arguments(prepared):
+def test_dataset_arguments(release, prepared):
     from utils import experiment as E
     root, _ = prepared
 
@@ -206,6 +206,9 @@ def test_dataset_arguments(prepared):
         check("--split", "2")
     with pytest.raises(UserError, match="needs --datasetDir"):
         check("--dataset", "egtea")
+    from datasets import DatasetError
+    with pytest.raises(DatasetError, match="not a prepared root: run python -m datasets.prepare --egtea"):
+        EGTEA(release, ["train_split1"], "rgb", train=True)
     a = check("--datasetDir", str(root))  # GTEA-61 on a split-file root
     with pytest.raises(UserError, match="pass --dataset egtea"):
         E.dataset_class(a)
