@@ -289,3 +289,17 @@ def test_gtea71_sized_dataset_in_the_gtea_layout(tmp_path, classes=71, users=("S
     ds = GTEA61(out, users[1:2], "rgb", train=False, seqLen=2, frameSize=32)
     assert ds.num_classes == classes and ds.classes == names
     assert [ds.classes[label] for label in ds.labels] == [k.split("/")[1] for k in ds.video_keys]
+
+
+def test_preparation_that_would_not_fit_stops_before_writing(release, tmp_path, monkeypatch):
+    import collections
+    from datasets import prepare
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(UserError) as e:
+        prepare.main(["--egtea", str(release), "--out", str(tmp_path / "out"), "--flow", "farneback", "--quiet"])
+    # 17 clips of 10-28 frames at 64 x 48: at least 17 * 10 * 3072 px * 3.05 B/px = 1.6 MB > 1000 B free
+    import re
+    m = re.search(r"the output is estimated at ([\d.]+) MB and its disk has 0.0 MB free", str(e.value))
+    assert m and 1.6 <= float(m.group(1)) < 20 and "--noSpaceCheck" in str(e.value)
+    assert not (tmp_path / "out" / "processed_frames2").exists()
