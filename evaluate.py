@@ -1,5 +1,10 @@
 """Evaluate a trained model on the test user(s): predictions.csv, summary.json, confusion_matrix.png.
 
+Reports action top-1 accuracy, mean class accuracy (the mean of the per-class accuracies, the
+measure EGTEA papers quote) and, where classes are verb + noun (EGTEA's split files, GTEA-61's
+<verb>_<noun> names), verb and noun accuracy derived from the action predictions: the share of
+videos whose predicted action has the true verb (noun).
+
 Takes this project's checkpoints and the original Ego-RNN release's alike. The test pipeline is
 the original's (short side to 256, centre crop 224, frames at floor(linspace(1, N, seqLen)),
 flow: the mean logits of --numSeg stacks), run in fp32 with TF32 off so that an original
@@ -35,6 +40,10 @@ def parse_args(argv):
     p.add_argument("--numSeg", type=int, default=5, help="flow stacks averaged per video (flow model)")
     p.add_argument("--frameSize", type=int, default=None, help="default: the checkpoint's, else 224")
     p.add_argument("--testUsers", nargs="+", default=None, help="default: the checkpoint's test users, else S2")
+    p.add_argument("--dataset", choices=("gtea61", "egtea"), default=None,
+                   help="default: the checkpoint's (gtea61 for files without a record)")
+    p.add_argument("--split", type=int, choices=(1, 2, 3), default=None,
+                   help="--dataset egtea: score test_splitK.txt (default: the checkpoint's split)")
     p.add_argument("--allowTrainUsers", action="store_true",
                    help="score users the checkpoint was trained on (its training data: not a test accuracy)")
     p.add_argument("--outDir", default=None, help="default: <checkpoint folder>/eval_<testUsers>")
@@ -45,6 +54,8 @@ def parse_args(argv):
                    help="fp32 (default) reproduces the original's logits; bf16 is faster")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
     args = p.parse_args(argv)
+    if args.datasetDir is None and args.dataset == "egtea":
+        raise UserError("--dataset egtea needs --datasetDir: the root prepared by python -m datasets.prepare --egtea")
     if args.datasetDir is None:
         from utils.defaults import default_dataset_dir
         args.datasetDir = default_dataset_dir()
@@ -79,7 +90,6 @@ def build(kind, num_classes, mem_size, stack_size=5, attention=True):
 
 def main(argv=None):
     args = parse_args(argv)
-    from datasets import GTEA61
     from models.checkpoints import checkpoint_info, load_checkpoint
     from utils.config import saved_config
     from utils.data import make_loader
@@ -105,6 +115,22 @@ def main(argv=None):
     if family in ("flow", "twostream") and info["stack_size"] and stack_size != info["stack_size"]:
         raise UserError(f"--stackSize {stack_size}: {args.modelStateDict} reads stacks of {info['stack_size']} "
                         f"flow frames; pass --stackSize {info['stack_size']} or leave it out")
+    dataset = args.dataset or config.get("dataset") or "gtea61"
+    if config.get("dataset") and dataset != config["dataset"]:
+        raise UserError(f"--dataset {dataset}: {args.modelStateDict} was trained on --dataset {config['dataset']}; "
+                        "evaluate it on that dataset")
+    split = None
+    if dataset == "egtea":
+        from datasets.egtea import split_names
+        if args.testUsers:
+            raise UserError("--testUsers selects GTEA-61 users; --dataset egtea selects videos by --split 1|2|3")
+        split = args.split or config.get("split") or 1
+        if config.get("split") and split != config["split"]:
+            raise UserError(f"--split {split}: {args.modelStateDict} was trained on split {config['split']}, whose "
+                            f"training clips overlap test_split{split}; evaluate it on --split {config['split']}")
+        args.testUsers = [split_names(split)[1]]
+    elif args.split is not None:
+        raise UserError(f"--split {args.split} applies to --dataset egtea")
     test_users = args.testUsers or config.get("testUsers") or ["S2"]
     trained_on = [u for u in test_users if u in (config.get("trainUsers") or [])]
     if trained_on and not args.allowTrainUsers:
@@ -121,7 +147,10 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     modality = {"rgb": "rgb", "flow": "flow", "twostream": "twostream"}[family]
-    test_set = GTEA61(args.datasetDir, test_users, modality, train=False, seqLen=seq_len,
+    from utils.experiment import dataset_class
+    import argparse as _argparse
+    Dataset = dataset_class(_argparse.Namespace(dataset=dataset, datasetDir=args.datasetDir))
+    test_set = Dataset(args.datasetDir, test_users, modality, train=False, seqLen=seq_len,
                       stackSize=stack_size, numSeg=args.numSeg if family == "flow" else 1,
                       frameSize=frame_size, mapSize=feature_map_size(frame_size))
     C = test_set.num_classes
@@ -174,8 +203,16 @@ def main(argv=None):
         per_class[name] = None if mask.sum() == 0 else round(100.0 * (preds[mask] == c).float().mean().item(), 4)
     present = [v for v in per_class.values() if v is not None]
     acc = 100.0 * (preds == labels).float().mean().item()
+    from datasets.egtea import derived_accuracy, verb_noun_of
+    parts = verb_noun_of(test_set)
+    verb_acc, noun_acc = ((derived_accuracy(labels.tolist(), preds.tolist(), parts[0]),
+                           derived_accuracy(labels.tolist(), preds.tolist(), parts[1])) if parts else (None, None))
     summary = {"accuracy": round(acc, 4), "mean_class_accuracy": round(float(np.mean(present)), 4) if present else None,
+               "verb_accuracy": None if verb_acc is None else round(verb_acc, 4),
+               "noun_accuracy": None if noun_acc is None else round(noun_acc, 4),
                "per_class_accuracy": per_class, "num_videos": len(labels), "model": args.model,
+               "dataset_kind": dataset, "split": split,
+               "class_index": getattr(test_set, "class_index", None),  # action_idx.txt's 1-based index of each id
                "checkpoint": args.modelStateDict, "dataset": args.datasetDir, "test_users": test_users,
                "seqLen": seq_len, "frameSize": frame_size, "precision": args.precision}
     atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
@@ -183,7 +220,9 @@ def main(argv=None):
                           os.path.join(out_dir, "confusion_matrix.png"),
                           title=f"{args.model} on {' '.join(test_users)}: {acc:.2f}%")
     print(f"accuracy {acc:.2f}% ({int((preds == labels).sum())}/{len(labels)} videos), "
-          f"mean class accuracy {summary['mean_class_accuracy']}%; results in {out_dir}")
+          f"mean class accuracy {summary['mean_class_accuracy']}%"
+          + (f", verb accuracy {verb_acc:.2f}%, noun accuracy {noun_acc:.2f}% (from the action predictions)"
+             if parts else "") + f"; results in {out_dir}")
     return 0
 
 

@@ -96,7 +96,8 @@ PAPER_TEST_VIDEOS = 116
 # Arguments replicate.py sets itself: not allowed in --extra.
 MANAGED = ("--stage", "--datasetDir", "--outDir", "--seqLen", "--lr", "--numEpochs", "--stepSize",
            "--stage1Dict", "--flowModel", "--rgbModel", "--trainUsers", "--testUsers", "--resume",
-           "--overwrite", "--noAttention", "--regression", "--noMS", "--select", "--valFraction", "--opInput")
+           "--overwrite", "--noAttention", "--regression", "--noMS", "--select", "--valFraction", "--opInput",
+           "--dataset", "--split")
 SCRIPT_KIND = {"main_rgb.py": "rgb", "main_flow.py": "flow", "main_twostream.py": "twostream",
                "main_ms.py": "ms", "main_ms_op.py": "ms_op"}
 
@@ -203,6 +204,8 @@ def build_plan(opts, tables, columns, split_dir, users=None):
         tail = epochs_args(opts, role)
         if users is not None:
             tail += ["--trainUsers", *users[0], "--testUsers", *users[1]]
+        if opts.dataset == "egtea":
+            tail += ["--dataset", "egtea", "--split", str(opts.split)]
         if opts.frameSize is not None:
             tail += ["--frameSize", str(opts.frameSize)]
         if opts.pretrained is not None:
@@ -483,6 +486,8 @@ def build_tables(opts, tables, columns, cells, split_name, users, kind):
             cols = [(p, lk) for lk in lr_keys]
             rows = GRID_ROWS
             paper = lambda row, p, lk: PAPER_GRID[p].get(row, {}).get(lk)  # noqa: E731
+        if opts.dataset == "egtea":  # the paper reports no EGTEA number
+            paper = lambda row, p, lk: None  # noqa: E731
         col_specs = []
         for p, lk in cols:
             L = columns.get(p)
@@ -519,6 +524,7 @@ def build_tables(opts, tables, columns, cells, split_name, users, kind):
             L = columns.get(p)
             title = f"Table {t}. Stage-2 learning rate, {p} frames" + ("" if L == p else f" (ours: {L or '-'} frames)")
         out.append({"number": t, "title": title, "cells": [c.key for c in shown], "columns": col_specs, "rows": row_specs,
+                    "paper": opts.dataset != "egtea",
                     "caption": _caption(opts, t, columns, shown, split_name, users, kind)})
     return out
 
@@ -546,20 +552,28 @@ def _caption(opts, t, columns, shown, split_name, users, kind):
     dkind, reason = kind
     lines = []
     train, test = users if users else (FIXED_TRAIN, FIXED_TEST)
-    if dkind == "synthetic":
+    if opts.dataset == "egtea":
+        name = f"EGTEA Gaze+ split {opts.split}"
+        lines.append(f"**Dataset: SYNTHETIC, in EGTEA Gaze+'s form** (`{opts.datasetDir}`; {reason}). **These numbers "
+                     f"are not EGTEA Gaze+ numbers.**" if dkind == "synthetic" else
+                     f"**Dataset: {name}** (`{opts.datasetDir}`). The paper reports no EGTEA number: no paper column.")
+        lines.append(f"Train train_split{opts.split}.txt, test test_split{opts.split}.txt; `best` and `final` are "
+                     f"action top-1 accuracies (evaluate.py adds mean class, verb and noun accuracy).")
+    elif dkind == "synthetic":
         lines.append(f"**Dataset: SYNTHETIC** (`{opts.datasetDir}`; {reason}). **These numbers are not GTEA-61 "
                      f"numbers** and say nothing about the paper's results; the paper's columns are shown for the "
                      f"layout only.")
     else:
         lines.append(f"**Dataset: GTEA-61** (`{opts.datasetDir}`; {reason}).")
-    lines.append(f"Train {' '.join(train)}, test {' '.join(test)}"
-                 + ("" if list(test) == ["S2"] else " (the paper's numbers are for the fixed split, test S2)") + ".")
+    if opts.dataset != "egtea":
+        lines.append(f"Train {' '.join(train)}, test {' '.join(test)}"
+                     + ("" if list(test) == ["S2"] else " (the paper's numbers are for the fixed split, test S2)") + ".")
     # clip lengths
     if t == 1:
         cl = ", ".join(f"{p}-frame column: ours {columns[p]}" for p in PAPER_FRAMES if p in columns)
         lines.append(f"Clip length ({cl or 'no column run'}). Stage-2 lr {fmt_lr(TABLE1_LR)} (paper default). "
                      f"The warp-flow stream reads one 5-frame flow stack whatever the clip length: one run fills "
-                     f"both columns (the paper's 42.24 / 42.24).")
+                     f"both columns" + ("." if opts.dataset == "egtea" else " (the paper's 42.24 / 42.24)."))
     else:
         p = GRID_TABLE_FRAMES[t]
         L = columns.get(p)
@@ -593,8 +607,9 @@ def _caption(opts, t, columns, shown, split_name, users, kind):
     ntest = sorted({int(s["num_test_videos"]) for s in (_read_summary(c) for c in shown)
                     if s and s.get("num_test_videos") is not None})
     if ntest:
-        lines.append(f"Test videos: {'/'.join(map(str, ntest))} (the paper's S2: {PAPER_TEST_VIDEOS}; "
-                     f"one video = {100 / ntest[0]:.2f} points).")
+        lines.append(f"Test videos: {'/'.join(map(str, ntest))} ("
+                     + ("" if opts.dataset == "egtea" else f"the paper's S2: {PAPER_TEST_VIDEOS}; ")
+                     + f"one video = {100 / ntest[0]:.2f} points).")
     precisions = sorted({s["precision"] for s in (_read_summary(c) for c in shown) if s and s.get("precision")})
     if precisions:
         lines.append(f"Precision: {'/'.join(precisions)}" + (" (cells differ)" if len(precisions) > 1 else "") + ".")
@@ -625,15 +640,16 @@ def table_markdown(tab, cells):
     out = [f"# {title} (replication)", ""] + [ln + "  " for ln in tab["caption"]] + [""]
     first = "Configuration" if t == 1 else "Configurations/LR"
     header = [first]
+    with_paper = tab.get("paper", True)
     for c in tab["columns"]:
-        header += [f"{c['label']}: paper", f"{c['label']}: best", f"{c['label']}: final"]
+        header += ([f"{c['label']}: paper"] if with_paper else []) + [f"{c['label']}: best", f"{c['label']}: final"]
     out.append("| " + " | ".join(header) + " |")
     out.append("|---" + "|---:" * (len(header) - 1) + "|")
     for row in tab["rows"]:
         vals = []
         for v in row["values"]:
             paper = "-" if v["paper"] is None else (f"{v['paper']:.2f}" if t == 1 else f"{v['paper']}")
-            vals += [paper, fmt_acc(v["best"]), fmt_acc(v["final"])]
+            vals += ([paper] if with_paper else []) + [fmt_acc(v["best"]), fmt_acc(v["final"])]
         out.append("| " + " | ".join([row["label"]] + vals) + " |")
     notes = []
     keys = tab["cells"]
@@ -797,9 +813,19 @@ def parse_args(argv):
     p.add_argument("--pretrained", default=None, help="imagenet | none | PATH, passed to every script")
     p.add_argument("--extra", default="", help='more arguments for every script, e.g. "--trainBatchSize 8 --numWorkers 2"')
     p.add_argument("--crossval", action="store_true", help="the 4 leave-one-user-out splits, with crossval.md")
+    p.add_argument("--dataset", choices=["gtea61", "egtea"], default="gtea61",
+                   help="egtea: a root prepared by datasets.prepare --egtea (--datasetDir required), split --split")
+    p.add_argument("--split", type=int, choices=[1, 2, 3], default=None, help="--dataset egtea: the split (default 1)")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--verbose", action="store_true", help="show the scripts' output (always in <outDir>/logs/)")
     opts = p.parse_args(argv)
+    if opts.dataset == "egtea":
+        if opts.datasetDir is None or opts.crossval:
+            raise UsageError("--dataset egtea needs --datasetDir (a root prepared by datasets.prepare --egtea) and "
+                             "takes --split 1|2|3 instead of --crossval")
+        opts.split = opts.split or 1
+    elif opts.split is not None:
+        raise UsageError(f"--split {opts.split} applies to --dataset egtea")
     if opts.datasetDir is None:
         from utils.defaults import default_dataset_dir
         from utils.errors import UserError

@@ -314,47 +314,24 @@ class GTEA61(Dataset):
         self.video_ids, self.video_keys, self.labels, self.num_frames = [], [], [], []
         self._videos = []  # per video: dict of frame lists
         skipped = []
-        min_flow = max(MIN_FRAMES, self.stackSize)
         for u in self.users:
             for c in _subdirs(os.path.join(primary_dir, u)):
                 for inst in _subdirs(os.path.join(primary_dir, u, c)):
                     rel = os.path.join(u, c, inst)
                     vid = "/".join((primary, u, c, inst))
-                    v = {}
-                    if self._needs_rgb:
-                        d = os.path.join(root, primary, rel)
-                        if L["rgb_sub"]:
-                            d = os.path.join(d, L["rgb_sub"])
-                        files = _frame_files(d, L["rgb_re"]) or []
-                        if len(files) < MIN_FRAMES:
-                            skipped.append((vid, len(files)))
-                            continue
-                        v["rgb_dir"], v["rgb"] = d, files
-                    if self._needs_flow:
-                        flow = self._flow_files(tops, rel, vid)
-                        if len(flow) < min_flow:
-                            skipped.append((vid, len(flow)))
-                            continue
-                        v["flow"] = flow
-                    if self._needs_mmaps:
-                        d = (os.path.join(root, primary, rel, L["mmaps_sub"]) if L["mmaps_sub"]
-                             else os.path.join(root, L["mmaps_top"], rel))
-                        files = _frame_files(d, L["mmaps_re"])
-                        if not files:
-                            raise DatasetError(
-                                f"motion maps missing for video {vid}: {d} "
-                                f"{'has no motion-map files' if files is not None else 'does not exist'} "
-                                "(modality rgb_mmaps expects mmaps/mapNNNN.png next to rgb/, or in the "
-                                "Ego-RNN layout mmaps/<user>/<class>/<inst>/map_NNNNN.png)")
-                        v["mmaps_dir"] = d
-                        v["mmaps_nums"] = [n for n, _ in files]
-                        v["mmaps_names"] = [name for _, name in files]
+                    v = self._read_video(L, tops, primary, rel, vid, skipped)
+                    if v is None:
+                        continue
                     self.video_ids.append(vid)
                     self.video_keys.append(f"{u}/{c}/{inst}")
                     self.labels.append(class_id[c])
                     self.num_frames.append(len(v["rgb"]) if "rgb" in v else len(v["flow"]))
                     self._videos.append(v)
+        self._finish_scan(L, primary, primary_dir, skipped)
 
+    def _finish_scan(self, L, primary, primary_dir, skipped):
+        """Warn about the videos skipped as too short; a DatasetError when none is left."""
+        min_flow = max(MIN_FRAMES, self.stackSize)
         self.num_skipped = len(skipped)
         self.skipped = skipped
         if skipped:
@@ -370,6 +347,42 @@ class GTEA61(Dataset):
             pattern = L["rgb_pattern"] if self._needs_rgb else L["flow_pattern"].format(d=primary, a="x")
             raise DatasetError(f"no videos for user(s) {', '.join(self.users)} in {primary_dir}{extra}: "
                                f"expected {pattern}")
+
+    def _read_video(self, L, tops, primary, rel, vid, skipped):
+        """The frame lists of one video folder `rel` (relative to the layout's top folders),
+        or None when it has too few frames (then added to `skipped`)."""
+        root = self.root
+        min_flow = max(MIN_FRAMES, self.stackSize)
+        v = {}
+        if self._needs_rgb:
+            d = os.path.join(root, primary, rel)
+            if L["rgb_sub"]:
+                d = os.path.join(d, L["rgb_sub"])
+            files = _frame_files(d, L["rgb_re"]) or []
+            if len(files) < MIN_FRAMES:
+                skipped.append((vid, len(files)))
+                return None
+            v["rgb_dir"], v["rgb"] = d, files
+        if self._needs_flow:
+            flow = self._flow_files(tops, rel, vid)
+            if len(flow) < min_flow:
+                skipped.append((vid, len(flow)))
+                return None
+            v["flow"] = flow
+        if self._needs_mmaps:
+            d = (os.path.join(root, primary, rel, L["mmaps_sub"]) if L["mmaps_sub"]
+                 else os.path.join(root, L["mmaps_top"], rel))
+            files = _frame_files(d, L["mmaps_re"])
+            if not files:
+                raise DatasetError(
+                    f"motion maps missing for video {vid}: {d} "
+                    f"{'has no motion-map files' if files is not None else 'does not exist'} "
+                    "(modality rgb_mmaps expects mmaps/mapNNNN.png next to rgb/, or in the "
+                    "Ego-RNN layout mmaps/<user>/<class>/<inst>/map_NNNNN.png)")
+            v["mmaps_dir"] = d
+            v["mmaps_nums"] = [n for n, _ in files]
+            v["mmaps_names"] = [name for _, name in files]
+        return v
 
     def _keep_part(self, fraction, part):
         if part not in ("train", "val"):

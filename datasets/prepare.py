@@ -5,12 +5,24 @@ camera-compensated warp flow and motion maps, in either layout the loaders read.
         [--flow tvl1|farneback|raft] [--noWarp] [--fps N] [--shortSide 256] [--workers N]
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
     python -m datasets.prepare --frames DATASET [--out DIR] [--only flow|mmaps ...] ...
+    python -m datasets.prepare --egtea RELEASE --out DATASET ...   (EGTEA Gaze+, datasets/egtea.py)
+    python -m datasets.prepare --list FILE --out DATASET ...       (any list of video files)
 
 Inputs:
   --videos DIR   DIR/<user>/<class>/<instance>.<ext> (mp4, avi, mov, mkv, webm; any names,
                  commas allowed as in `stir_spoon,cup`), decoded with PyAV (datasets/video.py:
                  every frame once, presentation order, rotation applied, optional --fps and
                  --shortSide);
+  --egtea DIR    an EGTEA Gaze+ release: cropped_clips/<session>/<clip>.mp4 with action_idx.txt,
+                 verb_idx.txt, noun_idx.txt and train/test_split1..3.txt. Every clip a split file
+                 lists is prepared as the video <session>/<clip>; the index and split files are
+                 copied to DATASET, which --dataset egtea reads. A listed clip missing from
+                 cropped_clips is a warning with the count; a clip on disk that no split lists
+                 is not prepared (said once); a split line naming an action absent from
+                 action_idx.txt is a one-line error before anything is written;
+  --list FILE    one video file a line (relative to FILE's folder or absolute; further columns,
+                 such as labels, are ignored), prepared as the video <parent folder>/<file stem>;
+                 index and split files next to FILE (EGTEA's names) are copied to DATASET;
   --frames DIR   a dataset root in either layout: writes what a video lacks there (motion maps
                  in the Ego-RNN layout, flow where missing), computed from its frames as they
                  are (no resizing). With --out elsewhere the frames are copied there too.
@@ -25,6 +37,11 @@ What is written per video (N frames), numbered as the loaders read them (dataset
 Flow k goes from frame k to frame k+1, so there is one flow image fewer than RGB frames (as in
 GTEA-61's releases and the synthetic generator). Motion map k (datasets/warpflow.py) comes from
 flow k; the last frame, which has no next frame, repeats map N-1.
+
+Disk space: before writing, the output of the videos to do is estimated from their frame counts
+and output sizes at the bytes per pixel in BYTES_PER_PIXEL (README "EGTEA Gaze+"); a run whose
+estimate exceeds the free space of DATASET's disk stops there with a one-line error
+(--noSpaceCheck skips the check).
 
 Resilience:
   * every part of a video (rgb, mmaps, flow_x, flow_y folders) is written into
@@ -69,6 +86,12 @@ LAYOUTS = {
 KINDS = {"frames": ("rgb",), "flow": ("flow_y", "flow_x"), "mmaps": ("mmaps",)}
 PLACE_ORDER = ("flow_y", "flow_x", "mmaps", "rgb")  # rgb last: the loaders start from it
 JPEG_QUALITY = 95
+# Bytes per output pixel and frame, all parts together (RGB + flow x, y + motion map), for the
+# disk-space check. RGB at what a photograph costs (matplotlib's grace_hopper.jpg at short side
+# 256: PNG level 1 1.82 B/px, JPEG 95 0.50 B/px); the synthetic videos' flat colours cost a
+# fifth to a half of these (README "EGTEA Gaze+"), camera video more.
+BYTES_PER_PIXEL = {"course": 2.0 + 2 * 0.5 + 0.05, "egornn": 0.5 + 2 * 0.15 + 0.05}
+FILE_SLACK = 2048  # bytes per file beyond its size: half of a 4 KB file-system block on average
 _OS_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 
 
@@ -300,6 +323,127 @@ def _scan_videos(root):
     return sorted(found.items())
 
 
+def _video_file(folder_, stem):
+    from datasets.video import VIDEO_EXTS
+    for ext in VIDEO_EXTS:
+        path = os.path.join(folder_, stem + ext)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _scan_egtea(root):
+    """([(rel, path)], release files to copy) of an EGTEA-style release (datasets/egtea.py)."""
+    from datasets.egtea import CLIPS, Release, release_files, session_of
+    from datasets.video import VIDEO_EXTS
+    if not os.path.isdir(root):
+        raise UserError(f"--egtea {root}: no such folder (expected {CLIPS}/ and action_idx.txt inside)")
+    release = Release(root)  # reads every split file: a bad action index stops here
+    splits = sorted(n for n in os.listdir(root) if n.endswith(".txt") and "_split" in n)
+    if not splits:
+        raise UserError(f"--egtea {root}: no split files (train_split1.txt .. test_split3.txt)")
+    listed = sorted({clip for n in splits for clip, *_ in release.split(n[:-4])})
+    found, missing = [], []
+    for clip in listed:
+        rel = f"{session_of(clip)}/{clip}"
+        path = _video_file(os.path.join(root, CLIPS, session_of(clip)), clip)
+        (found.append((rel, path)) if path else missing.append(clip))
+    extra = []
+    clips_dir = os.path.join(root, CLIPS)
+    names = set(listed)
+    for session in (_listdir(clips_dir) if os.path.isdir(clips_dir) else []):
+        d = os.path.join(clips_dir, session)
+        if os.path.isdir(d):
+            extra += [n for n in _listdir(d) if os.path.splitext(n)[1].lower() in VIDEO_EXTS
+                      and os.path.splitext(n)[0] not in names]
+    if missing:
+        print(f"warning: {len(missing)} of the {len(listed)} clips listed in {', '.join(splits)} are not in "
+              f"{clips_dir}, skipped (the loaders skip them too): {', '.join(missing[:3])}"
+              f"{' ...' if len(missing) > 3 else ''}", file=sys.stderr)
+    if extra:
+        print(f"note: {len(extra)} clip(s) in {clips_dir} are in no split file and are not prepared: "
+              f"{', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}", file=sys.stderr)
+    if not found:
+        raise UserError(f"--egtea {root}: none of the {len(listed)} listed clips is in {clips_dir} "
+                        "(expected <session>/<clip>.mp4 there)")
+    copies = [os.path.join(root, n) for n in release_files() if os.path.isfile(os.path.join(root, n))]
+    return found, copies
+
+
+def _scan_list(path):
+    """([(rel, path)], release files to copy) of a --list file."""
+    from datasets.egtea import release_files
+    if not os.path.isfile(path):
+        raise UserError(f"--list {path}: no such file (one video path a line)")
+    base = os.path.dirname(os.path.abspath(path))
+    found, missing, seen = [], [], {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            video = fields[0] if os.path.isabs(fields[0]) else os.path.join(base, fields[0])
+            rel = f"{os.path.basename(os.path.dirname(video)) or 'videos'}/{os.path.splitext(os.path.basename(video))[0]}"
+            if rel in seen:
+                if seen[rel] != os.path.abspath(video):
+                    raise UserError(f"--list {path} line {n}: {fields[0]} and {seen[rel]} would both be prepared "
+                                    f"as {rel} (same folder name and file stem): rename one")
+                continue
+            seen[rel] = os.path.abspath(video)
+            (found.append((rel, video)) if os.path.isfile(video) else missing.append(fields[0]))
+    if missing:
+        print(f"warning: {len(missing)} video(s) of {path} do not exist, skipped: {', '.join(missing[:3])}"
+              f"{' ...' if len(missing) > 3 else ''}", file=sys.stderr)
+    if not found:
+        raise UserError(f"--list {path}: no existing video file listed")
+    copies = [os.path.join(base, n) for n in release_files() if os.path.isfile(os.path.join(base, n))]
+    return sorted(found), copies
+
+
+def copy_release_files(paths, out):
+    """Copy the index and split files (and a synthetic release's marker) into the dataset root."""
+    for src in paths:
+        dst = os.path.join(out, os.path.basename(src))
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def estimate_bytes(jobs, layout, short_side):
+    """Estimated bytes the jobs will write (BYTES_PER_PIXEL x output pixels x frames)."""
+    from datasets.video import VideoError, output_size, probe
+    total = 0
+    for job in jobs:
+        if not isinstance(job.source, str):
+            continue
+        try:
+            info = probe(job.source)
+        except VideoError:
+            continue
+        w, h = output_size(info["width"], info["height"], short_side)
+        files = sum(len(KINDS[p]) for p in job.parts)  # image files per frame
+        # the parts' shares of BYTES_PER_PIXEL: RGB 2/3, flow 1/3, maps ~0; half a 4 KB block per file
+        share = sum({"frames": 0.66, "flow": 0.33, "mmaps": 0.01}[p] for p in job.parts)
+        total += job.estimate * (w * h * BYTES_PER_PIXEL[layout] * share + files * FILE_SLACK)
+    return total
+
+
+def check_space(jobs, layout, args):
+    """Stop before writing when the estimated output exceeds the free space of --out's disk."""
+    need = estimate_bytes(jobs, layout, args.shortSide)
+    free = shutil.disk_usage(args.out).free
+    def size(b):
+        return f"{b / 1e9:.1f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
+    print(f"estimated output {size(need)} ({BYTES_PER_PIXEL[layout]:.2f} bytes per pixel and frame, "
+          f"{layout} layout); {size(free)} free on {args.out}", file=sys.stderr)
+    if need > free and not args.noSpaceCheck:
+        raise UserError(f"--out {args.out}: the output is estimated at {size(need)} and its disk has "
+                        f"{size(free)} free: free space, choose --out on a larger disk, a smaller "
+                        "--shortSide or --fps, or the egornn layout (JPEG, about 4x smaller); --noSpaceCheck "
+                        "skips this check")
+    return need
+
+
 def _scan_frames(root):
     """(layout, [(rel, [frame paths], [frame numbers])]) of a dataset root in either layout."""
     from datasets.gtea61 import _LAYOUTS, _frame_files, _subdirs, _top, detect_layout
@@ -335,9 +479,9 @@ def plan(args, opts):
     out, layout = opts["out"], opts["layout"]
     common = {"flow": {"flow": args.flow, "warp": not args.noWarp},
               "mmaps": {"flow": args.flow, "warp": not args.noWarp}, "frames": {}}
-    if args.videos:
+    if args.videos or args.egtea or args.list:
         items = []
-        for rel, path in _scan_videos(args.videos):
+        for rel, path in opts["_videos"]:
             st = os.stat(path)
             src = {"source": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                    "fps": args.fps, "shortSide": args.shortSide}
@@ -398,6 +542,8 @@ def parse_args(argv):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="folder of videos: <user>/<class>/<instance>.<ext>")
     src.add_argument("--frames", help="dataset root (either layout) to complete with flow / motion maps")
+    src.add_argument("--egtea", help="EGTEA Gaze+ release: cropped_clips/<session>/<clip>.mp4 + index and split files")
+    src.add_argument("--list", help="file of video paths, one a line (further columns ignored)")
     p.add_argument("--out", help="dataset to write (required with --videos; default: the --frames root)")
     p.add_argument("--layout", choices=tuple(LAYOUTS), default=None,
                    help="course (PNG) or egornn (JPEG); default course, or the --frames root's")
@@ -415,6 +561,8 @@ def parse_args(argv):
     p.add_argument("--skipBad", action="store_true", help="exit 0 even if some videos could not be read")
     p.add_argument("--raftWeights", default=None, help="torchvision RAFT state dict (default: the torch hub cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--noSpaceCheck", action="store_true",
+                   help="write even if the estimated output exceeds the free disk space")
     return p.parse_args(argv)
 
 
@@ -428,7 +576,8 @@ def check_args(args):
         args.out = os.path.abspath(args.out or args.frames)
     else:
         if not args.out:
-            raise UserError("--videos needs --out DATASET (the folder to write)")
+            source = "--videos" if args.videos else "--egtea" if args.egtea else "--list"
+            raise UserError(f"{source} needs --out DATASET (the folder to write)")
         args.out = os.path.abspath(args.out)
         args.shortSide = 256 if args.shortSide is None else args.shortSide
         if args.shortSide < 0:
@@ -534,16 +683,27 @@ def main(argv=None):
     else:
         layout, frames = args.layout or "course", None
         only = args.only or list(PARTS)
+        if args.egtea:
+            videos, copies = _scan_egtea(args.egtea)
+        elif args.list:
+            videos, copies = _scan_list(args.list)
+        else:
+            videos, copies = _scan_videos(args.videos), []
     only = [p for p in PARTS if p in only]
     opts = {"out": args.out, "layout": layout, "flow": args.flow, "warp": not args.noWarp, "fps": args.fps,
             "shortSide": args.shortSide, "raftWeights": args.raftWeights, "only": only, "_frames": frames,
-            "_needs_method": "flow" in only or "mmaps" in only}
+            "_needs_method": "flow" in only or "mmaps" in only, "_videos": None if args.frames else videos}
     lock = _Lock(args.out)
     try:
         shutil.rmtree(os.path.join(args.out, STATE, "tmp"), ignore_errors=True)  # a killed run's
         shutil.rmtree(os.path.join(args.out, STATE, "trash"), ignore_errors=True)
         jobs, done = plan(args, opts)
-        worker_opts = {k: v for k, v in opts.items() if k != "_frames"}
+        if not args.frames:
+            check_space(jobs, layout, args)
+            # a synthetic release's marker goes along, so that results on it say they are synthetic
+            marker = os.path.join(args.egtea, ".complete") if args.egtea else None
+            copy_release_files(copies + ([marker] if marker and os.path.isfile(marker) else []), args.out)
+        worker_opts = {k: v for k, v in opts.items() if k not in ("_frames", "_videos")}
         what = ", ".join(only)
         method = f"{args.flow}{'' if args.noWarp else ' + warp'}" if opts["_needs_method"] else ""
         print(f"preparing {len(jobs)} video(s) ({what}{'; ' + method if method else ''}; {layout} layout) "

@@ -1,6 +1,6 @@
 """Synthetic GTEA-61-like dataset, written in the real on-disk layouts.
 
-    python -m datasets.synthetic --out DIR [--layout course|egornn|videos] [--classes N]
+    python -m datasets.synthetic --out DIR [--layout course|egornn|videos|egtea] [--classes N]
         [--instances K] [--users S1 S2 S3 S4] [--seed S] [--size WxH] [--if-missing]
         [--no-short] [--no-quirks] [--fps F]
 
@@ -37,6 +37,16 @@ with what a preparation should find:
     bool, the pixels that move in the scene; "camera" (N, 2), the camera offsets.
   The camera's step between frames is a whole-pixel translation of 1-2 px (median, up to 5),
   enough that uncompensated flow marks the whole background as moving.
+The egtea layout writes a small release in EGTEA Gaze+'s form (the input of
+python -m datasets.prepare --egtea, see datasets/egtea.py):
+  * cropped_clips/<session>/<clip>.mp4, sessions named like EGTEA's (P01-R01-PastaSalad), clip =
+    <session>-<start ms>-<end ms>-F<start frame>-F<end frame> at 24 frames/s;
+  * action_idx.txt, verb_idx.txt, noun_idx.txt: "<name> <1-based index>" a line, names with
+    spaces and slashes (EGTEA_ACTIONS);
+  * train_splitK.txt / test_splitK.txt, K = 1..3: "<clip> <action> <verb> <noun>", 1-based;
+    split K tests on session K and trains on the others;
+  * quirks as users meet them: one clip listed in the split files but absent from disk
+    (EGTEA_MISSING_CLIP's position), and one clip on disk that no split file lists.
 Quirks in the course layout (default on, --no-quirks to disable): one `rgb0003(1).png`
 duplicate, `.DS_Store` files and one missing motion-map index. Too-short videos (default on,
 --no-short to disable): two videos of 4 and 3 frames in the first and third user.
@@ -62,7 +72,7 @@ MARKER = ".complete"
 FORMAT_VERSION = 1
 FLOW_SCALE = 6.0  # 8-bit flow value per pixel of displacement
 DEFAULT_USERS = ("S1", "S2", "S3", "S4")
-LAYOUTS = ("course", "egornn", "videos")
+LAYOUTS = ("course", "egornn", "videos", "egtea")
 VIDEO_FPS = 15
 DEFAULT_CLASSES = ("take_cup", "put_cup", "open_box", "close_box",
                    "take_jam", "put_jam", "open_jam", "close_jam")
@@ -98,11 +108,17 @@ def class_pool():
     return pool
 
 
+MAX_CLASSES = 74  # 2 x the pool: beyond it, the pool again as take_cup_2, ... (GTEA 71-sized sets)
+
+
 def class_names(n):
     pool = class_pool()
-    if not 2 <= n <= len(pool):
-        raise ValueError(f"--classes must be between 2 and {len(pool)}, got {n}")
-    return pool[:n]
+    if not 2 <= n <= MAX_CLASSES:
+        raise ValueError(f"--classes must be between 2 and {MAX_CLASSES}, got {n}")
+    # a repeated class looks like its original (same verb and noun, other draws): a dataset
+    # of that size for checking the loaders, not a task a model can learn beyond the pool
+    names = pool + [f"{c}_2" for c in pool]
+    return names[:n]
 
 
 def _ease(x):
@@ -120,6 +136,8 @@ class _Video:
 
     def __init__(self, cls, W, H, rng):
         self.verb, noun = cls.split("_", 1)
+        if noun.rsplit("_", 1)[-1].isdigit():  # take_cup_2: a repeat of take_cup (class_names)
+            noun = noun.rsplit("_", 1)[0]
         self.backwards = self.verb in REVERSED
         self.base_verb = REVERSED.get(self.verb, self.verb)
         u = H / 120.0
@@ -329,6 +347,73 @@ def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1, c
             "scene_flow": scene_flow, "flow": flow}
 
 
+# --layout egtea: (EGTEA-style action name, verb, noun, the class rendered for it). Index files
+# number them from 1 in this order; the names carry EGTEA's spaces and slashes.
+EGTEA_ACTIONS = (
+    ("Take cup", "Take", "cup", "take_cup"),
+    ("Put cup", "Put", "cup", "put_cup"),
+    ("Open/Unwrap box", "Open/Unwrap", "box", "open_box"),
+    ("Close box", "Close", "box", "close_box"),
+    ("Take jam/honey", "Take", "jam/honey", "take_jam"),
+    ("Put jam/honey", "Put", "jam/honey", "put_jam"),
+)
+EGTEA_SESSIONS = ("P01-R01-PastaSalad", "P02-R03-BaconAndEggs", "P03-R05-Cheeseburger")
+EGTEA_FPS = 24
+EGTEA_MISSING_CLIP = (1, 0)  # (session, action) whose first clip is listed but not written
+
+
+def egtea_plan(instances, seed):
+    """[(session index, action index (0-based), clip name, frames)]: `instances` clips per action
+    and session, plus one extra clip of the first session (on disk, in no split file)."""
+    rng = np.random.default_rng([seed, 24])
+    rows = []
+    for si, session in enumerate(EGTEA_SESSIONS):
+        t = 1000 * int(rng.integers(10, 60))  # ms into the session video
+        for j in range(instances + (1 if si == 0 else 0)):
+            for ai in range(len(EGTEA_ACTIONS)):
+                n = int(rng.integers(10, 29))
+                t += int(rng.integers(2000, 9000))
+                end = t + round(1000 * (n - 1) / EGTEA_FPS)
+                f0 = round(t * EGTEA_FPS / 1000)
+                name = f"{session}-{t}-{end}-F{f0:06d}-F{f0 + n - 1:06d}"
+                rows.append((si, ai, name, n, j == instances))  # last: the extra round
+                t = end
+    return [r for r in rows if not r[4] or r[1] == 0]
+
+
+def write_egtea(out, instances, size, seed, verbose=True):
+    """The egtea layout (see the module docstring)."""
+    from datasets.video import write_video
+    verbs = list(dict.fromkeys(a[1] for a in EGTEA_ACTIONS))
+    nouns = list(dict.fromkeys(a[2] for a in EGTEA_ACTIONS))
+    for fname, names in (("action_idx.txt", [a[0] for a in EGTEA_ACTIONS]), ("verb_idx.txt", verbs),
+                         ("noun_idx.txt", nouns)):
+        with open(os.path.join(out, fname), "w") as f:
+            f.writelines(f"{name} {k + 1}\n" for k, name in enumerate(names))
+    rows = egtea_plan(instances, seed)
+    listed = [r for r in rows if not r[4]]
+    missing = next(r for r in listed if (r[0], r[1]) == EGTEA_MISSING_CLIP)
+    t0 = time.time()
+    for si, ai, name, n, _ in rows:
+        if (si, ai, name) == missing[:3]:
+            continue
+        inst = int(name.split("-")[3]) % 1000  # varies the render within one action and session
+        vid = render_video(EGTEA_ACTIONS[ai][3], si, n, size, seed, inst)
+        d = os.path.join(out, "cropped_clips", EGTEA_SESSIONS[si])
+        os.makedirs(d, exist_ok=True)
+        write_video(os.path.join(d, name + ".mp4"), vid["rgb"], EGTEA_FPS)
+    for k in range(1, 4):
+        for part in ("train", "test"):
+            with open(os.path.join(out, f"{part}_split{k}.txt"), "w") as f:
+                for si, ai, name, _, _ in listed:
+                    if (si == k - 1) == (part == "test"):
+                        a = EGTEA_ACTIONS[ai]
+                        f.write(f"{name} {ai + 1} {verbs.index(a[1]) + 1} {nouns.index(a[2]) + 1}\n")
+    if verbose:
+        print(f"  {len(rows) - 1} clips in {time.time() - t0:.1f}s ({len(listed)} listed in the splits, "
+              f"one of them missing on disk; one clip in no split)", file=sys.stderr, flush=True)
+
+
 def _lengths(rng, n):
     return [int(x) for x in rng.integers(10, 29, n)]
 
@@ -387,6 +472,8 @@ def generate(out, layout="course", classes=8, instances=3, users=DEFAULT_USERS, 
     names = class_names(classes)
     users = list(users)
     W, H = size
+    if layout == "egtea":
+        return write_egtea(out, instances, size, seed, verbose)
     if layout == "videos":
         return write_videos(out, plan(names, instances, users, seed, short), size, seed, fps, verbose)
     ext = "png" if layout == "course" else "jpg"
@@ -437,6 +524,10 @@ def _params(args):
               "size": list(args.size), "short": args.short, "quirks": args.quirks}
     if args.layout == "videos":
         params["fps"] = args.fps
+    if args.layout == "egtea":  # its own actions, sessions and frame rate
+        params.update(classes=len(EGTEA_ACTIONS), users=list(EGTEA_SESSIONS), fps=EGTEA_FPS)
+        for k in ("short", "quirks"):
+            params.pop(k)
     return params
 
 
@@ -460,9 +551,11 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="dataset folder to create")
     ap.add_argument("--layout", choices=LAYOUTS, default="course",
                     help="course / egornn: frames, flow (and maps) as images; videos: mp4 files plus the "
-                         "true flow and motion masks, the input of python -m datasets.prepare")
+                         "true flow and motion masks, the input of python -m datasets.prepare; egtea: a small "
+                         "release in EGTEA Gaze+'s form (clips, index and split files: --egtea of datasets.prepare)")
     ap.add_argument("--fps", type=float, default=VIDEO_FPS, help="frame rate of the videos layout")
-    ap.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{len(class_pool())})")
+    ap.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{MAX_CLASSES}; beyond "
+                    f"{len(class_pool())}, repeats of the first ones under new names)")
     ap.add_argument("--instances", type=int, default=3, help="videos per class and user")
     ap.add_argument("--users", nargs="+", default=list(DEFAULT_USERS))
     ap.add_argument("--seed", type=int, default=0)
@@ -483,7 +576,7 @@ def main(argv=None):
 
     if args.instances < 1:
         return fail(f"--instances must be >= 1, got {args.instances}")
-    if args.layout == "videos" and (args.size[0] % 2 or args.size[1] % 2):
+    if args.layout in ("videos", "egtea") and (args.size[0] % 2 or args.size[1] % 2):
         return fail(f"--size {args.size[0]}x{args.size[1]}: H.264 videos need an even width and height")
     if args.fps <= 0:
         return fail(f"--fps must be positive, got {args.fps}")

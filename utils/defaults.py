@@ -54,10 +54,14 @@ def stage1_command(kind, args):
         implicit_data = False
     if not implicit_data:
         cmd += ["--datasetDir", str(args.datasetDir)]
-    if args.outDir != f"experiments/main_{kind}_seq{args.seqLen}":
+    from utils.experiment import dataset_suffixed
+    if args.outDir != dataset_suffixed(args, f"experiments/main_{kind}_seq{args.seqLen}"):
         cmd += ["--outDir", str(args.outDir)]
+    egtea = getattr(args, "dataset", "gtea61") == "egtea"
+    if egtea:  # the split stands for the users
+        cmd += ["--dataset", "egtea", "--split", str(args.split)]
     # what changes the stage-1 weights' shapes or meaning
-    for name in ("trainUsers", "testUsers", "memSize", "frameSize", "pretrained"):
+    for name in ((() if egtea else ("trainUsers", "testUsers")) + ("memSize", "frameSize", "pretrained")):
         value = getattr(args, name, None)
         if value != getattr(defaults, name):
             cmd += [f"--{name}", *(map(str, value) if isinstance(value, list) else [str(value)])]
@@ -72,7 +76,8 @@ def missing_stage1_message(kind, args, path):
     msg = (f"stage 2 needs a stage-1 checkpoint and there is none at {path}: run stage 1 first "
            f"(`{stage1_command(kind, args)}`) or pass --stage1Dict PATH")
     demo = os.path.join(DEMO_OUT, "stage1", "best_model.pth")
-    if os.path.isfile(demo) and os.path.abspath(demo) != os.path.abspath(path):
+    if os.path.isfile(demo) and os.path.abspath(demo) != os.path.abspath(path) \
+            and getattr(args, "dataset", "gtea61") != "egtea":  # the demo's stage 1 is GTEA-61-form
         held = os.path.exists(os.path.join(DEMO_OUT, "stage2"))
         msg += (f"; `make demo`'s stage 1 (synthetic data) exists: --stage1Dict {demo} uses it, and so does "
                 f"--outDir {DEMO_OUT}" + (" (with --overwrite: its stage 2 holds the demo's results)" if held else "")

@@ -33,6 +33,10 @@ STAGES = {"rgb": (1, 2), "flow": (1,), "twostream": (1,)}
 OP_FRAMES = 4
 SELECT = ("test", "val", "last")
 FLOW_MODEL = "experiments/main_flow/stage1/best_model.pth"  # two-stream's default --flowModel
+DATASETS = ("gtea61", "egtea")
+# GTEA-61's users. The parser's defaults are these very list objects, so that check_args can tell
+# them from users typed on the command line (refused with --dataset egtea, whose splits select videos).
+TRAIN_USERS, TEST_USERS = ["S1", "S3", "S4"], ["S2"]
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -55,9 +59,15 @@ def base_parser(kind, description):
     p.add_argument("--stage", type=int, choices=stages, default=None,
                    help="run only this stage (default: " + " then ".join(map(str, stages)) + ")")
     p.add_argument("--datasetDir", default=None, help="GTEA-61 root (course or Ego-RNN layout); default: "
-                   "$GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61 (utils/defaults.py)")
-    p.add_argument("--trainUsers", nargs="+", default=["S1", "S3", "S4"])
-    p.add_argument("--testUsers", nargs="+", default=["S2"])
+                   "$GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61 (utils/defaults.py). "
+                   "--dataset egtea: a root prepared by python -m datasets.prepare --egtea (required)")
+    p.add_argument("--dataset", choices=DATASETS, default="gtea61",
+                   help="gtea61: videos selected by user folders; egtea: EGTEA Gaze+ or any split-file "
+                        "dataset (datasets/egtea.py), videos selected by --split")
+    p.add_argument("--split", type=int, choices=(1, 2, 3), default=None,
+                   help="--dataset egtea: train on train_splitK.txt, test on test_splitK.txt (default 1)")
+    p.add_argument("--trainUsers", nargs="+", default=TRAIN_USERS, help="GTEA-61 users to train on")
+    p.add_argument("--testUsers", nargs="+", default=TEST_USERS, help="GTEA-61 users to test on")
     p.add_argument("--outDir", default=None, help=f"default experiments/main_{kind}_seq<seqLen>")
     p.add_argument("--seqLen", type=int, default=16, help="frames per clip (RGB)")
     p.add_argument("--trainBatchSize", type=int, default=32)
@@ -112,7 +122,31 @@ def base_parser(kind, description):
     return p
 
 
+def check_dataset_args(args):
+    """--dataset / --split against --trainUsers / --testUsers. With --dataset egtea the split files
+    select the videos: trainUsers / testUsers become [train_splitK] / [test_splitK], so that every
+    record and check made for users (checkpoint configs, resume, the overlap check) covers splits."""
+    dataset = getattr(args, "dataset", "gtea61")
+    if dataset == "egtea":
+        given = [f"--{n}" for n, d in (("trainUsers", TRAIN_USERS), ("testUsers", TEST_USERS))
+                 if getattr(args, n) is not d]
+        if given:
+            raise UserError(f"{' and '.join(given)} select GTEA-61 users; --dataset egtea selects videos by "
+                            f"split file: use --split 1|2|3")
+        if args.datasetDir is None:
+            raise UserError("--dataset egtea needs --datasetDir: a root prepared by "
+                            "python -m datasets.prepare --egtea RELEASE --out ROOT")
+        args.split = args.split or 1
+        from datasets.egtea import split_names
+        train, test = split_names(args.split)
+        args.trainUsers, args.testUsers = [train], [test]
+    elif getattr(args, "split", None) is not None:
+        raise UserError(f"--split {args.split} applies to --dataset egtea; GTEA-61 selects videos by "
+                        f"--trainUsers / --testUsers")
+
+
 def check_args(kind, args):
+    check_dataset_args(args)
     for name in ("lr", "numEpochs", "trainBatchSize", "valBatchSize", "seqLen", "frameSize", "memSize", "stackSize"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
@@ -147,7 +181,7 @@ def stage_args(args, family, stage):
         if getattr(a, k) is None:
             setattr(a, k, list(v) if isinstance(v, list) else v)
     if a.stackSize is None:  # two-stream: the flow model's own
-        a.stackSize = flow_stack_size(a.flowModel or FLOW_MODEL) if family == "twostream" else 5
+        a.stackSize = flow_stack_size(a.flowModel or default_flow_model(a)) if family == "twostream" else 5
     a.stage = stage
     return a
 
@@ -239,7 +273,8 @@ class Experiment:
                 "frameSize": a.frameSize, "stackSize": a.stackSize if self.family != "rgb" else None,
                 "msKind": self.ms if self.heads_on else None, "trainUsers": list(a.trainUsers),
                 "testUsers": list(a.testUsers), "select": a.select,
-                "valFraction": a.valFraction if a.select == "val" else None}
+                "valFraction": a.valFraction if a.select == "val" else None,
+                "dataset": getattr(a, "dataset", "gtea61"), "split": getattr(a, "split", None)}
 
     def build_model(self, pretrained):
         import models
@@ -336,7 +371,9 @@ def expected_config(exp, *keys):
     values = {"classes": list(exp.classes), "memSize": a.memSize, "seqLen": a.seqLen,
               "frameSize": a.frameSize, "stackSize": a.stackSize, "trainUsers": list(a.trainUsers),
               "testUsers": list(a.testUsers), "attention": not getattr(a, "noAttention", False)}
-    out = {k: values[k] for k in keys}
+    # dataset and split first: a run on another split also differs in trainUsers (the split's file)
+    out = {"dataset": getattr(a, "dataset", "gtea61"), "split": getattr(a, "split", None)}
+    out.update({k: values[k] for k in keys})
     if a.select == "val":  # a val-selected stage starts from val-selected models with the same split
         out.update(select="val", valFraction=a.valFraction)
     return out
@@ -349,9 +386,10 @@ def build_stage_model(exp, train_set):
     from utils.config import check_config, saved_config
     a = exp.args
     if exp.family == "twostream":
-        flow_path = _load_model_file(a.flowModel or FLOW_MODEL, "--flowModel",
+        flow_path = _load_model_file(a.flowModel or default_flow_model(a), "--flowModel",
                                      "train it with main_flow.py or pass --flowModel PATH")
-        rgb_path = _load_model_file(a.rgbModel or f"experiments/main_rgb_seq{a.seqLen}/stage2/best_model.pth",
+        rgb_path = _load_model_file(a.rgbModel or dataset_suffixed(a, f"experiments/main_rgb_seq{a.seqLen}")
+                                    + "/stage2/best_model.pth",
                                     "--rgbModel", "train it with main_rgb.py (stage 2) or pass --rgbModel PATH")
         users = ("classes", "frameSize", "trainUsers", "testUsers")
         check_config(flow_path, saved_config(flow_path), expected_config(exp, *users, "stackSize"), "--flowModel")
@@ -432,8 +470,8 @@ def stage_datasets(exp):
     """(train set, test set) of this stage; fills exp.num_classes, exp.classes and exp.val_set.
     With --select val the validation videos (exp.val_set) are a fixed share of each class's
     training videos (datasets.gtea61.validation_split), left out of the training set."""
-    from datasets import GTEA61
     a = exp.args
+    GTEA61 = dataset_class(a)
     common = dict(seqLen=a.seqLen, stackSize=a.stackSize, frameSize=a.frameSize, mapSize=exp.map_size,
                   regression=bool(getattr(a, "regression", False)), cache=resolve_cache_dir(a))
     val = a.select == "val"
@@ -444,6 +482,33 @@ def stage_datasets(exp):
                      holdout=(a.valFraction, "val"), **common) if val else None
     exp.num_classes, exp.classes, exp.val_set = train_set.num_classes, train_set.classes, val_set
     return train_set, test_set
+
+
+def dataset_suffixed(args, folder):
+    """A default experiment folder, with _egtea_split<K> for --dataset egtea (runs on another
+    dataset or split never land in, or start from, GTEA-61's folders)."""
+    if getattr(args, "dataset", "gtea61") == "egtea":
+        return f"{folder}_egtea_split{args.split}"
+    return folder
+
+
+def default_flow_model(args):
+    return os.path.join(dataset_suffixed(args, os.path.dirname(os.path.dirname(FLOW_MODEL))), "stage1",
+                        "best_model.pth")
+
+
+def dataset_class(args):
+    """GTEA61, or datasets.egtea.EGTEA for --dataset egtea; a GTEA-61 run on a split-file root
+    is told to pass --dataset egtea."""
+    if getattr(args, "dataset", "gtea61") == "egtea":
+        from datasets.egtea import EGTEA
+        return EGTEA
+    from datasets import GTEA61
+    from datasets.egtea import INDEX_FILES
+    if os.path.isfile(os.path.join(args.datasetDir, INDEX_FILES["action"])):
+        raise UserError(f"--datasetDir {args.datasetDir} holds {INDEX_FILES['action']}: a split-file dataset "
+                        "(EGTEA Gaze+ form); pass --dataset egtea --split 1|2|3")
+    return GTEA61
 
 
 def stage_loaders(exp, train_set, test_set):
@@ -472,7 +537,8 @@ def run(kind, argv=None, description=None, extra_args=None):
         from utils.defaults import default_dataset_dir
         args.datasetDir = default_dataset_dir()
     if args.outDir is None:
-        args.outDir = "experiments/main_flow" if kind == "flow" else f"experiments/main_{kind}_seq{args.seqLen}"
+        args.outDir = dataset_suffixed(args, "experiments/main_flow" if kind == "flow"
+                                       else f"experiments/main_{kind}_seq{args.seqLen}")
     family = FAMILY[kind]
     stages = [args.stage] if args.stage else list(STAGES[family])
 
