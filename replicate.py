@@ -1,5 +1,6 @@
 """Replicate the paper's Tables 1-3 (and the OP-only ablation of its Section 5) with the five
-experiment scripts, exactly as a user would run them, one subprocess at a time.
+experiment scripts, exactly as a user would run them, one subprocess per cell
+(--jobs N: N cells at a time, each after the cells it needs).
 
 This file holds the paper's numbers, the tables' captions and figures and the command line; the
 plan (which cells, what each needs first) and its execution are in utils/replicate_plan.py.
@@ -9,6 +10,7 @@ plan (which cells, what each needs first) and its execution are in utils/replica
     python replicate.py --table 1 --datasetDir DIR --epochs1 30 --epochs2 15 --epochsFlow 75 \\
         --epochsTwoStream 25 --extra "--trainBatchSize 8 --numWorkers 2"
     python replicate.py --table all --datasetDir DIR --crossval       # 4 leave-one-user-out splits
+    python replicate.py --table all --datasetDir DIR --jobs 4 --devices cuda:0,cuda:1   # 4 cells at a time
 
 Cells (one command each; outputs under --outDir, default experiments/replicate):
 
@@ -447,6 +449,12 @@ def parse_args(argv):
     p.add_argument("--pretrained", default=None, help="imagenet | none | PATH, passed to every script")
     p.add_argument("--extra", default="", help='more arguments for every script, e.g. "--trainBatchSize 8 --numWorkers 2"')
     p.add_argument("--crossval", action="store_true", help="the 4 leave-one-user-out splits, with crossval.md")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at the same time, each as soon as the cells it needs are done (tables identical "
+                        "to --jobs 1; on the CPU each cell gets cores/jobs threads unless OMP_NUM_THREADS is set)")
+    p.add_argument("--devices", default=None,
+                   help="comma-separated devices the jobs go round, e.g. cuda:0,cuda:1 (--jobs 4: two cells per GPU) "
+                        "or cpu; default: every cell sees what replicate.py sees")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--verbose", action="store_true", help="show the scripts' output (always in <outDir>/logs/)")
     opts = p.parse_args(argv)
@@ -463,6 +471,13 @@ def parse_args(argv):
             raise UsageError(f"--{name} must be positive (got {v})")
     if any(lr <= 0 for lr in opts.lrs):
         raise UsageError("--lrs must be positive")
+    if opts.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1 (got {opts.jobs})")
+    if opts.devices is not None:
+        opts.devices = [d.strip() for d in opts.devices.split(",") if d.strip()]
+        bad = [d for d in opts.devices if not (d == "cpu" or (d.startswith("cuda:") and d[5:].isdigit()))]
+        if bad or not opts.devices:
+            raise UsageError(f"--devices {','.join(bad) or '(empty)'}: give devices as cuda:N or cpu, comma-separated")
     lrs = []
     for lr in opts.lrs:
         if not any(math.isclose(lr, x) for x in lrs):
@@ -540,7 +555,8 @@ def _run(opts, tables, columns, plan, all_cells, kind):
                 write_split_outputs(opts, tables, columns, cells, name, split_dir, users, kind, figure=False)
 
             try:
-                execute(cells, opts.extra_args, os.path.join(split_dir, "logs"), opts.verbose, progress)
+                execute(cells, opts.extra_args, os.path.join(split_dir, "logs"), opts.verbose, progress,
+                        opts.jobs, opts.devices)
             except Interrupted:
                 interrupted = True
             per_split.append((name, split_dir, write_split_outputs(opts, tables, columns, cells, name, split_dir,

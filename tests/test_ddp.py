@@ -45,7 +45,7 @@ def read_log(d, stage="stage1"):
 
 
 def weights(d, stage):
-    return torch.load(d / stage / "last.pth", map_location="cpu", weights_only=True)["model"]
+    return torch.load(d / stage / "last.pth", map_location="cpu", weights_only=True, mmap=True)["model"]
 
 
 def descendants(pid):

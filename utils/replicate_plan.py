@@ -290,12 +290,14 @@ def _die_with_parent():
         pass
 
 
-def run_cell(cell, extra, log_dir, verbose):
-    """Run one cell; returns (exit status, last error line). Raises Interrupted on Ctrl-C."""
+def run_cell(cell, extra, log_dir, verbose, env_extra=None, procs=None):
+    """Run one cell; returns (exit status, last error line, log path). Raises Interrupted on
+    Ctrl-C (in the main thread; a cell run in a worker thread is stopped by `execute`).
+    env_extra: environment of this cell (its device); procs: {cell key: process} while it runs."""
     cmd = command(cell, extra)
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, cell.key.replace("/", "__") + ".log")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     if not verbose:
         env["TQDM_DISABLE"] = "1"          # per-epoch lines only, no progress bars in the logs
     tail = b""
@@ -304,6 +306,8 @@ def run_cell(cell, extra, log_dir, verbose):
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        if procs is not None:
+            procs[cell.key] = proc
         try:
             while True:
                 chunk = os.read(proc.stdout.fileno(), 65536)
@@ -332,43 +336,121 @@ def run_cell(cell, extra, log_dir, verbose):
             raise Interrupted() from None
         finally:
             proc.stdout.close()
+            if procs is not None:
+                procs.pop(cell.key, None)
     lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln.split(":")[0]]
     message = errors[-1] if errors else (lines[-1] if lines else "")
     return rc, message, log_path
 
 
-def execute(cells, extra, log_dir, verbose, on_progress):
-    """Run the cells in order, skipping finished ones; statuses in cell.status / cell.message."""
+def device_env(devices, slot, jobs):
+    """Environment of the cell run in job slot `slot`: its device (slots go round the devices,
+    so --jobs 4 --devices cuda:0,cuda:1 puts two cells on each GPU), and on the CPU a share of
+    the cores (jobs > 1), so that parallel cells do not fight over them."""
+    env = {}
+    if devices:
+        d = devices[slot % len(devices)]
+        env["CUDA_VISIBLE_DEVICES"] = "" if d == "cpu" else d.split(":")[-1]
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+def execute(cells, extra, log_dir, verbose, on_progress, jobs=1, devices=None):
+    """Run the cells, skipping finished ones, each after the cells it needs; statuses in
+    cell.status / cell.message. jobs > 1: that many cells at a time (subprocesses watched by
+    threads); a cell starts as soon as the cells it needs are done, in the plan's order, so
+    --jobs 1 runs exactly the sequential order. Results do not depend on the order: each cell
+    reads only the finished files of the cells it needs."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import TimeoutError as FutureTimeout
+
     by_key = {c.key: c for c in cells}
     todo = [c for c in cells if not c.finished()]
-    print(f"{len(cells)} cells, {len(cells) - len(todo)} finished earlier, {len(todo)} to run")
-    n = 0
+    print(f"{len(cells)} cells, {len(cells) - len(todo)} finished earlier, {len(todo)} to run"
+          + (f", {jobs} at a time" if jobs > 1 else ""))
     for cell in cells:
         if cell.finished():
             cell.status = "finished earlier"
-            continue
-        bad = [d for d in cell.deps if by_key[d].status not in ("done", "finished earlier")]
-        if bad:
-            cell.status, cell.message = "skipped", f"needs {', '.join(bad)}, which did not finish"
-            print(f"[skip] {cell.key}: {cell.message}")
-            continue
-        n += 1
-        print(f"[{n}/{len(todo)}] {cell.key}: {shlex.join([cell.script] + cell.args[4:])}", flush=True)
-        t0 = time.time()
-        try:
-            rc, message, log_path = run_cell(cell, extra, log_dir, verbose)
-        except Interrupted:
-            cell.status, cell.message = "interrupted", "rerun the same command to continue"
-            on_progress()
-            raise
+    pending = [c for c in cells if c.status is None]
+    pool = ThreadPoolExecutor(jobs) if jobs > 1 else None
+    running, procs, free = {}, {}, list(range(jobs))
+    started = 0
+
+    def finish(cell, result, t0):
+        rc, message, log_path = result
         if rc == 0 and cell.finished():
             cell.status = "done"
             s = cell.summary() or {}
-            print(f"    done in {time.time() - t0:.0f} s: best {fmt_acc(_selected_accuracy(s))}% "
-                  f"(epoch {s.get('selected_epoch', s.get('best_epoch'))}), final {fmt_acc(s.get('final_test_accuracy'))}%", flush=True)
+            print(f"    {cell.key if jobs > 1 else ''}{': ' if jobs > 1 else ''}done in {time.time() - t0:.0f} s: "
+                  f"best {fmt_acc(_selected_accuracy(s))}% (epoch {s.get('selected_epoch', s.get('best_epoch'))}), "
+                  f"final {fmt_acc(s.get('final_test_accuracy'))}%", flush=True)
         else:
             cell.status = "failed"
             cell.message = f"exit {rc}: {message}" if rc else f"exit 0 but no {cell.summary_path}"
-            print(f"    FAILED ({cell.message}); log {log_path}", flush=True)
+            print(f"    {cell.key + ': ' if jobs > 1 else ''}FAILED ({cell.message}); log {log_path}", flush=True)
         on_progress()
+
+    try:
+        while pending or running:
+            for cell in list(pending):
+                states = [by_key[d].status for d in cell.deps]
+                bad = [d for d, st in zip(cell.deps, states) if st in ("failed", "skipped", "interrupted")]
+                if bad:
+                    pending.remove(cell)
+                    cell.status, cell.message = "skipped", f"needs {', '.join(bad)}, which did not finish"
+                    print(f"[skip] {cell.key}: {cell.message}")
+                elif free and all(st in ("done", "finished earlier") for st in states):
+                    pending.remove(cell)
+                    slot = free.pop(0)
+                    started += 1
+                    env = device_env(devices, slot, jobs)
+                    where = f"  [{env['CUDA_VISIBLE_DEVICES'] and 'cuda:' + env['CUDA_VISIBLE_DEVICES'] or 'cpu'}]" \
+                        if "CUDA_VISIBLE_DEVICES" in env else ""
+                    print(f"[{started}/{len(todo)}] {cell.key}: {shlex.join([cell.script] + cell.args[4:])}{where}",
+                          flush=True)
+                    t0 = time.time()
+                    if pool is None:
+                        try:
+                            result = run_cell(cell, extra, log_dir, verbose, env)
+                        except Interrupted:
+                            cell.status, cell.message = "interrupted", "rerun the same command to continue"
+                            on_progress()
+                            raise
+                        free.append(slot)
+                        finish(cell, result, t0)
+                    else:
+                        running[pool.submit(run_cell, cell, extra, log_dir, verbose, env, procs)] = (cell, slot, t0)
+            if not running:
+                if pending and not free:
+                    raise AssertionError("no free job slot and nothing running")
+                if pending and not any(all(by_key[d].status in ("done", "finished earlier") for d in c.deps)
+                                       for c in pending):
+                    raise AssertionError(f"cells wait for cells that never run: {[c.key for c in pending]}")
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell, slot, t0 = running.pop(future)
+                free.append(slot)
+                finish(cell, future.result(), t0)
+    except KeyboardInterrupt:
+        # Parallel cells: a Ctrl-C in a terminal reached the scripts too; a SIGTERM to
+        # replicate.py did not. Tell each to stop (its files are written atomically), then wait.
+        for proc in list(procs.values()):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+        deadline = time.time() + 120
+        for future, (cell, _, _) in running.items():
+            try:
+                future.result(timeout=max(0.0, deadline - time.time()))
+            except FutureTimeout:
+                with contextlib.suppress(ProcessLookupError, KeyError):
+                    procs[cell.key].kill()
+                future.result()
+            cell.status, cell.message = "interrupted", "rerun the same command to continue"
+        on_progress()
+        raise Interrupted() from None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
