@@ -91,3 +91,9 @@ def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=Fals
         # base seed from the global RNG (which would shift dropout masks on resume).
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def set_epoch(loader, epoch):
+    """Set the epoch of a make_loader loader (its sampler, or its ShareBatchSampler)."""
+    sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "set_epoch") else loader.sampler
+    sampler.set_epoch(epoch)

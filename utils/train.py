@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from models.batch_share import batch_share
 from utils import distributed
+from utils.data import set_epoch
 from utils.errors import NonFiniteLossError, UserError
 from utils.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 
@@ -135,12 +136,9 @@ def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
     """One epoch; `model` may be the DistributedDataParallel wrapper (utils/distributed.wrap).
     Returns the epoch's means over every clip of every process."""
     exp.set_train_mode(getattr(model, "module", model))
-    shares = None
-    if hasattr(loader.batch_sampler, "shares"):  # torchrun's shares (one process: the whole batch)
-        loader.batch_sampler.set_epoch(epoch)
-        shares = loader.batch_sampler.shares()
-    else:
-        loader.sampler.set_epoch(epoch)
+    set_epoch(loader, epoch)
+    # the rows of each global batch this process holds (one process: the whole batch)
+    shares = loader.batch_sampler.shares() if hasattr(loader.batch_sampler, "shares") else None
     meter = Meter()
     bar = tqdm(loader, desc=f"stage {exp.stage} epoch {epoch} train", leave=False, dynamic_ncols=True,
                disable=not distributed.is_main())
