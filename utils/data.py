@@ -95,5 +95,6 @@ def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=Fals
 
 def set_epoch(loader, epoch):
     """Set the epoch of a make_loader loader (its sampler, or its ShareBatchSampler)."""
-    sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "set_epoch") else loader.sampler
+    batches = getattr(loader, "batch_sampler", None)
+    sampler = batches if hasattr(batches, "set_epoch") else loader.sampler
     sampler.set_epoch(epoch)

@@ -138,7 +138,8 @@ def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
     exp.set_train_mode(getattr(model, "module", model))
     set_epoch(loader, epoch)
     # the rows of each global batch this process holds (one process: the whole batch)
-    shares = loader.batch_sampler.shares() if hasattr(loader.batch_sampler, "shares") else None
+    batches = getattr(loader, "batch_sampler", None)
+    shares = batches.shares() if hasattr(batches, "shares") else None
     meter = Meter()
     bar = tqdm(loader, desc=f"stage {exp.stage} epoch {epoch} train", leave=False, dynamic_ncols=True,
                disable=not distributed.is_main())
