@@ -40,6 +40,7 @@ import torch
 from utils.experiment import (Experiment, base_parser, check_args, configure_backends, default_workers,
                               pick_device, pick_precision, prepare_model, resolve_cache_dir, stage_datasets,
                               stage_loaders)
+from utils.data import set_epoch
 from utils.train import autocast, to_device, train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -98,7 +99,7 @@ def forever(loader):
     epoch = 0
     while True:
         epoch += 1
-        loader.sampler.set_epoch(epoch)
+        set_epoch(loader, epoch)
         yield from loader
 
 
@@ -112,7 +113,7 @@ def measure_data(loader, epochs=2):
     fills the frame cache."""
     best = 0.0
     for epoch in range(epochs + 1):
-        loader.sampler.set_epoch(epoch)
+        set_epoch(loader, epoch)
         t0, clips = time.perf_counter(), 0
         for batch in loader:
             clips += batch["label"].shape[0]

@@ -1,11 +1,16 @@
 """Replicate the paper's Tables 1-3 (and the OP-only ablation of its Section 5) with the five
-experiment scripts, exactly as a user would run them, one subprocess at a time.
+experiment scripts, exactly as a user would run them, one subprocess per cell
+(--jobs N: N cells at a time, each after the cells it needs).
+
+This file holds the paper's numbers, the tables' captions and figures and the command line; the
+plan (which cells, what each needs first) and its execution are in utils/replicate_plan.py.
 
     python replicate.py --table all --datasetDir DIR                 # everything, paper settings
     python replicate.py --table 2 --datasetDir DIR --dry-run         # print the commands only
     python replicate.py --table 1 --datasetDir DIR --epochs1 30 --epochs2 15 --epochsFlow 75 \\
         --epochsTwoStream 25 --extra "--trainBatchSize 8 --numWorkers 2"
     python replicate.py --table all --datasetDir DIR --crossval       # 4 leave-one-user-out splits
+    python replicate.py --table all --datasetDir DIR --jobs 4 --devices cuda:0,cuda:1   # 4 cells at a time
 
 Cells (one command each; outputs under --outDir, default experiments/replicate):
 
@@ -49,30 +54,19 @@ case), or (3) the folder name itself starts with "synthetic". Otherwise the tabl
 synthetic table says in its caption that its numbers are not GTEA-61 numbers.
 """
 import argparse
-import contextlib
 import json
 import math
 import os
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-USERS = ("S1", "S2", "S3", "S4")
-FIXED_TRAIN, FIXED_TEST = ("S1", "S3", "S4"), ("S2",)
-PAPER_FRAMES = (7, 16)
-GRID_TABLE_FRAMES = {2: 7, 3: 16}                   # Table 2 = 7 frames, Table 3 = 16 frames
-PAPER_LRS = (1e-3, 1e-4, 1e-5)
-TABLE1_LR = 1e-4                                    # stage-2 lr of Table 1: the paper default
-OP_ONLY_LR = 1e-4
+from utils.replicate_plan import (  # noqa: F401  (the plan's names, re-exported for the tests and users)
+    FIXED_TEST, FIXED_TRAIN, GRID_TABLE_FRAMES, MANAGED, OP_ONLY_LR, PAPER_FRAMES, PAPER_LRS, PAPER_SCHEDULE,
+    ROOT, SCRIPT_KIND, TABLE1_LR, USERS, Cell, Interrupted, UsageError, build_plan, command, epochs_args,
+    execute, fmt_acc, fmt_lr, map_columns, run_cell, scaled_milestones, splits, validate, _selected_accuracy)
 
-# The paper's schedules (reference §1-2; the scripts' defaults, checked by the tests):
-# (epochs, lr milestones). Two-stream decays every epoch (StepLR(1, 0.99)): nothing to scale.
-PAPER_SCHEDULE = {"stage1": (300, [25, 75, 150]), "stage2": (150, [25, 75]),
-                  "flow": (750, [150, 300, 500]), "twostream": (250, None)}
 
 # The file datasets/synthetic.py writes last into a finished dataset: a JSON object of its settings.
 SYNTHETIC_MARKER = ".complete"
@@ -92,344 +86,6 @@ PAPER_GRID = {  # Tables 2-3, % (the paper gives whole percents)
          "ms_op": {"1e-3": 10, "1e-4": 66, "1e-5": 53}},
 }
 PAPER_TEST_VIDEOS = 116
-
-# Arguments replicate.py sets itself: not allowed in --extra.
-MANAGED = ("--stage", "--datasetDir", "--outDir", "--seqLen", "--lr", "--numEpochs", "--stepSize",
-           "--stage1Dict", "--flowModel", "--rgbModel", "--trainUsers", "--testUsers", "--resume",
-           "--overwrite", "--noAttention", "--regression", "--noMS", "--select", "--valFraction", "--opInput",
-           "--dataset", "--split")
-SCRIPT_KIND = {"main_rgb.py": "rgb", "main_flow.py": "flow", "main_twostream.py": "twostream",
-               "main_ms.py": "ms", "main_ms_op.py": "ms_op"}
-
-
-class UsageError(Exception):
-    """A wrong argument: one line `error: ...`, exit 2."""
-
-
-class Interrupted(Exception):
-    pass
-
-
-def fmt_lr(lr):
-    """1e-4 -> '1e-4', 2.5e-4 -> '2.5e-4' (used in folder names, commands and tables)."""
-    mantissa, exponent = f"{lr:e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
-
-
-def fmt_acc(x):
-    return "-" if x is None else f"{x:.2f}"
-
-
-def scaled_milestones(milestones, epochs, paper_epochs):
-    """The paper's milestones scaled to a shorter run (at least epoch 1, no duplicates)."""
-    return sorted({max(1, int(m * epochs / paper_epochs + 0.5)) for m in milestones})
-
-
-# ----------------------------------------------------------------------------- the plan
-
-class Cell:
-    """One command: a script, its arguments, the folder it writes, the cells it needs."""
-
-    def __init__(self, key, script, args, out_dir, stage, deps=(), role=None, slots=()):
-        self.key, self.script, self.args, self.out_dir = key, script, list(args), out_dir
-        self.stage, self.deps, self.role = stage, list(deps), role
-        self.slots = list(slots)          # table positions it fills: (table, row, paper_frames, lr_key)
-        self.status, self.message = None, ""
-
-    @property
-    def result_dir(self):
-        return os.path.join(self.out_dir, f"stage{self.stage}")
-
-    @property
-    def summary_path(self):
-        return os.path.join(self.result_dir, "summary.json")
-
-    def finished(self):
-        return os.path.isfile(self.summary_path)
-
-    def summary(self):
-        try:
-            with open(self.summary_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
-
-    def argv(self, extra):
-        return [self.script] + self.args + list(extra)
-
-
-def map_columns(tables, seq_lens):
-    """{paper frames (7 or 16): our seqLen} for the columns the selected tables need."""
-    needed = [p for p in PAPER_FRAMES
-              if 1 in tables or any(GRID_TABLE_FRAMES[t] == p for t in tables if t in GRID_TABLE_FRAMES)]
-    if seq_lens is None:
-        return {p: p for p in needed}
-    if len(set(seq_lens)) != len(seq_lens):
-        raise UsageError(f"--seqLens {' '.join(map(str, seq_lens))}: a clip length is given twice")
-    if any(L <= 0 for L in seq_lens):
-        raise UsageError("--seqLens must be positive")
-    if len(seq_lens) > len(needed):
-        names = " and ".join(f"{p} frames" for p in needed)
-        raise UsageError(f"--seqLens {' '.join(map(str, seq_lens))}: the selected table(s) have "
-                         f"{len(needed)} clip-length column(s) ({names}); give at most {len(needed)} value(s)")
-    mapping, rest = {}, []
-    for L in seq_lens:
-        (mapping.__setitem__(L, L) if L in needed and L not in mapping else rest.append(L))
-    free = [p for p in needed if p not in mapping]
-    for L, p in zip(rest, free):
-        mapping[p] = L
-    return dict(sorted(mapping.items()))
-
-
-def epochs_args(opts, role):
-    """--numEpochs / --stepSize for a role, from --epochs1/2/Flow/TwoStream (nothing: paper default)."""
-    value = {"stage1": opts.epochs1, "stage2": opts.epochs2, "flow": opts.epochsFlow,
-             "twostream": opts.epochsTwoStream}[role]
-    if value is None:
-        return []
-    args = ["--numEpochs", str(value)]
-    paper_epochs, milestones = PAPER_SCHEDULE[role]
-    if milestones and value < paper_epochs and not opts.paperMilestones:
-        args += ["--stepSize"] + [str(m) for m in scaled_milestones(milestones, value, paper_epochs)]
-    return args
-
-
-def build_plan(opts, tables, columns, split_dir, users=None):
-    """Cells of one split, in the order they run (every cell after the cells it needs)."""
-    cells = {}
-
-    def common(out_dir, role):
-        a = ["--datasetDir", opts.datasetDir, "--outDir", out_dir]
-        tail = epochs_args(opts, role)
-        if users is not None:
-            tail += ["--trainUsers", *users[0], "--testUsers", *users[1]]
-        if opts.dataset == "egtea":
-            tail += ["--dataset", "egtea", "--split", str(opts.split)]
-        if opts.frameSize is not None:
-            tail += ["--frameSize", str(opts.frameSize)]
-        if opts.pretrained is not None:
-            tail += ["--pretrained", opts.pretrained]
-        if opts.seed is not None:
-            tail += ["--seed", str(opts.seed)]
-        tail += ["--select", opts.select] + (["--valFraction", str(opts.valFraction)] if opts.select == "val" else [])
-        return a, tail + ["--resume"]
-
-    def add(key, script, middle, stage, role, deps=(), slot=None):
-        if key not in cells:
-            out_dir = os.path.join(split_dir, key)
-            head, tail = common(out_dir, role)
-            if script == "main_ms_op.py":
-                middle = middle + ["--opInput", opts.opInput]
-            cells[key] = Cell(key, script, head + middle + tail, out_dir, stage, deps, role)
-        if slot is not None:
-            cells[key].slots.append(slot)
-        return cells[key]
-
-    def stage1(L, attention):
-        name = "ego_rnn" if attention else "convlstm"
-        middle = ["--stage", "1", "--seqLen", str(L)] + ([] if attention else ["--noAttention"])
-        return add(f"shared/{name}_stage1_seq{L}", "main_rgb.py", middle, 1, "stage1")
-
-    def stage2_middle(L, lr, s1):
-        best = os.path.join(s1.result_dir, "best_model.pth")
-        return ["--stage", "2", "--seqLen", str(L), "--lr", fmt_lr(lr), "--stage1Dict", best]
-
-    if 1 in tables:
-        flow = None
-        for p, L in columns.items():
-            # the attention chain first: its stage 1 is shared with Tables 2-3
-            s1a = stage1(L, True)
-            att = add(f"table1/attention_seq{L}", "main_rgb.py", stage2_middle(L, TABLE1_LR, s1a), 2, "stage2",
-                      [s1a.key], (1, "attention", p, None))
-            flow = add("table1/flow", "main_flow.py", [], 1, "flow", (), (1, "flow", p, None))
-            middle = ["--seqLen", str(L), "--flowModel", os.path.join(flow.result_dir, "best_model.pth"),
-                      "--rgbModel", os.path.join(att.result_dir, "best_model.pth")]
-            add(f"table1/twostream_seq{L}", "main_twostream.py", middle, 1, "twostream", [flow.key, att.key],
-                (1, "twostream", p, None))
-            s1n = stage1(L, False)
-            add(f"table1/convlstm_seq{L}", "main_rgb.py", stage2_middle(L, TABLE1_LR, s1n) + ["--noAttention"],
-                2, "stage2", [s1n.key], (1, "convlstm", p, None))
-    for table in (2, 3):
-        p = GRID_TABLE_FRAMES[table]
-        if table not in tables or p not in columns:
-            continue
-        L = columns[p]
-        s1a = stage1(L, True)
-        for lr in opts.lrs:
-            lk = fmt_lr(lr)
-            for row, script, flags in (("ms", "main_ms.py", []), ("ms_regression", "main_ms.py", ["--regression"]),
-                                       ("ms_op", "main_ms_op.py", [])):
-                add(f"grid/{row}_seq{L}_lr{lk}", script, stage2_middle(L, lr, s1a) + flags, 2, "stage2",
-                    [s1a.key], (table, row, p, lk))
-        if any(math.isclose(lr, OP_ONLY_LR) for lr in opts.lrs):
-            lk = fmt_lr(OP_ONLY_LR)
-            add(f"grid/op_only_seq{L}_lr{lk}", "main_ms_op.py", stage2_middle(L, OP_ONLY_LR, s1a) + ["--noMS"],
-                2, "stage2", [s1a.key], (table, "op_only", p, lk))
-    return list(cells.values())
-
-
-def splits(opts):
-    """(name, folder, users or None) of each split: the fixed one, or the 4 leave-one-user-out ones."""
-    if not opts.crossval:
-        return [("S2", opts.outDir, None)]
-    out = []
-    for test in USERS:
-        train = [u for u in USERS if u != test]
-        out.append((test, os.path.join(opts.outDir, "crossval", f"test_{test}"), (train, [test])))
-    return out
-
-
-def validate(cells, extra):
-    """Parse every command with its script's own parser before running anything."""
-    try:
-        sys.path.insert(0, ROOT)
-        from utils.experiment import base_parser, check_args
-        from utils.errors import UserError
-    except Exception as e:  # noqa: BLE001  (the scripts will report it themselves)
-        print(f"note: cannot import utils.experiment to check the commands first ({type(e).__name__}: {e})",
-              file=sys.stderr)
-        return
-    finally:
-        if sys.path and sys.path[0] == ROOT:
-            sys.path.pop(0)
-    seen = set()
-    for cell in cells:
-        kind = SCRIPT_KIND[cell.script]
-        argv = cell.args + list(extra)
-        if (kind, tuple(argv)) in seen:
-            continue
-        seen.add((kind, tuple(argv)))
-        parser = base_parser(kind, "")
-        err = _Capture()
-        with contextlib.redirect_stderr(err):
-            try:
-                args = parser.parse_args(argv)
-            except SystemExit:
-                last = [ln for ln in err.text.splitlines() if ln.strip()]
-                msg = last[-1] if last else "invalid arguments"
-                raise UsageError(f"{cell.script} refuses the arguments of cell {cell.key} "
-                                 f"({msg.split('error: ', 1)[-1]}); check --extra") from None
-        try:
-            check_args(kind, args)
-        except UserError as e:
-            raise UsageError(f"cell {cell.key} ({cell.script}): {e}") from None
-
-
-class _Capture:
-    def __init__(self):
-        self.text = ""
-
-    def write(self, s):
-        self.text += s
-
-    def flush(self):
-        pass
-
-
-# ----------------------------------------------------------------------------- running
-
-def script_path(name):
-    path = os.path.join(ROOT, name)
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
-def command(cell, extra):
-    return [sys.executable, script_path(cell.script)] + cell.args + list(extra)
-
-
-def _die_with_parent():
-    """Child: receive SIGTERM if replicate.py dies (Linux), so no orphan keeps training."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def run_cell(cell, extra, log_dir, verbose):
-    """Run one cell; returns (exit status, last error line). Raises Interrupted on Ctrl-C."""
-    cmd = command(cell, extra)
-    os.makedirs(log_dir, exist_ok=True)
-    log_path = os.path.join(log_dir, cell.key.replace("/", "__") + ".log")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if not verbose:
-        env["TQDM_DISABLE"] = "1"          # per-epoch lines only, no progress bars in the logs
-    tail = b""
-    with open(log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {shlex.join(cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        try:
-            while True:
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                log.write(chunk)
-                log.flush()
-                if verbose:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
-                tail = (tail + chunk)[-8192:]
-            rc = proc.wait()
-        except KeyboardInterrupt:
-            # A Ctrl-C in a terminal reached the script too (same process group); a SIGTERM to
-            # replicate.py did not: then tell it to stop the same way. Its files are written atomically.
-            for sig, timeout in ((None, 3), (signal.SIGINT, 120), (signal.SIGKILL, None)):
-                if sig is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(sig)
-                try:
-                    rest, _ = proc.communicate(timeout=timeout)  # keeps the script's last words in the log
-                    log.write(rest or b"")
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            raise Interrupted() from None
-        finally:
-            proc.stdout.close()
-    lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln.split(":")[0]]
-    message = errors[-1] if errors else (lines[-1] if lines else "")
-    return rc, message, log_path
-
-
-def execute(cells, extra, log_dir, verbose, on_progress):
-    """Run the cells in order, skipping finished ones; statuses in cell.status / cell.message."""
-    by_key = {c.key: c for c in cells}
-    todo = [c for c in cells if not c.finished()]
-    print(f"{len(cells)} cells, {len(cells) - len(todo)} finished earlier, {len(todo)} to run")
-    n = 0
-    for cell in cells:
-        if cell.finished():
-            cell.status = "finished earlier"
-            continue
-        bad = [d for d in cell.deps if by_key[d].status not in ("done", "finished earlier")]
-        if bad:
-            cell.status, cell.message = "skipped", f"needs {', '.join(bad)}, which did not finish"
-            print(f"[skip] {cell.key}: {cell.message}")
-            continue
-        n += 1
-        print(f"[{n}/{len(todo)}] {cell.key}: {shlex.join([cell.script] + cell.args[4:])}", flush=True)
-        t0 = time.time()
-        try:
-            rc, message, log_path = run_cell(cell, extra, log_dir, verbose)
-        except Interrupted:
-            cell.status, cell.message = "interrupted", "rerun the same command to continue"
-            on_progress()
-            raise
-        if rc == 0 and cell.finished():
-            cell.status = "done"
-            s = cell.summary() or {}
-            print(f"    done in {time.time() - t0:.0f} s: best {fmt_acc(_selected_accuracy(s))}% "
-                  f"(epoch {s.get('selected_epoch', s.get('best_epoch'))}), final {fmt_acc(s.get('final_test_accuracy'))}%", flush=True)
-        else:
-            cell.status = "failed"
-            cell.message = f"exit {rc}: {message}" if rc else f"exit 0 but no {cell.summary_path}"
-            print(f"    FAILED ({cell.message}); log {log_path}", flush=True)
-        on_progress()
 
 
 # ----------------------------------------------------------------------------- dataset and tables
@@ -527,13 +183,6 @@ def build_tables(opts, tables, columns, cells, split_name, users, kind):
                     "paper": opts.dataset != "egtea",
                     "caption": _caption(opts, t, columns, shown, split_name, users, kind)})
     return out
-
-
-def _selected_accuracy(s):
-    """Test accuracy of the epoch the run selected (older summaries: the best test accuracy)."""
-    if not s:
-        return None
-    return s.get("selected_test_accuracy", s.get("best_test_accuracy"))
 
 
 SELECT_TEXT = {
@@ -816,6 +465,12 @@ def parse_args(argv):
     p.add_argument("--dataset", choices=["gtea61", "egtea"], default="gtea61",
                    help="egtea: a root prepared by datasets.prepare --egtea (--datasetDir required), split --split")
     p.add_argument("--split", type=int, choices=[1, 2, 3], default=None, help="--dataset egtea: the split (default 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at the same time, each as soon as the cells it needs are done (tables identical "
+                        "to --jobs 1; on the CPU each cell gets cores/jobs threads unless OMP_NUM_THREADS is set)")
+    p.add_argument("--devices", default=None,
+                   help="comma-separated devices the jobs go round, e.g. cuda:0,cuda:1 (--jobs 4: two cells per GPU) "
+                        "or cpu; default: every cell sees what replicate.py sees")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--verbose", action="store_true", help="show the scripts' output (always in <outDir>/logs/)")
     opts = p.parse_args(argv)
@@ -839,6 +494,13 @@ def parse_args(argv):
             raise UsageError(f"--{name} must be positive (got {v})")
     if any(lr <= 0 for lr in opts.lrs):
         raise UsageError("--lrs must be positive")
+    if opts.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1 (got {opts.jobs})")
+    if opts.devices is not None:
+        opts.devices = [d.strip() for d in opts.devices.split(",") if d.strip()]
+        bad = [d for d in opts.devices if not (d == "cpu" or (d.startswith("cuda:") and d[5:].isdigit()))]
+        if bad or not opts.devices:
+            raise UsageError(f"--devices {','.join(bad) or '(empty)'}: give devices as cuda:N or cpu, comma-separated")
     lrs = []
     for lr in opts.lrs:
         if not any(math.isclose(lr, x) for x in lrs):
@@ -916,7 +578,8 @@ def _run(opts, tables, columns, plan, all_cells, kind):
                 write_split_outputs(opts, tables, columns, cells, name, split_dir, users, kind, figure=False)
 
             try:
-                execute(cells, opts.extra_args, os.path.join(split_dir, "logs"), opts.verbose, progress)
+                execute(cells, opts.extra_args, os.path.join(split_dir, "logs"), opts.verbose, progress,
+                        opts.jobs, opts.devices)
             except Interrupted:
                 interrupted = True
             per_split.append((name, split_dir, write_split_outputs(opts, tables, columns, cells, name, split_dir,

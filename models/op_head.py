@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .batch_share import draw_rows
+
 NUM_FRAMES = 4
 
 
@@ -57,7 +59,10 @@ class OrderPredictionHead(nn.Module):
         target (B,): its class, the same for an order and its reverse."""
         if T < NUM_FRAMES:
             raise ValueError(f"order prediction needs at least {NUM_FRAMES} frames per clip, got {T}")
-        keys = torch.rand(batch, T, generator=generator)
+        # Under torchrun the draw is made for the whole global batch and cut to this process's rows
+        # (models/batch_share.py), so the tasks do not depend on the number of processes.
+        total, rows = draw_rows(batch)
+        keys = torch.rand(total, T, generator=generator)[rows]
         if frame_numbers is not None:
             frame_numbers = frame_numbers.cpu()
             repeat = torch.zeros(batch, T, dtype=torch.bool)
@@ -68,8 +73,8 @@ class OrderPredictionHead(nn.Module):
             keys = keys.masked_fill(repeat, 2.0)  # after every real key in [0, 1)
         frame_idx = keys.argsort(dim=1)[:, :NUM_FRAMES]
         frame_idx = frame_idx.sort(dim=1).values
-        target = torch.randint(len(cls.PERMUTATIONS), (batch,), generator=generator)
-        reverse = (torch.rand(batch, generator=generator) < 0.5).long()
+        target = torch.randint(len(cls.PERMUTATIONS), (total,), generator=generator)[rows]
+        reverse = (torch.rand(total, generator=generator) < 0.5).long()[rows]
         order = cls.permutation_table()[target, reverse]
         return frame_idx, order, target
 

@@ -9,6 +9,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -426,3 +427,90 @@ def test_tiny_table1_reuses_the_shared_stage1_and_chains_two_stream(tiny):
         assert len(vals) == 6
         assert 0 <= float(vals[2]) <= float(vals[1]) <= 100      # 7-frame column, ours at 4 frames
         assert vals[3] != "-" and vals[4] == vals[5] == "-"     # 16-frame column: paper only
+
+
+# ----------------------------------------------------------------------------- --jobs
+
+def test_jobs_run_cells_side_by_side_after_the_cells_they_need(tmp_path, monkeypatch):
+    """--jobs 2 on Table 1 with a stand-in for the scripts (each "trains" 0.1 s and writes its
+    summary.json): no cell starts before the cells it needs have finished, cells do overlap, the
+    devices alternate, an interrupted plan resumes, and the tables equal those of --jobs 1."""
+    import threading
+
+    from utils import replicate_plan
+    data = tmp_path / "synthetic_data"
+    data.mkdir()
+    lock, events = threading.Lock(), []
+
+    def fake_run_cell(cell, extra, log_dir, verbose, env_extra=None, procs=None):
+        with lock:
+            events.append(("start", cell.key, time.monotonic(), dict(env_extra or {})))
+        time.sleep(0.1)
+        os.makedirs(cell.result_dir, exist_ok=True)
+        acc = 10 + sum(map(ord, cell.key)) % 80  # a fixed number per cell
+        with open(cell.summary_path, "w") as f:
+            json.dump({"best_test_accuracy": acc, "final_test_accuracy": acc - 1, "best_epoch": 1, "epochs": 1,
+                       "num_test_videos": 3, "seconds": 0.2, "dataset": str(data)}, f)
+        with lock:
+            events.append(("end", cell.key, time.monotonic(), None))
+        return 0, "", os.path.join(log_dir, "x.log")
+
+    monkeypatch.setattr(replicate_plan, "run_cell", fake_run_cell)
+    common = ["--table", "1", "--seqLens", "4", "8", "--datasetDir", data]
+    one = call(*common, "--outDir", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    events.clear()
+    # an interrupted parallel run: two stage-1 cells already finished
+    opts = replicate.parse_args([str(a) for a in common + ["--outDir", tmp_path / "two"]])
+    cells = replicate.build_plan(opts, [1], replicate.map_columns([1], [4, 8]), str(tmp_path / "two"))
+    for c in [c for c in cells if c.key.startswith("shared/ego_rnn")]:
+        fake_run_cell(c, [], str(tmp_path), False)
+    events.clear()
+    two = call(*common, "--outDir", tmp_path / "two", "--jobs", "2", "--devices", "cuda:0,cuda:1")
+    assert two.returncode == 0, two.stderr
+    assert "2 finished earlier" in two.stdout and "2 at a time" in two.stdout
+    start = {k: t for e, k, t, _ in events if e == "start"}
+    end = {k: t for e, k, t, _ in events if e == "end"}
+    by_key = {c.key: c for c in cells}
+    assert set(start) == {c.key for c in cells if not c.key.startswith("shared/ego_rnn")}
+    for key, t in start.items():
+        for dep in by_key[key].deps:
+            assert dep not in end or end[dep] <= t, (key, dep)  # finished earlier, or before it started
+    assert sum(t < end[k] and start[k] < end[key] for key, t in start.items() for k in start if k != key) > 0
+    devices = [env["CUDA_VISIBLE_DEVICES"] for e, _, _, env in events if e == "start"]
+    assert set(devices) == {"0", "1"}
+    for t in (1,):
+        assert (tmp_path / "one" / f"table{t}.md").read_text().replace(str(tmp_path / "one"), "OUT") == \
+               (tmp_path / "two" / f"table{t}.md").read_text().replace(str(tmp_path / "two"), "OUT")
+
+
+def test_jobs_and_devices_arguments():
+    assert_one_line_error(call("--table", "1", "--datasetDir", "D", "--jobs", "0", "--dry-run"), "--jobs")
+    assert_one_line_error(call("--table", "1", "--datasetDir", "D", "--devices", "gpu0", "--dry-run"), "--devices")
+    from utils.replicate_plan import device_env
+    assert [device_env(["cuda:0", "cuda:1"], s, 4)["CUDA_VISIBLE_DEVICES"] for s in range(4)] == ["0", "1", "0", "1"]
+    assert device_env(["cpu"], 0, 1) == {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_egtea_split_is_passed_to_every_cell_and_tables_have_no_paper_column(tmp_path):
+    data = tmp_path / "egtea"
+    data.mkdir()
+    out = tmp_path / "rep"
+    args = ["--table", "1", "--dataset", "egtea", "--split", "2", "--datasetDir", data, "--outDir", out]
+    cmds = dry(*args)
+    assert cmds and all(opt(c, "--dataset") == "egtea" and opt(c, "--split") == "2" for c in cmds)
+    assert all(opt(c, "--trainUsers") is None and opt(c, "--testUsers") is None for c in cmds)
+    fake_results(cmds, lambda i, c: (60.0, 55.0))
+    p = call(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    t1 = (out / "table1.md").read_text()
+    assert "EGTEA Gaze+ split 2" in t1 and "train_split2.txt" in t1 and "GTEA-61" not in t1
+    assert "paper" not in t1.split("| Configuration")[1].splitlines()[0]
+    lines = [ln for ln in t1.splitlines() if ln.startswith("|")]
+    assert lines[0].count("|") == 6            # configuration + best/final for 7 and 16 frames
+    assert lines[2] == "| ConvLSTM | 60.00 | 55.00 | 60.00 | 55.00 |"
+    assert "42.24" not in t1 and "the paper's S2" not in t1
+    # --split belongs to EGTEA, --crossval to GTEA-61
+    assert_one_line_error(call("--table", "1", "--split", "2", "--datasetDir", data, "--outDir", out, "--dry-run"), "--split 2")
+    assert_one_line_error(call("--table", "1", "--dataset", "egtea", "--crossval", "--datasetDir", data, "--outDir", out,
+                               "--dry-run"), "--crossval")

@@ -66,15 +66,23 @@ def collate(items):
     return batch
 
 
-def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False, normalize=True, source=False):
+def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False, normalize=True, source=False,
+                process=None):
     """normalize=False: clips come as uint8, to be normalised on the device (utils/train.to_device);
-    source=True: RGB frames come decoded but untransformed, for datasets.transforms.clips_on_device."""
+    source=True: RGB frames come decoded but untransformed, for datasets.transforms.clips_on_device.
+    process=(rank, world size): this process's part under torchrun (utils/distributed.py): its
+    share of every global batch of `batch_size` (training, shuffle=True; one process draws the
+    order and seeds), or every world-size-th video (evaluation)."""
     sampler = EpochSampler(len(dataset), shuffle, seed)
+    batching = dict(batch_size=batch_size, sampler=sampler)
+    if process is not None:
+        from utils.distributed import ShardSampler, ShareBatchSampler
+        batching = dict(batch_sampler=ShareBatchSampler(sampler, batch_size, *process)) if shuffle else \
+            dict(batch_size=batch_size, sampler=ShardSampler(sampler, *process))
     return DataLoader(
         SeededDataset(dataset, normalize, source),
         collate_fn=collate,
-        batch_size=batch_size,
-        sampler=sampler,
+        **batching,
         num_workers=num_workers,
         pin_memory=pin_memory,
         # Re-forking workers every epoch costs seconds (copy-on-write page faults).
@@ -83,3 +91,10 @@ def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=Fals
         # base seed from the global RNG (which would shift dropout masks on resume).
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def set_epoch(loader, epoch):
+    """Set the epoch of a make_loader loader (its sampler, or its ShareBatchSampler)."""
+    batches = getattr(loader, "batch_sampler", None)
+    sampler = batches if hasattr(batches, "set_epoch") else loader.sampler
+    sampler.set_epoch(epoch)

@@ -49,8 +49,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def default_workers():
-    """DataLoader workers: one per core up to 8 (2 on a 2-core machine, 8 on a GPU host)."""
-    return min(8, os.cpu_count() or 1)
+    """DataLoader workers: one per core up to 8 (2 on a 2-core machine, 8 on a GPU host); under
+    torchrun the node's cores are shared by its processes."""
+    return max(1, min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
 
 
 def base_parser(kind, description):
@@ -340,8 +341,9 @@ class Experiment:
 
     def resolved_args(self):
         d = dict(vars(self.args))
+        from utils.distributed import world_size
         d.update(stage=self.stage, device=str(self.device), precision=self.precision,
-                 num_classes=self.num_classes, experiment=self.kind)
+                 num_classes=self.num_classes, experiment=self.kind, world_size=world_size())
         return d
 
 
@@ -455,8 +457,16 @@ def channels_last(device, precision):
 
 
 def prepare_model(exp, model):
-    """Model on the run's device and memory format; trainable parameters of the stage set."""
+    """Model on the run's device and memory format; trainable parameters of the stage set.
+    Dropout masks are drawn per global batch, and under torchrun the BatchNorms that train use the
+    global batch's statistics, so that results do not depend on the number of processes
+    (models/batch_share.py, utils/distributed.py)."""
+    from models.batch_share import share_dropouts
     from models.stages import set_stage
+    from utils import distributed
+    share_dropouts(model)
+    if distributed.world_size() > 1:
+        distributed.sync_batchnorms(model)
     model = model.to(exp.device)
     if channels_last(exp.device, exp.precision):
         model = model.to(memory_format=torch.channels_last)
@@ -513,8 +523,10 @@ def dataset_class(args):
 
 def stage_loaders(exp, train_set, test_set):
     """(train loader, test loader); exp.val_loader is the validation set's (or None)."""
+    from utils import distributed
     from utils.data import make_loader
     a = exp.args
+    process = (distributed.rank(), distributed.world_size())  # this process's share (torchrun)
     # On a GPU the workers send uint8: decoded RGB frames that the GPU resizes, crops, flips and
     # normalises (datasets/transforms.py), flow clips that it normalises; with --cpuTransforms the
     # RGB frames are transformed in the workers with PIL, as on the CPU.
@@ -522,9 +534,9 @@ def stage_loaders(exp, train_set, test_set):
     source = gpu and not getattr(a, "cpuTransforms", False)
     val_set = getattr(exp, "val_set", None)
     exp.val_loader = None if val_set is None else \
-        make_loader(val_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source)
-    return (make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, not gpu, source),
-            make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source))
+        make_loader(val_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process)
+    return (make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, not gpu, source, process),
+            make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process))
 
 
 def run(kind, argv=None, description=None, extra_args=None):
@@ -543,9 +555,13 @@ def run(kind, argv=None, description=None, extra_args=None):
     stages = [args.stage] if args.stage else list(STAGES[family])
 
     torch.set_flush_denormal(True)  # subnormal ConvLSTM states slow CPU steps 2.5-4.5x (reference §8)
-    device = pick_device(args.device)
+    from utils import distributed
+    device = distributed.setup(args.device)  # torchrun: joins the process group, one GPU per process
     precision = pick_precision(args.precision, device)
-    print(f"{kind}: stages {stages}, device {device}, precision {precision}, output {args.outDir}")
+    world = distributed.world_size()
+    processes = f", {world} processes ({torch.distributed.get_backend()}), {args.trainBatchSize} clips per " \
+                f"global batch" if world > 1 else ""
+    print(f"{kind}: stages {stages}, device {device}{processes}, precision {precision}, output {args.outDir}")
 
     # Check every stage folder before hours of training, so a refusal comes first.
     from utils.train import RESULT_FILES
@@ -578,12 +594,13 @@ def run(kind, argv=None, description=None, extra_args=None):
               f"selection: {a.select}")
         summary = fit(exp, model, train_loader, test_loader, exp.val_loader)
         summaries.append(summary)
-        if exp.family == "rgb" and model.egornn.attention and a.camVideos > 0:
+        if exp.family == "rgb" and model.egornn.attention and a.camVideos > 0 and distributed.is_main():
             from utils.plots import save_cam_figures
             best = torch.load(os.path.join(exp.stage_dir, "best_model.pth"), map_location="cpu", weights_only=True)
             model.load_state_dict(best["model"])
             paths = save_cam_figures(model, test_set, os.path.join(exp.stage_dir, "cam"), device, a.camVideos)
             print(f"CAM figures: {len(paths)} in {os.path.join(exp.stage_dir, 'cam')}")
+        distributed.barrier()
         print(f"stage {stage} done: selected epoch {summary['selected_epoch']} ({a.select}), test accuracy "
               f"{summary['selected_test_accuracy']:.2f}%; best test accuracy {summary['best_test_accuracy']:.2f}% "
               f"(epoch {summary['best_epoch']}), final {summary['final_test_accuracy']:.2f}%, "
@@ -592,5 +609,6 @@ def run(kind, argv=None, description=None, extra_args=None):
 
 
 def main(kind, extra_args=None, description=None):
+    from utils.distributed import run_process
     from utils.errors import run_cli
-    run_cli(lambda argv: run(kind, argv, description=description, extra_args=extra_args), sys.argv[1:])
+    run_cli(lambda argv: run_process(run, kind, argv, description=description, extra_args=extra_args), sys.argv[1:])

@@ -4,7 +4,8 @@
 prepares the output folder, resumes exactly from `last.pth`, trains and evaluates every epoch,
 and writes `log.csv`, `best_model.pth`, `last.pth`, `curves.png` and `summary.json`, each
 atomically. What differs between experiments (model, data, losses, optimiser) comes in through
-an `Experiment` (utils/experiment.py)."""
+an `Experiment` (utils/experiment.py). Under torchrun every process runs `fit` on its share of
+each batch; process 0 alone writes and prints (utils/distributed.py)."""
 import math
 import os
 import random
@@ -16,6 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.batch_share import batch_share
+from utils import distributed
+from utils.data import set_epoch
 from utils.errors import NonFiniteLossError, UserError
 from utils.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 
@@ -67,15 +71,26 @@ class Meter:
             items[:] = [(next(values) if torch.is_tensor(v) else v, c) for v, c in items]
         return items
 
-    def mean(self, name, default=float("nan")):
-        items = self._read(name)
-        if not items:
-            return default
+    def sums(self, name):
+        """(sum of value x count, sum of counts)."""
         total, count = 0.0, 0
-        for value, n in items:
+        for value, n in self._read(name):
             total += float(value) * n
             count += n
-        return total / count
+        return total, count
+
+    def mean(self, name, default=float("nan")):
+        """This process's mean."""
+        total, count = self.sums(name)
+        return total / count if count else default
+
+    def global_sums(self, names, device):
+        """{name: (sum, count) over every process's items} (one all_reduce under torchrun)."""
+        sums = distributed.all_sum([x for k in names for x in self.sums(k)], device)
+        return {k: (sums[2 * i], sums[2 * i + 1]) for i, k in enumerate(names)}
+
+    def global_means(self, names, device):
+        return {k: t / c if c else float("nan") for k, (t, c) in self.global_sums(names, device).items()}
 
 
 def non_finite(what, exp, epoch):
@@ -84,25 +99,33 @@ def non_finite(what, exp, epoch):
 
 
 def check_finite(meter, name, exp, epoch):
-    """Raise if any loss recorded under `name` was NaN or infinite (GPU runs check the losses
-    once per epoch, not once per step; parameters are checked again before each checkpoint)."""
-    if not all(math.isfinite(v) for v, _ in meter._read(name)):
+    """Raise, in every process, if any loss recorded under `name` in any process was NaN or
+    infinite (the sum over all of them is then not finite). GPU runs check the losses once per
+    epoch, not once per step; parameters are checked again before each checkpoint."""
+    if not math.isfinite(meter.global_means([name], getattr(exp, "device", torch.device("cpu")))[name]):
         raise non_finite("non-finite loss", exp, epoch)
 
 
-def train_step(exp, model, batch, optimizer, generator, epoch=None):
+def train_step(exp, model, batch, optimizer, generator, epoch=None, share=None):
     """One optimisation step on one batch (the model already in train mode): forward under
     autocast, fp32 losses, backward, step. Returns (batch on the device, outputs, losses).
     bench.py times exactly this function. On the CPU a non-finite loss stops the run before
     the step; on a GPU that check would stall the pipeline every step, so train_one_epoch makes
-    it once per epoch, and fit() checks the parameters before anything is written."""
+    it once per epoch, and fit() checks the parameters before anything is written.
+
+    share (torchrun): the rows of the global batch that `batch` is (models/batch_share.py). The
+    loss is scaled by (rows / global batch) x processes, so that DistributedDataParallel's mean of
+    the processes' gradients is the gradient of the global batch's mean loss."""
     batch = to_device(batch, exp.device)
-    with autocast(exp.device, exp.precision):
+    with batch_share(share), autocast(exp.device, exp.precision):
         out = exp.forward(model, batch, generator, train=True)
     losses = exp.losses(out, batch)
     loss = losses["loss"]
     if exp.device.type == "cpu" and not torch.isfinite(loss):
         raise non_finite(f"non-finite loss ({loss.item()})", exp, epoch)
+    world = distributed.world_size()
+    if share is not None and (world > 1 or share.weight != 1):
+        loss = loss * (share.weight * (share.stop - share.start) * world / share.total)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -110,51 +133,74 @@ def train_step(exp, model, batch, optimizer, generator, epoch=None):
 
 
 def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
-    exp.set_train_mode(model)
-    loader.sampler.set_epoch(epoch)
+    """One epoch; `model` may be the DistributedDataParallel wrapper (utils/distributed.wrap).
+    Returns the epoch's means over every clip of every process."""
+    exp.set_train_mode(getattr(model, "module", model))
+    set_epoch(loader, epoch)
+    # the rows of each global batch this process holds (one process: the whole batch)
+    batches = getattr(loader, "batch_sampler", None)
+    shares = batches.shares() if hasattr(batches, "shares") else None
     meter = Meter()
-    bar = tqdm(loader, desc=f"stage {exp.stage} epoch {epoch} train", leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"stage {exp.stage} epoch {epoch} train", leave=False, dynamic_ncols=True,
+               disable=not distributed.is_main())
     for step, batch in enumerate(bar):
-        batch, out, losses = train_step(exp, model, batch, optimizer, generator, epoch)
-        n = batch["label"].shape[0]
+        share = shares[step] if shares else None
+        batch, out, losses = train_step(exp, model, batch, optimizer, generator, epoch, share)
+        rows = batch["label"].shape[0]
+        n = rows * (1 if share is None else share.weight)  # a weight-0 clip counts for nothing
         correct = (out["logits"].argmax(1) == batch["label"]).sum()
         meter.add("loss", losses["ce"], n)  # action CE, comparable with the test loss
         meter.add("total", losses["loss"].detach(), n)
-        meter.add("acc", correct.double() / n, n)
+        meter.add("correct", correct.double() * (n / rows), 1)  # a count: accuracies exact whatever the shares
         for k in ("ms_loss", "op_loss"):
             if k in losses:
                 meter.add(k, losses[k].detach(), n)
         if "op_logits" in out:
-            meter.add("op_acc", (out["op_logits"].argmax(1) == out["op_target"]).float().mean(), n)
-        if exp.device.type == "cpu" or step % 20 == 0:  # reading the meter waits for the GPU
-            bar.set_postfix(loss=f"{meter.mean('loss'):.3f}", acc=f"{100 * meter.mean('acc'):.1f}")
+            meter.add("op_correct", (out["op_logits"].argmax(1) == out["op_target"]).sum().double() * (n / rows), 1)
+        if not bar.disable and (exp.device.type == "cpu" or step % 20 == 0):  # reading the meter waits for the GPU
+            bar.set_postfix(loss=f"{meter.mean('loss'):.3f}", acc=f"{100 * accuracy(meter.sums('correct'), meter.sums('loss')):.1f}")
     check_finite(meter, "total", exp, epoch)
-    return {"loss": meter.mean("loss"), "acc": 100 * meter.mean("acc"),
-            "ms_loss": meter.mean("ms_loss"), "op_loss": meter.mean("op_loss"),
-            "op_acc": 100 * meter.mean("op_acc")}
+    s = meter.global_sums(["loss", "correct", "ms_loss", "op_loss", "op_correct"], exp.device)
+    m = {k: t / c if c else float("nan") for k, (t, c) in s.items()}
+    op_acc = accuracy(s["op_correct"], s["op_loss"]) if s["op_correct"][1] else float("nan")
+    return {"loss": m["loss"], "acc": 100 * accuracy(s["correct"], s["loss"]), "ms_loss": m["ms_loss"],
+            "op_loss": m["op_loss"], "op_acc": 100 * op_acc}
+
+
+def accuracy(correct, counted):
+    """Correct clips / clips, from Meter sums: (correct, _) and (_, clips)."""
+    return correct[0] / counted[1] if counted[1] else float("nan")
 
 
 @torch.no_grad()
 def evaluate(exp, model, loader, keep_logits=False):
-    """Action cross-entropy and accuracy on `loader` (heads off: they do not affect logits)."""
+    """Action cross-entropy and accuracy on `loader` (heads off: they do not affect logits).
+    Under torchrun each process evaluates its videos (utils/data.make_loader) and the sums are
+    added up, so every video counts once; logits are gathered from all processes."""
     model.eval()
     meter = Meter()
     all_logits, all_labels, all_index = [], [], []
-    for batch in tqdm(loader, desc=f"stage {exp.stage} evaluate", leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=f"stage {exp.stage} evaluate", leave=False, dynamic_ncols=True,
+                      disable=not distributed.is_main()):
         batch = to_device(batch, exp.device)
         with autocast(exp.device, exp.precision):
             out = exp.forward(model, batch, None, train=False)
         logits = out["logits"].float()
         n = batch["label"].shape[0]
         meter.add("loss", torch.nn.functional.cross_entropy(logits, batch["label"]), n)
-        meter.add("acc", (logits.argmax(1) == batch["label"]).float().mean(), n)
+        meter.add("correct", (logits.argmax(1) == batch["label"]).sum().double(), 1)
         if keep_logits:
             all_logits.append(logits.cpu())
             all_labels.append(batch["label"].cpu())
             all_index.append(batch["index"].cpu())
-    result = {"loss": meter.mean("loss"), "acc": 100 * meter.mean("acc")}
+    s = meter.global_sums(["loss", "correct"], exp.device)
+    result = {"loss": s["loss"][0] / s["loss"][1] if s["loss"][1] else float("nan"),
+              "acc": 100 * accuracy(s["correct"], s["loss"])}
     if keep_logits:
-        result.update(logits=torch.cat(all_logits), labels=torch.cat(all_labels), index=torch.cat(all_index))
+        parts = distributed.gather_objects([torch.cat(x) if x else None for x in (all_logits, all_labels, all_index)])
+        logits, labels, index = (torch.cat([p[k] for p in parts if p[k] is not None]) for k in range(3))
+        order = index.argsort()
+        result.update(logits=logits[order], labels=labels[order], index=index[order])
     return result
 
 
@@ -166,7 +212,9 @@ def rng_state(generator):
     _, mt, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
     return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and distributed.world_size() == 1 else None,
+            # torchrun: every process draws the same numbers on its own GPU; process 0's state serves all
+            "cuda_current": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             "numpy": {"mt": torch.from_numpy(mt.astype(np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
             "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
@@ -179,8 +227,10 @@ def set_rng_state(state, generator):
     np.random.set_state(("MT19937", n["mt"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
-    if state.get("cuda") is not None and torch.cuda.is_available():
+    if state.get("cuda") is not None and torch.cuda.is_available() and distributed.world_size() == 1:
         torch.cuda.set_rng_state_all(state["cuda"])
+    elif state.get("cuda_current") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_current"])
     generator.set_state(state["generator"])
 
 
@@ -251,11 +301,17 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
     from utils.plots import save_curves
 
     stage_dir = exp.stage_dir
-    resuming = prepare_stage_dir(stage_dir, exp.args.resume, exp.args.overwrite)
-    if resuming:
-        check_same_run(os.path.join(stage_dir, "args.json"), exp.resolved_args())
-    atomic_write_json(os.path.join(stage_dir, "args.json"), exp.resolved_args())
+    main = distributed.is_main()
 
+    def prepare():
+        resuming = prepare_stage_dir(stage_dir, exp.args.resume, exp.args.overwrite)
+        if resuming:
+            check_same_run(os.path.join(stage_dir, "args.json"), exp.resolved_args())
+        atomic_write_json(os.path.join(stage_dir, "args.json"), exp.resolved_args())
+        return resuming
+    resuming = distributed.on_main(prepare)  # the other processes wait, and stop on a refusal
+
+    net = distributed.wrap(model, exp.device, find_unused=exp.family != "flow")  # DistributedDataParallel under torchrun
     optimizer = exp.make_optimizer(model)
     scheduler = exp.make_scheduler(optimizer)
     generator = torch.Generator().manual_seed(exp.args.seed * 7919 + exp.stage)
@@ -278,13 +334,13 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
 
     num_epochs = exp.args.numEpochs
     bar = tqdm(range(start_epoch, num_epochs + 1), initial=start_epoch - 1, total=num_epochs,
-               desc=f"{exp.name} stage {exp.stage}", dynamic_ncols=True)
+               desc=f"{exp.name} stage {exp.stage}", dynamic_ncols=True, disable=not main)
     epoch = start_epoch - 1
     try:
         for epoch in bar:
             t0 = time.time()
             lr = optimizer.param_groups[0]["lr"]
-            train = train_one_epoch(exp, model, train_loader, optimizer, epoch, generator)
+            train = train_one_epoch(exp, net, train_loader, optimizer, epoch, generator)
             scheduler.step()
             if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
                 raise non_finite("parameters became non-finite", exp, epoch)
@@ -296,16 +352,20 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
                          f"{test['loss']:.6f}", f"{test['acc']:.4f}", _fmt(train["ms_loss"]),
                          _fmt(train["op_loss"]), _fmt(train["op_acc"]), f"{seconds:.1f}",
                          _fmt(val["loss"]), _fmt(val["acc"], 4)])
-            score = selection_score(select, epoch, test, val)
-            if score > best_score:  # strictly better: the first best epoch is kept, as the original
+            score = selection_score(select, epoch, test, val)  # the same in every process
+            better = score > best_score  # strictly better: the first best epoch is kept, as the original
+            if better:
                 best_score, selected_epoch = score, epoch
-                atomic_torch_save(exp.checkpoint(model, epoch, test["acc"]), os.path.join(stage_dir, "best_model.pth"))
-            atomic_torch_save({"experiment": exp.name, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "epoch": epoch, "best_score": best_score,
-                               "selected_epoch": selected_epoch, "rows": rows, "seconds": elapsed,
-                               "rng": rng_state(generator)}, os.path.join(stage_dir, "last.pth"))
-            atomic_write_csv(os.path.join(stage_dir, "log.csv"), LOG_COLUMNS, rows)
-            save_curves(rows, os.path.join(stage_dir, "curves.png"), title=f"{exp.name} stage {exp.stage}")
+            if main:
+                if better:
+                    atomic_torch_save(exp.checkpoint(model, epoch, test["acc"]), os.path.join(stage_dir, "best_model.pth"))
+                atomic_torch_save({"experiment": exp.name, "model": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "epoch": epoch, "best_score": best_score, "selected_epoch": selected_epoch,
+                                   "rows": rows, "seconds": elapsed, "rng": rng_state(generator)},
+                                  os.path.join(stage_dir, "last.pth"))
+                atomic_write_csv(os.path.join(stage_dir, "log.csv"), LOG_COLUMNS, rows)
+                save_curves(rows, os.path.join(stage_dir, "curves.png"), title=f"{exp.name} stage {exp.stage}")
             bar.set_postfix(train_acc=f"{train['acc']:.1f}", test_acc=f"{test['acc']:.1f}", selected=selected_epoch)
             val_text = f"val acc {val['acc']:5.1f}  " if val["acc"] is not None else ""
             tqdm.write(f"epoch {epoch:3d}  lr {lr:.2g}  train loss {train['loss']:.4f} acc {train['acc']:5.1f}  "
@@ -328,7 +388,9 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
                "seconds": round(elapsed, 1), "num_test_videos": len(test_loader.dataset),
                "num_train_videos": len(train_loader.dataset), "precision": exp.precision,
                "dataset": exp.args.datasetDir}
-    atomic_write_json(os.path.join(stage_dir, "summary.json"), summary)
+    if main:
+        atomic_write_json(os.path.join(stage_dir, "summary.json"), summary)
+    distributed.barrier()  # the stage's files are complete before any process goes on
     return summary
 
 
