@@ -342,7 +342,7 @@ def tiny(tmp_path_factory):
     assert g.returncode == 0, g.stderr
     out = base / "rep"
     args = ["--seqLens", "4", "--lrs", "1e-4", "--epochs1", "1", "--epochs2", "1", "--epochsFlow", "1",
-            "--epochsTwoStream", "1", "--frameSize", "64", "--datasetDir", data, "--outDir", out,
+            "--epochsTwoStream", "1", "--frameSize", "64", "--jobs", "2", "--datasetDir", data, "--outDir", out,
             "--extra", TINY_EXTRA]
     p = rep("--table", "2", *args)
     yield {"data": data, "out": out, "args": args, "first": p}
