@@ -243,3 +243,21 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
     (tmp_path / "o" / "prediction.json").write_text("{}")
     assert_one_line_error(run("--video", video, "--modelStateDict", ckpt), capsys, "--overwrite")
     assert (tmp_path / "o" / "prediction.json").read_text() == "{}"
+
+
+def test_large_video_is_scaled_down_as_datasets_prepare_does(setup, tmp_path):
+    """A video larger than 256 px: predict.py decodes and scales it as datasets.prepare does
+    (short side 256, INTER_AREA), so the prepared frames give the same logits."""
+    from datasets.video import write_video
+    ckpt = setup / "rgb" / "stage1" / "best_model.pth"
+    video = tmp_path / "videos" / "S9" / "take_cup" / "1.mp4"
+    video.parent.mkdir(parents=True)
+    write_video(video, syn.render_video("take_cup", 0, 8, size=(320, 288))["rgb"], FPS)
+    assert prepare.main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "data"), "--only", "frames",
+                         "--workers", "1", "--quiet"]) == 0
+    frames = tmp_path / "data" / "processed_frames2" / "S9" / "take_cup" / "1" / "rgb"
+    with Image.open(frames / "rgb0001.png") as im:
+        assert im.size == (284, 256)  # 320 x 288 scaled by 256 / 288
+    got = predict(tmp_path, video, ckpt)
+    want = predict(tmp_path, frames, ckpt, name="frames")
+    assert_same_logits(got["logits"], np.array(want["logits"]))
