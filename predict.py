@@ -189,26 +189,26 @@ def plan_clip(first, n, spec, name, start, end):
 
 
 def min_frames(spec):
-    """Frames a clip needs: seqLen distinct RGB frames, stackSize flow frames (+1 RGB), and the
-    loaders' minimum of 5 (datasets/gtea61.py MIN_FRAMES)."""
+    """(frames a clip needs, why): seqLen distinct RGB frames, stackSize flow frames (one RGB
+    frame more), and at least the loaders' minimum (datasets/gtea61.py MIN_FRAMES)."""
     from datasets.gtea61 import MIN_FRAMES
-    need = MIN_FRAMES
+    needs = [(MIN_FRAMES, f"the loaders' minimum of {MIN_FRAMES}")]
     if spec["kind"] in ("rgb", "twostream"):
-        need = max(need, spec["seqLen"])
+        needs.append((spec["seqLen"], f"seqLen {spec['seqLen']}"))
     if spec["kind"] in ("flow", "twostream"):
-        need = max(need, spec["stackSize"] + 1)
-    return need
+        needs.append((spec["stackSize"] + 1, f"stacks of {spec['stackSize']} flow frames"))
+    return max(needs, key=lambda n: n[0])
 
 
 def plan_clips(source, spec, window, stride):
     """The whole video as one clip, plus the windows [s, s + window) at s = 0, stride, ... (and
     one ending at the video's end, so the tail is covered)."""
-    times, n, need = np.asarray(source.times), len(source.times), min_frames(spec)
+    times, n = np.asarray(source.times), len(source.times)
+    need, why = min_frames(spec)
     what = f"{n} frames" + (f" ({source.duration:.2f} s)" if source.rate else "")
     if n < need:
-        raise UserError(f"--video {source.path} has {what}; the model's clip needs {need} "
-                        f"(seqLen {spec['seqLen']}{', stackSize ' + str(spec['stackSize']) if spec['kind'] != 'rgb' else ''}): "
-                        "use a longer video" + (" or a higher --fps" if source.rate else ""))
+        raise UserError(f"--video {source.path} has {what}; the model's clip needs {need} ({why}): "
+                        "use a longer video")
     clips = [plan_clip(0, n, spec, "video", 0.0, source.duration)]
     if window is None:
         return clips
@@ -224,8 +224,7 @@ def plan_clips(source, spec, window, stride):
         b = int(np.searchsorted(times, s + window - 1e-9, side="left"))
         if b - a < need:
             raise UserError(f"--window {window:g}: the window at {s:.2f} s holds {b - a} frames of this "
-                            f"{source.rate:.3g} frames/s video, the model's clip needs {need}: use a longer --window "
-                            "or a higher --fps")
+                            f"{source.rate:.3g} frames/s video, the model's clip needs {need} ({why}): use a longer --window")
         clips.append(plan_clip(a, b - a, spec, f"window {i}", float(s), float(s + window)))
     return clips
 
