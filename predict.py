@@ -224,7 +224,8 @@ def plan_clips(source, spec, window, stride):
         b = int(np.searchsorted(times, s + window - 1e-9, side="left"))
         if b - a < need:
             raise UserError(f"--window {window:g}: the window at {s:.2f} s holds {b - a} frames of this "
-                            f"{source.rate:.3g} frames/s video, the model's clip needs {need} ({why}): use a longer --window")
+                            f"{source.rate:.3g} frames/s video, the model's clip needs {need} ({why}): "
+                            "use a longer --window")
         clips.append(plan_clip(a, b - a, spec, f"window {i}", float(s), float(s + window)))
     return clips
 
@@ -349,6 +350,11 @@ class CamVideo:
         self.writer.close()
         os.replace(self.tmp, self.path)
 
+    def discard(self):
+        self.writer.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
 
 def main(argv=None):
     args = parse_args(argv)
@@ -365,7 +371,7 @@ def main(argv=None):
     if not (os.path.isfile(args.video) or os.path.isdir(args.video)):
         raise UserError(f"--video {args.video}: no such file or folder")
     if args.window is not None and os.path.isdir(args.video) and not args.fps:
-        raise UserError(f"--window on a folder of frames needs --fps (the rate its frames were taken at)")
+        raise UserError("--window on a folder of frames needs --fps (the rate its frames were taken at)")
 
     from datasets.warpflow import RaftWeightsError, flow_method
     from utils.experiment import pick_device
@@ -401,14 +407,16 @@ def main(argv=None):
     print(f"{args.video}: {len(source.times)} frames" + (f", {source.duration:.2f} s" if source.rate else "")
           + f"; {spec['name']} model ({C} classes, seqLen {spec['seqLen']}, {spec['frameSize']} px"
           + (f", {'warp ' if not args.noWarp else ''}{args.flow} flow" if method else "")
-          + ("" if spec["recorded"] else "; no configuration in the file: the original's settings") + f") on {device.type}",
+          + ("" if spec["recorded"] else "; no configuration in the file: the original's settings")
+          + f") on {device.type}",
           file=sys.stderr, flush=True)
 
     from tqdm import tqdm
     results, cam = {}, {}
     with_cam = spec["kind"] in ("rgb", "twostream") and spec["attention"]
     cam_video = CamVideo(os.path.join(out_dir, "cam.mp4"), args.camFps) if with_cam else None
-    window_order = [c["name"] for c in sorted(clips, key=lambda c: c["start"]) if c["name"] != "video"]
+    window_order = {name: i for i, name in enumerate(
+        c["name"] for c in sorted(clips, key=lambda c: c["start"]) if c["name"] != "video")}
     bar = tqdm(total=len(clips), unit="clip", desc="predict", disable=args.quiet, dynamic_ncols=True)
     model_secs = 0.0
 
@@ -438,19 +446,25 @@ def main(argv=None):
             else:  # windows go to cam.mp4 in time order as they finish; the frames are not kept
                 p = torch.softmax(logits[b], 0)
                 what = f"{classes[int(p.argmax())]} {float(p.max()):.2f}"
-                cam_video.add(window_order.index(clip["name"]), cam_frames(o["rgb"], attn[b], [
+                cam_video.add(window_order[clip["name"]], cam_frames(o["rgb"], attn[b], [
                     f"{source.times[i]:.2f} s ({clip['start']:.1f}-{clip['end']:.1f}): {what}" for i in clip["rgb"]]))
         bar.update(len(batch))
 
     batch = []
-    for item in ClipMaker(clips, spec, method, not args.noWarp)(source.frames()):
-        batch.append(item)
-        if len(batch) == args.batchSize:
+    try:
+        for item in ClipMaker(clips, spec, method, not args.noWarp)(source.frames()):
+            batch.append(item)
+            if len(batch) == args.batchSize:
+                run(batch)
+                batch = []
+        if batch:
             run(batch)
-            batch = []
-    if batch:
-        run(batch)
-    bar.close()
+    except BaseException:  # Ctrl-C or an error: no half-written cam.mp4 left behind
+        if cam_video is not None:
+            cam_video.discard()
+        raise
+    finally:
+        bar.close()
     secs = time.time() - t0
 
     # the whole video
