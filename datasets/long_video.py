@@ -6,7 +6,7 @@ video file, with the truth of what happens when (for predict.py's sliding window
 
 Writes the video (H.264) and, beside it, <name>.csv: start_s, end_s, action of every segment.
 Each segment is datasets.synthetic.render_video of the next class (cycling through the first
---classes classes of the generator, in its dataset order) for --actionSeconds, rendered at --fps;
+--classes classes of the generator, in its order: take_cup, put_cup, open_box, ...) for --actionSeconds, rendered at --fps;
 user index 1 is S2, the generator's test user. Synthetic data: not a GTEA-61 recording.
 """
 import argparse

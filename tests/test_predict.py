@@ -261,3 +261,15 @@ def test_large_video_is_scaled_down_as_datasets_prepare_does(setup, tmp_path):
     got = predict(tmp_path, video, ckpt)
     want = predict(tmp_path, frames, ckpt, name="frames")
     assert_same_logits(got["logits"], np.array(want["logits"]))
+
+
+def test_long_video_is_one_action_after_another(tmp_path):
+    from datasets.long_video import main
+    from datasets.video import frame_times
+    video = tmp_path / "long.mp4"
+    assert main(["--out", str(video), "--seconds", "2", "--fps", "10", "--size", "48x32", "--actionSeconds", "0.7",
+                 "--classes", "2"]) == 0
+    assert len(frame_times(video)) == 20
+    with open(tmp_path / "long.csv") as f:
+        rows = [(float(r["start_s"]), float(r["end_s"]), r["action"]) for r in csv.DictReader(f)]
+    assert rows == [(0.0, 0.7, "take_cup"), (0.7, 1.4, "put_cup"), (1.4, 2.0, "take_cup")]  # the generator's order
