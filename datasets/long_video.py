@@ -5,9 +5,10 @@ video file, with the truth of what happens when (for predict.py's sliding window
         [--size 320x240] [--actionSeconds 5] [--classes 8] [--user 1] [--seed 0]
 
 Writes the video (H.264) and, beside it, <name>.csv: start_s, end_s, action of every segment.
-Each segment is datasets.synthetic.render_video of the next class (cycling through the first
---classes classes of the generator, in its order: take_cup, put_cup, open_box, ...) for --actionSeconds, rendered at --fps;
-user index 1 is S2, the generator's test user. Synthetic data: not a GTEA-61 recording.
+Each segment is datasets.synthetic.render_video of the next class (cycling through the
+generator's first --classes classes in its order: take_cup, put_cup, open_box, ...) for
+--actionSeconds, rendered at --fps; user index 1 is S2, the generator's test user. Synthetic
+data: not a GTEA-61 recording.
 """
 import argparse
 import os
