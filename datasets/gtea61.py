@@ -229,6 +229,22 @@ def _positions(n, count):
     return [int(np.floor(i)) - 1 for i in np.linspace(1, n, count, endpoint=False)]
 
 
+def clip_positions(n, seq_len):
+    """0-based positions of the seqLen RGB frames of a clip of n frames (the test clip, and
+    every clip: RGB frames are never drawn at random). predict.py picks its frames with it."""
+    return _positions(n, seq_len)
+
+
+def eval_flow_starts(n, stack_size, num_seg):
+    """0-based start positions of the test-time flow stacks for n flow frames (module docstring)."""
+    k = stack_size
+    if n <= k:
+        return [0] * num_seg
+    if num_seg == 1:
+        return [int(math.ceil((n - k) / 2)) - 1]
+    return [int(p) - 1 for p in np.linspace(1, n - k + 1, num_seg, endpoint=False)]
+
+
 class GTEA61(Dataset):
     """GTEA-61 clips for one modality and a set of users (see the module docstring)."""
 
@@ -413,18 +429,14 @@ class GTEA61(Dataset):
     # ---- sampling -----------------------------------------------------------------------
     def rgb_positions(self, n):
         """0-based positions (in the sorted frame list) of the seqLen RGB frames."""
-        return _positions(n, self.seqLen)
+        return clip_positions(n, self.seqLen)
 
     def flow_starts(self, n):
         """0-based start positions of the flow stacks for a video with n flow frames."""
         k = self.stackSize
-        if n <= k:
-            return [0] * self.numSeg
-        if self.train:
+        if self.train and n > k:
             return sorted(random.randint(0, n - k) for _ in range(self.numSeg))
-        if self.numSeg == 1:
-            return [int(math.ceil((n - k) / 2)) - 1]
-        return [int(p) - 1 for p in np.linspace(1, n - k + 1, self.numSeg, endpoint=False)]
+        return eval_flow_starts(n, k, self.numSeg)
 
     def __len__(self):
         return len(self._videos)

@@ -2,7 +2,10 @@
 
     for rgb in read_frames(path, fps=None, short_side=256): ...    # (H, W, 3) uint8 frames
     info = probe(path)                                              # frames, rate, size, rotation
+    for t, rgb in read_timed_frames(path, fps, short_side): ...     # with their times (predict.py)
+    times = frame_times(path, fps)                                  # the times alone, no conversion
     write_video(path, frames, fps, codec="libx264")                 # the generator and the tests
+    with VideoWriter(path, fps) as w: w.write(rgb)                  # one frame at a time
 
 Decoding follows what a player shows:
   * every frame the decoder returns is used once, in the decoder's output order, which is
@@ -105,9 +108,9 @@ def output_size(width, height, short_side):
     return short_side, max(1, round(height * scale))
 
 
-def _decoded(path):
+def _decoded(path, convert=True):
     """(time in seconds as a Fraction, rotated RGB frame) for every decoded frame, in
-    presentation order."""
+    presentation order (None instead of the frame with convert=False: times only)."""
     av = _av()
     c = _open(path)
     try:
@@ -121,8 +124,7 @@ def _decoded(path):
                 # exact times (Fractions), so that ties in --fps resampling are ties
                 t = (frame.pts * frame.time_base if frame.pts is not None and frame.time_base
                      else fractions.Fraction(n) / (rate or 1))
-                rgb = frame.to_ndarray(format="rgb24")
-                yield t, _rotate(rgb, frame.rotation)
+                yield t, _rotate(frame.to_ndarray(format="rgb24"), frame.rotation) if convert else None
                 n += 1
         except av.error.FFmpegError as e:
             raise VideoError(f"cannot decode video {path} after {n} frames: {_reason(e)} "
@@ -138,45 +140,94 @@ def _decoded(path):
         c.close()
 
 
-def read_frames(path, fps=None, short_side=0):
-    """Yield the RGB frames of a video, (H, W, 3) uint8 (see the module docstring)."""
-    frames = _decoded(path)
+def _resampled(decoded, fps):
+    """(seconds since the first frame, payload) at `fps`: output frame j shows the decoded
+    frame nearest to t0 + j / fps; every decoded frame when fps is None."""
     if not fps:
-        for _, rgb in frames:
-            yield _resize(rgb, short_side)
+        t0 = None
+        for t, item in decoded:
+            t0 = t if t0 is None else t0
+            yield t - t0, item
         return
-    # resample: output frame j shows the decoded frame nearest to t0 + j / fps
     fps = fractions.Fraction(fps).limit_denominator(1000000)
     j, t0, prev = 0, None, None
-    for t, rgb in frames:
+    for t, item in decoded:
         if t0 is None:
             t0 = t
         while t0 + j / fps <= t:
             tj = t0 + j / fps
-            pick = prev[1] if prev is not None and tj - prev[0] <= t - tj else rgb
-            yield _resize(pick, short_side)
+            yield j / fps, (prev[1] if prev is not None and tj - prev[0] <= t - tj else item)
             j += 1
-        prev = (t, rgb)
+        prev = (t, item)
+
+
+def read_timed_frames(path, fps=None, short_side=0):
+    """Yield (seconds since the first frame as a Fraction, RGB frame) for what read_frames yields."""
+    for t, rgb in _resampled(_decoded(path), fps):
+        yield t, _resize(rgb, short_side)
+
+
+def read_frames(path, fps=None, short_side=0):
+    """Yield the RGB frames of a video, (H, W, 3) uint8 (see the module docstring)."""
+    for _, rgb in read_timed_frames(path, fps, short_side):
+        yield rgb
+
+
+def frame_times(path, fps=None):
+    """The times (seconds since the first frame, Fractions) of the frames read_frames yields,
+    found by decoding the whole file without converting a frame (a damaged file raises
+    VideoError here, before any other work)."""
+    return [t for t, _ in _resampled(_decoded(path, convert=False), fps)]
+
+
+class VideoWriter:
+    """Encode RGB frames one at a time (all of the same size) into `path`; see write_video.
+
+        with VideoWriter(path, fps) as w:
+            w.write(rgb)"""
+
+    def __init__(self, path, fps, codec="libx264", options=None, pix_fmt=None, container_options=None):
+        self.path, self.fps, self.codec = os.fspath(path), fps, codec
+        self.options, self.pix_fmt, self.container_options = options, pix_fmt, container_options
+        self.container = self.stream = None
+
+    def _start(self, h, w):
+        av = _av()
+        self.container = av.open(self.path, "w", options=self.container_options or {})
+        s = self.container.add_stream(self.codec, rate=fractions.Fraction(self.fps).limit_denominator(1001))
+        s.width, s.height = w, h
+        s.pix_fmt = self.pix_fmt or ("yuvj420p" if self.codec == "mjpeg" else "yuv420p")
+        s.thread_count = 1
+        opts = {"crf": "17", "preset": "medium"} if self.codec == "libx264" else {}
+        opts.update(self.options or {})
+        s.options = opts
+        self.stream = s
+
+    def write(self, rgb):
+        if self.container is None:
+            self._start(*rgb.shape[:2])
+        frame = _av().VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for p in self.stream.encode(frame):
+            self.container.mux(p)
+
+    def close(self):
+        if self.container is not None:
+            for p in self.stream.encode():
+                self.container.mux(p)
+            self.container.close()
+            self.container = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def write_video(path, frames, fps, codec="libx264", options=None, pix_fmt=None, container_options=None):
     """Encode RGB frames (N, H, W, 3) uint8 into `path` (the container from its extension).
     libx264 runs on one thread with a fixed preset, so the bytes are the same every time.
     `options` go to the encoder, `container_options` to the muxer (e.g. movflags=faststart)."""
-    av = _av()
-    frames = np.asarray(frames)
-    h, w = frames.shape[1:3]
-    rate = fractions.Fraction(fps).limit_denominator(1001)
-    with av.open(os.fspath(path), "w", options=container_options or {}) as c:
-        s = c.add_stream(codec, rate=rate)
-        s.width, s.height = w, h
-        s.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
-        s.thread_count = 1
-        opts = {"crf": "17", "preset": "medium"} if codec == "libx264" else {}
-        opts.update(options or {})
-        s.options = opts
-        for rgb in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    with VideoWriter(path, fps, codec, options, pix_fmt, container_options) as w:
+        for rgb in np.asarray(frames):
+            w.write(rgb)

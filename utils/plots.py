@@ -44,6 +44,40 @@ def denormalise(clip, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
     return (clip.cpu().float() * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
+def cam_maps(attention, size):
+    """(T, h, w) attention -> (T, H, W) numpy maps, bilinearly upsampled to size (H, W) and
+    scaled to [0, 1] per frame, as the figures show them."""
+    up = F.interpolate(attention.float().cpu()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+    return ((up - lo) / (hi - lo + 1e-12)).numpy()
+
+
+def cam_overlay(frames, maps, alpha=0.5):
+    """Frames (T, H, W, 3) in [0, 1] with the maps (T, H, W) on top in the jet colours, as
+    imshow(map, cmap="jet", alpha) over the frame draws them -> uint8 (T, H, W, 3)."""
+    jet = plt.get_cmap("jet")(maps)[..., :3]
+    return np.round(255 * ((1 - alpha) * frames + alpha * jet)).astype(np.uint8)
+
+
+def save_cam_strip(frames, maps, path, title="", max_frames=8, frame_labels=None):
+    """Up to max_frames of a clip, evenly spaced: the frames (T, H, W, 3) in [0, 1] above, the
+    attention maps (T, H, W) in [0, 1] on top of them below."""
+    T = len(frames)
+    idx = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
+    fig, axes = plt.subplots(2, len(idx), figsize=(1.9 * len(idx), 4.0), squeeze=False)
+    for j, t in enumerate(idx):
+        axes[0, j].imshow(frames[t])
+        axes[1, j].imshow(frames[t])
+        axes[1, j].imshow(maps[t], cmap="jet", alpha=0.5)
+        axes[0, j].set_title(frame_labels[t] if frame_labels else f"frame {t + 1}", fontsize=8)
+        for r in range(2):
+            axes[r, j].axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=90)
+    plt.close(fig)
+
+
 @torch.no_grad()
 def save_cam_figures(model, test_set, out_dir, device, num_videos=3, max_frames=8):
     """For a few test videos of different classes: frames with the attention map on top."""
@@ -60,27 +94,12 @@ def save_cam_figures(model, test_set, out_dir, device, num_videos=3, max_frames=
         out = model(clip[None].to(device), heads=False)
         if out.get("attention") is None:
             return paths
-        attn = out["attention"][0].float()                      # (T, h, w), sums to 1 per frame
         pred = int(out["logits"][0].argmax())
-        T, _, H, W = clip.shape
-        up = F.interpolate(attn[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-        up = (up - up.amin(dim=(1, 2), keepdim=True)) / (up.amax(dim=(1, 2), keepdim=True) - up.amin(dim=(1, 2), keepdim=True) + 1e-12)
-        frames = denormalise(clip)
-        idx = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
-        fig, axes = plt.subplots(2, len(idx), figsize=(1.9 * len(idx), 4.0), squeeze=False)
-        for j, t in enumerate(idx):
-            axes[0, j].imshow(frames[t])
-            axes[1, j].imshow(frames[t])
-            axes[1, j].imshow(up[t].cpu().numpy(), cmap="jet", alpha=0.5)
-            axes[0, j].set_title(f"frame {t + 1}", fontsize=8)
-            for r in range(2):
-                axes[r, j].axis("off")
         name = test_set.video_ids[i]
-        fig.suptitle(f"{name}  true: {test_set.classes[label]}  predicted: {test_set.classes[pred]}", fontsize=9)
-        fig.tight_layout()
         path = os.path.join(out_dir, name.replace(os.sep, "_").replace("/", "_") + ".png")
-        atomic_savefig(fig, path, dpi=90)
-        plt.close(fig)
+        save_cam_strip(denormalise(clip), cam_maps(out["attention"][0], clip.shape[-2:]), path,
+                       f"{name}  true: {test_set.classes[label]}  predicted: {test_set.classes[pred]}",
+                       max_frames)
         paths.append(path)
         if len(paths) >= num_videos:
             break
@@ -110,3 +129,35 @@ def save_confusion_matrix(labels, preds, classes, path, title=""):
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return cm
+
+
+def save_timeline(starts, ends, probs, classes, path, title="", max_actions=8):
+    """Sliding-window predictions of a long video: the probability of the leading actions
+    against time (each window drawn at its centre), and below it a strip coloured by the top-1
+    action of each window, drawn over the middle of its window (stride wide when they overlap)."""
+    starts, ends, probs = np.asarray(starts, float), np.asarray(ends, float), np.asarray(probs, float)
+    centres = (starts + ends) / 2
+    top1 = probs.argmax(1)
+    # the actions that win some window first (by how many), then the most probable others
+    order = sorted(set(top1.tolist()), key=lambda c: (-(top1 == c).sum(), -probs[:, c].max()))
+    order += [int(c) for c in np.argsort(-probs.max(0)) if c not in order]
+    shown = order[:max_actions]
+    colours = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(shown)}
+    fig, (ax, strip) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True, gridspec_kw={"height_ratios": [4, 0.6]})
+    for c in shown:
+        ax.plot(centres, probs[:, c], marker="o" if len(centres) < 40 else None, ms=3, color=colours[c],
+                label=classes[c])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=9)
+    half = np.diff(centres).min() / 2 if len(centres) > 1 else (ends[0] - starts[0]) / 2
+    for c0, c in zip(centres, top1):
+        strip.broken_barh([(c0 - half, 2 * half)], (0, 1), color=colours.get(int(c), (0.6, 0.6, 0.6)))
+    strip.set_yticks([])
+    strip.set_ylabel("top-1", rotation=0, ha="right", va="center", fontsize=8)
+    strip.set_xlabel("time (s)")
+    strip.set_xlim(starts.min(), ends.max())
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=100)
+    plt.close(fig)
