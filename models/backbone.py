@@ -108,10 +108,10 @@ def _read_state(path, what):
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def warn_untrained(what):
-    warnings.warn(f"pretrained='none': {what} starts from random weights; unless a checkpoint is "
-                  f"loaded, the CAM attention (driven by the ImageNet classifier) is untrained",
-                  stacklevel=3)
+def warn_untrained(what, cam=True):
+    why = ("; unless a checkpoint is loaded, the CAM attention (driven by the ImageNet classifier) is untrained"
+           if cam else ", not the paper's ImageNet initialisation (unless a checkpoint is loaded next)")
+    warnings.warn(f"pretrained='none': {what} starts from random weights{why}", stacklevel=3)
 
 
 def load_trunk(net, state, pretrained):

@@ -24,7 +24,7 @@ class FlowResNet34(nn.Module):
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
         state = load_resnet34_state(pretrained)
         if state is None:
-            warn_untrained("the flow ResNet-34")
+            warn_untrained("the flow ResNet-34", cam=False)
         else:
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             rgb = state["conv1.weight"]  # (64, 3, 7, 7)
