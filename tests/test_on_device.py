@@ -46,17 +46,13 @@ def test_batches_equal_the_dataloader_path(data, modality):
     ref = epochs(make_loader(ds, 4, True, seed=5, num_workers=0, normalize=False, source=True))
     got = epochs(DeviceLoader(ds, 4, seed=5, device=CPU))
     keys = {"rgb", "label", "index", "frame_numbers"} | ({"mmaps"} if modality == "rgb_mmaps" else set())
-    flips = 0
     for ref_epoch, got_epoch in zip(ref, got):
         assert len(got_epoch) == len(ref_epoch) == -(-len(ds) // 4)
         for r, g in zip(ref_epoch, got_epoch):
             assert set(r) == set(g) == keys
             for k in keys:
                 assert r[k].dtype == g[k].dtype and torch.equal(r[k], g[k]), k
-            # a flipped clip is the mirror of an unflipped rendering of the same crop: count clips
-            # whose frames are not left-right symmetric, so the test sees real images, not blanks
-            flips += int((g["rgb"] != g["rgb"].flip(-1)).any())
-    assert flips > 0
+            assert g["rgb"].std() > 0.1  # real images (normalised), so equality means something
     # the two epochs draw other clip orders (and so other crops)
     assert [b["index"].tolist() for b in got[0]] != [b["index"].tolist() for b in got[1]]
 
