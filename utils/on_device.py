@@ -94,11 +94,10 @@ class DeviceLoader:
                 raise DatasetError(f"{v['rgb_dir']}: frames of different sizes; resize them to one size")
             frames.append(torch.from_numpy(np.stack(arrays)).to(device))
             self.sizes.append(arrays[0].shape[:2])  # (H, W)
-        # one tensor when every video has one frame size (one gather per batch), else a list
-        same = all(s == self.sizes[0] for s in self.sizes)
-        self.frames = torch.stack(frames) if same else frames
-        self.labels = torch.as_tensor(dataset.labels).to(device)
+        self.frames = frames
+        self.same_size = all(s == self.sizes[0] for s in self.sizes)  # then one resize per batch
         self.nbytes = sum(f.numel() for f in frames)
+        self.maps = {}  # decoded motion maps (host), read once: no image decoding in the training loop
 
     def __len__(self):
         return len(self.batch_sampler)
@@ -117,13 +116,20 @@ class DeviceLoader:
                 chosen = [v["rgb"][p][0] for p in ds.rgb_positions(len(v["rgb"]))]
                 numbers.append(chosen)
                 if ds._needs_mmaps:
-                    maps.append(ds._mmaps(v, chosen, params))
-            if torch.is_tensor(self.frames):
-                src = self.frames[torch.tensor(idx, device=self.device)]
-            else:
-                src = [self.frames[i] for i in idx]
-            batch = {"rgb": clips_on_device(src, specs), "frame_numbers": torch.tensor(numbers),
-                     "label": self.labels[idx], "index": torch.tensor(idx)}
+                    maps.append(ds._mmaps(v, chosen, params, self._map))
+            # gathered with a stack on the device: an index tensor would be a copy that waits for it
+            src = [self.frames[i] for i in idx]
+            batch = {"rgb": clips_on_device(torch.stack(src) if self.same_size else src, specs),
+                     "frame_numbers": torch.tensor(numbers)}
+            # small host tensors, moved by utils/train.to_device as the DataLoader's (pinned: no wait)
+            host = {"label": torch.tensor([ds.labels[i] for i in idx]), "index": torch.tensor(idx)}
             if maps:
-                batch["mmaps"] = torch.stack(maps)
-            yield batch
+                host["mmaps"] = torch.stack(maps)
+            if self.device.type == "cuda":
+                host = {k: t.pin_memory() for k, t in host.items()}
+            yield {**batch, **host}
+
+    def _map(self, path, mode):
+        if path not in self.maps:
+            self.maps[path] = self.dataset._image(path, mode)
+        return self.maps[path]
