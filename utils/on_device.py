@@ -1,14 +1,15 @@
 """The training set held on the device (--dataOnDevice): no DataLoader, no worker processes.
 
 A GTEA-61-sized training set is small once decoded: an RGB clip is always the same seqLen frames
-of its video (datasets/gtea61.py: only the crop and flip are random), so 358 clips x 16 frames
-at 341x256 (datasets/prepare.py's short side 256) are 1.5 GB as uint8. `DeviceLoader` decodes those frames once, keeps them on the
-device, and builds every batch there from the sampler's (index, seed) pairs: each clip's crop and
-flip are drawn from its seed exactly as a DataLoader worker draws them (utils/data.seeded), and
-`datasets.transforms.clips_on_device` resizes, crops and flips, as it does for the GPU
-DataLoader path. So the batches equal those of `make_loader(..., source=True)` once
-`utils/train.to_device` has transformed them (tests/test_on_device.py). Motion maps (7x7
-targets) are made on the host with PIL, as in the DataLoader, from the frame cache.
+of its video (datasets/gtea61.py: only the crop and flip are random), so 358 clips x 16 frames at
+341x256 (datasets/prepare.py's short side 256) are 1.5 GB as uint8. `DeviceLoader` decodes those
+frames once, keeps them on the device, and builds every batch there from the sampler's (index,
+seed) pairs: each clip's crop and flip are drawn from its seed exactly as a DataLoader worker
+draws them (utils/data.seeded), and `datasets.transforms.clips_on_device` resizes, crops and
+flips, as it does for the GPU DataLoader path. So the batches equal those of
+`make_loader(..., source=True)` once `utils/train.to_device` has transformed them
+(tests/test_on_device.py). Motion maps (7x7 targets) are made on the host with PIL, as in the
+DataLoader, from maps decoded once.
 
 Only the RGB modalities (rgb, rgb_mmaps): flow clips start at a random frame and would need the
 flow frames of every start held. Under torchrun every process holds the whole set and takes its
@@ -26,7 +27,6 @@ from datasets.transforms import clips_on_device
 from utils.data import EpochSampler, seeded
 from utils.errors import UserError
 
-MODES = ("auto", "on", "off")
 MODALITIES = ("rgb", "rgb_mmaps")
 AUTO_SHARE = 0.25  # auto: the frames may take at most this share of the device's free memory
 
