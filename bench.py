@@ -68,6 +68,8 @@ def parse_args(argv=None):
                    help="DataLoader workers (the scripts' default)")
     p.add_argument("--cpuTransforms", action="store_true",
                    help="GPU runs: transform the RGB frames with PIL in the workers, as the scripts' --cpuTransforms")
+    p.add_argument("--dataOnDevice", choices=("auto", "on", "off"), default="auto",
+                   help="training set held on the device, as in the scripts (utils/on_device.py)")
     p.add_argument("--limit", action="store_true",
                    help="also time a plain ResNet-34 training step on as many images (the hardware limit)")
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
@@ -235,7 +237,7 @@ def main(argv=None):
                    "--memSize", str(a.memSize), "--numWorkers", str(a.numWorkers),
                    "--cacheDir", a.cacheDir, "--pretrained", "none", *extra,
                    *(["--opInput", a.opInput] if kind == "ms_op" else []),
-                   *(["--cpuTransforms"] if a.cpuTransforms else [])]
+                   *(["--cpuTransforms"] if a.cpuTransforms else []), "--dataOnDevice", a.dataOnDevice]
     args = base_parser(kind, "bench").parse_args(script_argv)
     check_args(kind, args)
     args.cacheDir = resolve_cache_dir(args)

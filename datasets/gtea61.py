@@ -503,7 +503,9 @@ class GTEA61(Dataset):
             return _load(path, mode)
         return Image.fromarray(self.cache.array(path, mode, lambda: _load(path, mode)))
 
-    def _mmaps(self, v, frame_numbers, params):
+    def _mmaps(self, v, frame_numbers, params, image=None):
+        """image: what reads a map (path, mode) -> PIL image; default self._image."""
+        image = image or self._image
         nums, names = v["mmaps_nums"], v["mmaps_names"]
         cache = {}
         maps = []
@@ -513,7 +515,7 @@ class GTEA61(Dataset):
                 j -= 1  # the earlier one is strictly nearer (ties go to the later one)
             name = names[j]
             if name not in cache:
-                cache[name] = self._image(os.path.join(v["mmaps_dir"], name), "L")
+                cache[name] = image(os.path.join(v["mmaps_dir"], name), "L")
             maps.append(cache[name])
         return self.transform.mmaps(maps, params)
 

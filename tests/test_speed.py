@@ -202,7 +202,7 @@ def test_frames_transformed_on_device_match_pil(tree, tmp_path, train):
 def test_gpu_loaders_send_uint8_cpu_loaders_float(tiny_root, tmp_path):
     args = E.base_parser("ms_op", "").parse_args(
         ["--datasetDir", str(tiny_root), "--outDir", str(tmp_path), "--seqLen", "4", "--frameSize", "32",
-         "--numWorkers", "0", "--cacheDir", "none", "--trainUsers", "S1"])
+         "--numWorkers", "0", "--cacheDir", "none", "--trainUsers", "S1", "--dataOnDevice", "off"])
     for device, cpu_transforms, normalize, source, pin in [("cpu", False, True, False, False),
                                                            ("cuda", False, False, True, True),
                                                            ("cuda", True, False, False, True)]:

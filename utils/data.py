@@ -5,6 +5,7 @@ Every clip's augmentation (crop, flip, flow start) is drawn from a seed that dep
 after a crash sees exactly the clips an uninterrupted run would have seen, with any number of
 DataLoader workers, and the main process's RNG (dropout) is never touched by data loading."""
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -43,18 +44,25 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key):
         i, seed = key
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                random.seed(seed)
-                np.random.seed(seed % 2**32)
-                torch.manual_seed(seed)
-                if self.normalize and not self.source:
-                    return self.dataset[i]
-                return self.dataset.get(i, normalize=self.normalize, source=self.source)
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        with seeded(seed):
+            if self.normalize and not self.source:
+                return self.dataset[i]
+            return self.dataset.get(i, normalize=self.normalize, source=self.source)
+
+
+@contextmanager
+def seeded(seed):
+    """python, numpy and torch RNGs seeded from a clip's seed; the caller's states restored after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def collate(items):

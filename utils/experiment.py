@@ -96,6 +96,10 @@ def base_parser(kind, description):
     p.add_argument("--cpuTransforms", action="store_true",
                    help="on a GPU, resize/crop/flip the RGB frames with PIL in the DataLoader workers (the CPU "
                         "pipeline, exact) instead of on the GPU (faster; pixels within a few levels of PIL's)")
+    p.add_argument("--dataOnDevice", choices=["auto", "on", "off"], default="auto",
+                   help="hold the decoded training frames on the device and transform them there, without "
+                        "a DataLoader (RGB models; auto: on a GPU when they take under a quarter of its free "
+                        "memory; on: also on the CPU; utils/on_device.py)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast where the hardware runs it natively (auto), or force one")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from last.pth")
@@ -535,7 +539,17 @@ def stage_loaders(exp, train_set, test_set):
     val_set = getattr(exp, "val_set", None)
     exp.val_loader = None if val_set is None else \
         make_loader(val_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process)
-    return (make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, not gpu, source, process),
+    from utils.on_device import DeviceLoader, use_on_device
+    mode = getattr(a, "dataOnDevice", "off")
+    if mode == "auto" and getattr(a, "cpuTransforms", False):
+        mode = "off"  # --cpuTransforms asks for the PIL transforms in DataLoader workers
+    if use_on_device(mode, train_set, exp.device):
+        train_loader = DeviceLoader(train_set, a.trainBatchSize, a.seed, exp.device, process)
+        print(f"training set on {exp.device}: {train_loader.nbytes / 1e9:.2f} GB of decoded frames, no DataLoader")
+    else:
+        train_loader = make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, not gpu, source,
+                                   process)
+    return (train_loader,
             make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process))
 
 
