@@ -266,7 +266,7 @@ def prepare_stage_dir(stage_dir, resume, overwrite):
 SAME_ON_RESUME = ("lr", "stepSize", "decayRate", "seqLen", "frameSize", "memSize", "trainBatchSize",
                   "seed", "precision", "trainUsers", "testUsers", "datasetDir", "msWeight", "opWeight",
                   "regression", "msInput", "noMS", "noAttention", "pretrained", "stage1Dict", "flowLr",
-                  "opInput", "stackSize", "select", "valFraction", "dataset", "split")
+                  "opInput", "stackSize", "select", "valFraction", "dataset", "split", "dataOnDevice")
 
 
 def check_same_run(path, new):
