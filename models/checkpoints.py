@@ -46,9 +46,10 @@ def _read(path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - not a torch file, truncated, or pickled code
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True) "
-                              f"({type(e).__name__}: {msg[:200]})") from None
+                              f"({type(e).__name__}: {msg[:120]}); give a checkpoint written by this "
+                              f"project's scripts or an original Ego-RNN state dict") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict or a dict with key 'model', "
                               f"found {type(obj).__name__}")
