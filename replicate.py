@@ -180,7 +180,7 @@ def build_tables(opts, tables, columns, cells, split_name, users, kind):
             L = columns.get(p)
             title = f"Table {t}. Stage-2 learning rate, {p} frames" + ("" if L == p else f" (ours: {L or '-'} frames)")
         out.append({"number": t, "title": title, "cells": [c.key for c in shown], "columns": col_specs, "rows": row_specs,
-                    "paper": opts.dataset != "egtea",
+                    "paper": opts.dataset != "egtea", "dataset": opts.dataset,
                     "caption": _caption(opts, t, columns, shown, split_name, users, kind)})
     return out
 
@@ -334,14 +334,15 @@ def plot_tables(tabs, path, kind):
     styles = [("paper", dict(alpha=0.35, hatch="//")), ("best", dict(alpha=0.95)), ("final", dict(alpha=0.6))]
     for ax, tab in zip(axes[:, 0], tabs):
         rows, cols = tab["rows"], tab["columns"]
-        nser = len(cols) * len(styles)
+        styles_here = [s for s in styles if s[0] != "paper" or tab.get("paper", True)]
+        nser = len(cols) * len(styles_here)
         width = 0.84 / nser
         x = np.arange(len(rows))
         for j, col in enumerate(cols):
-            for k, (src, style) in enumerate(styles):
+            for k, (src, style) in enumerate(styles_here):
                 vals = [r["values"][j][src] for r in rows]
                 vals = np.array([np.nan if v is None else float(v) for v in vals])
-                pos = x + (j * len(styles) + k - (nser - 1) / 2) * width
+                pos = x + (j * len(styles_here) + k - (nser - 1) / 2) * width
                 ax.bar(pos, np.nan_to_num(vals, nan=0.0), width, color=colors[j % len(colors)],
                        edgecolor="black", linewidth=0.3, label=f"{col['label']} {src}", **style)
                 for xp, v in zip(pos, vals):
@@ -353,7 +354,10 @@ def plot_tables(tabs, path, kind):
         ax.set_ylim(0, 100)
         title = tab["title"].split(". ", 1)[0] + ": " + tab["title"].split(". ", 1)[1]
         if kind[0] == "synthetic":
-            title += "  -  SYNTHETIC DATA: not GTEA-61 numbers"
+            name = "EGTEA Gaze+" if tab.get("dataset") == "egtea" else "GTEA-61"
+            title += f"  -  SYNTHETIC DATA: not {name} numbers"
+        elif tab.get("dataset") == "egtea":
+            title += "  -  EGTEA Gaze+ (no paper numbers)"
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=6, ncol=len(cols), loc="upper left")
     fig.tight_layout()

@@ -510,6 +510,7 @@ def test_egtea_split_is_passed_to_every_cell_and_tables_have_no_paper_column(tmp
     assert lines[0].count("|") == 6            # configuration + best/final for 7 and 16 frames
     assert lines[2] == "| ConvLSTM | 60.00 | 55.00 | 60.00 | 55.00 |"
     assert "42.24" not in t1 and "the paper's S2" not in t1
+    assert (out / "tables.png").read_bytes()[:4] == b"\x89PNG"
     # --split belongs to EGTEA, --crossval to GTEA-61
     assert_one_line_error(call("--table", "1", "--split", "2", "--datasetDir", data, "--outDir", out, "--dry-run"), "--split 2")
     assert_one_line_error(call("--table", "1", "--dataset", "egtea", "--crossval", "--datasetDir", data, "--outDir", out,
