@@ -7,14 +7,12 @@ import json
 import pytest
 import torch
 
-from tests.test_training import TINY, assert_one_line_error, read_log, run
+from tests.test_training import TINY, assert_one_line_error, read_log, run, synthetic_data
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data") / "syn"
-    run("-m", "datasets.synthetic", "--out", d, "--classes", "3", "--instances", "2", "--size", "80x60")
-    return d
+    return synthetic_data(tmp_path_factory, instances=2)
 
 
 @pytest.fixture(scope="module")

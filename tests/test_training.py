@@ -40,11 +40,16 @@ def assert_one_line_error(p, *needles):
         assert n in err[-1], (n, err[-1])
 
 
+def synthetic_data(tmp_path_factory, instances):
+    """A small synthetic GTEA-61 (3 classes, 80x60) for a test module's runs."""
+    d = tmp_path_factory.mktemp("data") / "syn"
+    run("-m", "datasets.synthetic", "--out", d, "--classes", "3", "--instances", str(instances), "--size", "80x60")
+    return d
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data") / "syn"
-    run("-m", "datasets.synthetic", "--out", d, "--classes", "3", "--instances", "1", "--size", "80x60")
-    return d
+    return synthetic_data(tmp_path_factory, instances=1)
 
 
 @pytest.fixture(scope="module")
