@@ -35,7 +35,8 @@ def parse_args(argv):
                    help="default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61")
     p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")
     p.add_argument("--seqLen", type=int, default=None, help="default: the checkpoint's, else 25 as the original")
-    p.add_argument("--memSize", type=int, default=512)
+    p.add_argument("--memSize", type=int, default=None,
+                   help="default: the checkpoint's (read from its ConvLSTM weights), else 512")
     p.add_argument("--stackSize", type=int, default=None, help="default: the checkpoint's, else 5")
     p.add_argument("--numSeg", type=int, default=5, help="flow stacks averaged per video (flow model)")
     p.add_argument("--frameSize", type=int, default=None, help="default: the checkpoint's, else 224")
@@ -108,9 +109,13 @@ def main(argv=None):
                         f"use --model {'rgb' if cfg['attention'] else 'convlstm'}")
     seq_len = args.seqLen or meta.get("seqLen") or 25
     frame_size = args.frameSize or meta.get("frameSize") or 224
-    mem_size = cfg.get("memSize", args.memSize)
     config = saved_config(args.modelStateDict)
     info = checkpoint_info(args.modelStateDict)
+    # the ConvLSTM's weights say its size: an original two-stream file records no memSize
+    mem_size = info["mem_size"] or cfg.get("memSize") or args.memSize or 512
+    if args.memSize and info["mem_size"] and args.memSize != info["mem_size"]:
+        raise UserError(f"--memSize {args.memSize}: {args.modelStateDict} has a ConvLSTM of {info['mem_size']} "
+                        f"channels; pass --memSize {info['mem_size']} or leave it out")
     stack_size = args.stackSize or config.get("stackSize") or info["stack_size"] or 5
     if family in ("flow", "twostream") and info["stack_size"] and stack_size != info["stack_size"]:
         raise UserError(f"--stackSize {stack_size}: {args.modelStateDict} reads stacks of {info['stack_size']} "

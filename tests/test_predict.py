@@ -199,6 +199,28 @@ def test_original_egornn_file_needs_class_names_and_gives_the_same_logits(setup,
     assert got["frameSize"] == 224 and got["seqLen"] == SEQ
 
 
+def test_evaluate_reads_the_memory_size_of_a_file_without_a_record(setup, tmp_path, capsys):
+    """A two-stream file holding only weights (as the original code saves them): evaluate.py
+    takes the ConvLSTM size from the weights (16 here, 512 by default) and scores as with the record."""
+    import evaluate
+    want = evaluate_logits(setup, "twostream", setup / "twostream.pth", tmp_path)
+    bare = tmp_path / "bare.pth"
+    torch.save(torch.load(setup / "twostream.pth", weights_only=True)["model"], bare)
+    base = ("--model", "twostream", "--datasetDir", setup / "data", "--modelStateDict", bare, "--numWorkers", "0",
+            "--seqLen", SEQ, "--frameSize", SIZE)
+    assert cli(evaluate.main, *base, "--outDir", tmp_path / "bare") == 0
+    with open(tmp_path / "bare" / "predictions.csv") as f:
+        got = {r["video"].split("/", 1)[1]: np.array([float(r[f"logit_{c}"]) for c in range(3)])
+               for r in csv.DictReader(f)}
+    assert got.keys() == want.keys()
+    for video in want:
+        assert_same_logits(got[video], want[video])
+    capsys.readouterr()
+    assert_one_line_error(cli(evaluate.main, *base, "--memSize", "32", "--outDir", tmp_path / "x"), capsys,
+                          "--memSize 32", "--memSize 16")
+    assert not (tmp_path / "x").exists()
+
+
 def assert_one_line_error(code, capsys, *needles):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err and err[-1].startswith("error: "), (code, err)
