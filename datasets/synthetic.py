@@ -59,6 +59,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -545,6 +546,25 @@ def _size(text):
     return w, h
 
 
+def remove_stale_work(parent, name):
+    """Delete the hidden work folders `.<name>.tmp-<pid>-*` / `.<name>.old-<pid>-*` of earlier runs
+    whose process is gone (killed before it could clean up); a running generator's are kept."""
+    pattern = re.compile(r"\." + re.escape(name) + r"\.(tmp|old)-(\d+)-")
+    for entry in os.listdir(parent):
+        m = pattern.match(entry)
+        if not m or int(m.group(2)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+            continue  # that process still runs (or the pid is someone else's now): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        print(f"removed {os.path.join(parent, entry)}, left by an interrupted run", file=sys.stderr)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m datasets.synthetic",
                                  description="Write a small synthetic GTEA-61-like dataset.")
@@ -604,7 +624,8 @@ def main(argv=None):
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    remove_stale_work(parent, os.path.basename(out))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-{os.getpid()}-", dir=parent)
     try:
         print(f"writing synthetic dataset ({args.layout} layout) to {out}", file=sys.stderr, flush=True)
         generate(tmp, args.layout, args.classes, args.instances, args.users, args.seed,
@@ -614,7 +635,7 @@ def main(argv=None):
             f.write("\n")
         old = None
         if os.path.exists(out):  # an empty folder or a complete older dataset: replace it
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-{os.getpid()}-", dir=parent)
             os.rename(out, os.path.join(old, "d"))
         os.rename(tmp, out)
         tmp = None

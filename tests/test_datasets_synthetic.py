@@ -170,8 +170,13 @@ def test_generation_killed_midway_is_never_read_and_reruns(tmp_path, small_cours
     assert not out.exists() and not syn.is_complete(out)
     with pytest.raises(DatasetError, match=str(out)):
         GTEA61(out, ["S1"], "rgb", train=False, seqLen=4, frameSize=32)
+    killed = [e for e in os.listdir(tmp_path) if e.startswith(f".d.tmp-{proc.pid}-")]
+    assert len(killed) == 1
+    running = tmp_path / f".d.tmp-{os.getppid()}-x"  # another generator still at work: not touched
+    running.mkdir()
     assert syn.main(["--out", str(out), *SMALL, "--if-missing"]) == 0
     assert syn.is_complete(out) and tree_digest(out) == tree_digest(small_course)
+    assert sorted(os.listdir(tmp_path)) == sorted(["d", running.name])  # the killed run's work folder is gone
     ds = GTEA61(out, ["S1", "S2", "S3"], "rgb_mmaps", train=False, seqLen=4, frameSize=32, mapSize=1)
     assert len(ds) == 10 and ds.num_skipped == 2
 
