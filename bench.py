@@ -109,16 +109,18 @@ def rate(clips, seconds):
     return clips / seconds if seconds > 0 else float("nan")
 
 
-def measure_data(loader, epochs=2):
+def measure_data(loader, device, epochs=2):
     """Clips/s of the loader alone over whole epochs (each from a fresh epoch iterator, as fit()
     runs them, so the workers' start of epoch counts), best of `epochs`, after one epoch that
-    fills the frame cache."""
+    fills the frame cache. With --dataOnDevice the batches are made by queued GPU kernels: the
+    clock stops once they have run."""
     best = 0.0
     for epoch in range(epochs + 1):
         set_epoch(loader, epoch)
         t0, clips = time.perf_counter(), 0
         for batch in loader:
             clips += batch["label"].shape[0]
+        sync(device)
         if epoch:
             best = max(best, rate(clips, time.perf_counter() - t0))
     return best
@@ -250,7 +252,7 @@ def main(argv=None):
     exp0 = Experiment(kind, args, a.stage, device, precisions[0], None, None)
     train_set, test_set = stage_datasets(exp0)
     train_loader, _ = stage_loaders(exp0, train_set, test_set)
-    data = measure_data(train_loader)
+    data = measure_data(train_loader, device)
     depth = a.numWorkers * 2  # batches the DataLoader holds ready (prefetch_factor 2 per worker)
     if a.steps < 2 * depth:
         print(f"note: --steps {a.steps} is short next to the {depth} batches the loader prefetches: "
