@@ -8,6 +8,7 @@ so ill-conditioned that fp32 and fp64 gradients of one process already differ by
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def runs(tmp_path_factory):
         os.kill(pid, signal.SIGKILL)
     killed.communicate()
     epochs_when_killed = len(read_log(tmp / "killed"))
+    shutil.copytree(tmp / "killed", tmp / "killed_one")  # the same interrupted run, resumed by one process
     logs["resumed"] = finish(launch(2, data, tmp / "killed", "--stage", "1", "--resume"))
+    logs["resumed_one"] = finish(launch(1, data, tmp / "killed_one", "--stage", "1", "--resume"))
     return tmp, logs, epochs_when_killed
 
 
@@ -117,6 +120,21 @@ def test_two_processes_resume_exactly_after_sigkill(runs):
         assert torch.equal(two[k], resumed[k]), k
     assert [{k: r[k] for k in keep} for r in read_log(tmp / "two")] == \
            [{k: r[k] for k in keep} for r in read_log(tmp / "killed")]
+
+
+def test_a_two_process_run_resumes_with_one_process(runs):
+    """The clip order, augmentation and in-model draws belong to the global batch, so another
+    number of processes continues the same run: one process ends where one process alone ends
+    (fp32 rounding apart), with the same accuracies."""
+    tmp, logs, epochs_when_killed = runs
+    assert epochs_when_killed == 1 and "after epoch 1" in logs["resumed_one"]
+    one, resumed = weights(tmp / "one", "stage1"), weights(tmp / "killed_one", "stage1")
+    for k in one:
+        assert torch.allclose(one[k], resumed[k], rtol=1e-4, atol=1e-5), \
+            (k, (one[k].double() - resumed[k].double()).abs().max().item())
+    for r1, r2 in zip(read_log(tmp / "one"), read_log(tmp / "killed_one"), strict=True):
+        assert (r1["train_acc"], r1["test_acc"], r1["op_acc"]) == (r2["train_acc"], r2["test_acc"], r2["op_acc"])
+    assert json.loads((tmp / "killed_one" / "stage1" / "args.json").read_text())["world_size"] == 1
 
 
 # ----------------------------------------------------------------------------- in one process
