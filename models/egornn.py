@@ -28,7 +28,7 @@ def cam_attention(imagenet_logits, f_bn, fc_weight):
     bf16 near-tied top-1 classes would flip and give the frame another class's map."""
     cam_class = imagenet_logits.float().argmax(dim=1)
     with torch.autocast(f_bn.device.type, enabled=False):
-        cam = torch.einsum("nk,nkhw->nhw", fc_weight[cam_class].float(), f_bn.float())
+        cam = torch.einsum("nk,nkhw->nhw", fc_weight.index_select(0, cam_class).float(), f_bn.float())
     attention = F.softmax(cam.flatten(1), dim=1).view_as(cam)
     return attention, cam_class
 

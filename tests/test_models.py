@@ -1,6 +1,7 @@
 """Tests of models/: shapes, the ConvLSTM equations, attention, training stages, the OP sampler,
 checkpoint formats and pretrained-weight handling. Random tensors on CPU, small frames."""
 import math
+import os
 import warnings
 
 import numpy as np
@@ -616,3 +617,35 @@ def test_pretrained_imagenet_not_cached_fails_fast(tmp_path, monkeypatch):
         assert socket.getdefaulttimeout() == timeout_before
     finally:
         torch.hub.set_dir(old)
+
+
+def test_cam_attention_gradient_is_the_same_in_every_run_on_two_threads():
+    """Stage 2 trains the ImageNet fc that picks each frame's CAM row; many frames share a class,
+    so its gradient sums rows into the same place. That sum must not depend on how two threads
+    meet (indexing fc_weight[cam_class] did: its backward accumulates with atomics on the CPU and
+    two identical stage-2 runs of main_ms_op.py parted in the 4th digit)."""
+    from models.egornn import cam_attention
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        fc = torch.randn(1000, 512, generator=g, requires_grad=True)
+        f_bn = torch.randn(256, 512, 4, 4, generator=g)
+        logits = torch.zeros(256, 1000)
+        logits[torch.arange(256), torch.arange(256) % 3] = 1.0  # 3 classes for 256 frames
+        upstream = torch.randn(256, 4, 4, generator=g)
+        grads = []
+        for _ in range(8):
+            fc.grad = None
+            attention, cam_class = cam_attention(logits, f_bn, fc)
+            (attention * upstream).sum().backward()
+            grads.append(fc.grad.clone())
+        assert cam_class.tolist() == [i % 3 for i in range(256)]
+        for other in grads[1:]:
+            assert torch.equal(grads[0], other), (grads[0] - other).abs().max().item()
+        # and it is the gradient: rows of the 3 classes only, each the sum over its frames
+        assert grads[0][3:].abs().sum() == 0 and grads[0][:3].abs().sum() > 0
+    finally:
+        torch.set_num_threads(previous)
