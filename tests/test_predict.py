@@ -76,11 +76,11 @@ def setup(tmp_path_factory):
         torch.set_flush_denormal(False)
 
 
-def evaluate_logits(setup, model, ckpt, tmp_path):
+def evaluate_logits(setup, model, ckpt, tmp_path, *extra, name="eval"):
     import evaluate
     assert cli(evaluate.main, "--model", model, "--datasetDir", setup / "data", "--modelStateDict", ckpt,
-               "--outDir", tmp_path / "eval", "--numWorkers", "0") == 0
-    with open(tmp_path / "eval" / "predictions.csv") as f:
+               "--outDir", tmp_path / name, "--numWorkers", "0", *extra) == 0
+    with open(tmp_path / name / "predictions.csv") as f:
         return {r["video"].split("/", 1)[1]: np.array([float(r[f"logit_{c}"]) for c in range(3)])
                 for r in csv.DictReader(f)}
 
@@ -206,18 +206,14 @@ def test_evaluate_reads_the_memory_size_of_a_file_without_a_record(setup, tmp_pa
     want = evaluate_logits(setup, "twostream", setup / "twostream.pth", tmp_path)
     bare = tmp_path / "bare.pth"
     torch.save(torch.load(setup / "twostream.pth", weights_only=True)["model"], bare)
-    base = ("--model", "twostream", "--datasetDir", setup / "data", "--modelStateDict", bare, "--numWorkers", "0",
-            "--seqLen", SEQ, "--frameSize", SIZE)
-    assert cli(evaluate.main, *base, "--outDir", tmp_path / "bare") == 0
-    with open(tmp_path / "bare" / "predictions.csv") as f:
-        got = {r["video"].split("/", 1)[1]: np.array([float(r[f"logit_{c}"]) for c in range(3)])
-               for r in csv.DictReader(f)}
+    got = evaluate_logits(setup, "twostream", bare, tmp_path, "--seqLen", SEQ, "--frameSize", SIZE, name="bare")
     assert got.keys() == want.keys()
     for video in want:
         assert_same_logits(got[video], want[video])
     capsys.readouterr()
-    assert_one_line_error(cli(evaluate.main, *base, "--memSize", "32", "--outDir", tmp_path / "x"), capsys,
-                          "--memSize 32", "--memSize 16")
+    assert_one_line_error(cli(evaluate.main, "--model", "twostream", "--datasetDir", setup / "data",
+                              "--modelStateDict", bare, "--seqLen", SEQ, "--frameSize", SIZE, "--memSize", "32",
+                              "--outDir", tmp_path / "x"), capsys, "--memSize 32", "--memSize 16")
     assert not (tmp_path / "x").exists()
 
 
