@@ -17,6 +17,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from utils.cli import Parser
 from utils.errors import UserError
 from utils.train import autocast, fit, seed_everything  # noqa: F401  (autocast re-exported)
 
@@ -41,13 +42,6 @@ TRAIN_USERS, TEST_USERS = ["S1", "S3", "S4"], ["S2"]
 
 # ----------------------------------------------------------------------------- arguments
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: `error: <what>; see --help`, exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def default_workers():
     """DataLoader workers: one per core up to 8 (2 on a 2-core machine, 8 on a GPU host); under
     torchrun the node's cores are shared by its processes."""
@@ -55,44 +49,46 @@ def default_workers():
 
 
 def base_parser(kind, description):
-    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=description)
     stages = STAGES[FAMILY[kind]]
     p.add_argument("--stage", type=int, choices=stages, default=None,
                    help="run only this stage (default: " + " then ".join(map(str, stages)) + ")")
-    p.add_argument("--datasetDir", default=None, help="GTEA-61 root (course or Ego-RNN layout); default: "
-                   "$GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61 (utils/defaults.py). "
-                   "--dataset egtea: a root prepared by python -m datasets.prepare --egtea (required)")
+    p.add_argument("--datasetDir", default=None, help="GTEA-61 root (course or Ego-RNN layout); with --dataset egtea "
+                   "a root prepared by python -m datasets.prepare --egtea, required (default: $GTEA61_DIR, else "
+                   "data/GTEA61, else make demo's data/synthetic_gtea61)")
     p.add_argument("--dataset", choices=DATASETS, default="gtea61",
                    help="gtea61: videos selected by user folders; egtea: EGTEA Gaze+ or any split-file "
                         "dataset (datasets/egtea.py), videos selected by --split")
     p.add_argument("--split", type=int, choices=(1, 2, 3), default=None,
-                   help="--dataset egtea: train on train_splitK.txt, test on test_splitK.txt (default 1)")
+                   help="--dataset egtea: train on train_splitK.txt, test on test_splitK.txt (default: 1)")
     p.add_argument("--trainUsers", nargs="+", default=TRAIN_USERS, help="GTEA-61 users to train on")
     p.add_argument("--testUsers", nargs="+", default=TEST_USERS, help="GTEA-61 users to test on")
-    p.add_argument("--outDir", default=None, help=f"default experiments/main_{kind}_seq<seqLen>")
+    p.add_argument("--outDir", default=None, help=f"output folder, one stageN/ inside (default: experiments/main_{kind}_seq<seqLen>)")
     p.add_argument("--seqLen", type=int, default=16, help="frames per clip (RGB)")
-    p.add_argument("--trainBatchSize", type=int, default=32)
-    p.add_argument("--valBatchSize", type=int, default=32)
-    p.add_argument("--numEpochs", type=int, default=None, help="default: the paper's for the stage")
-    p.add_argument("--lr", type=float, default=None, help="default: the paper's for the stage")
-    p.add_argument("--stepSize", type=int, nargs="+", default=None, help="lr decay epochs (milestones)")
-    p.add_argument("--decayRate", type=float, default=None, help="lr decay factor")
+    p.add_argument("--trainBatchSize", type=int, default=32, help="clips per training batch")
+    p.add_argument("--valBatchSize", type=int, default=32, help="clips per test / validation batch")
+    p.add_argument("--numEpochs", type=int, default=None, help="epochs of each stage run (default: the paper's for the stage)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for the stage)")
+    p.add_argument("--stepSize", type=int, nargs="+", default=None, help="lr decay epochs, milestones (default: the paper's for the stage)")
+    p.add_argument("--decayRate", type=float, default=None, help="lr decay factor (default: the paper's for the stage)")
     p.add_argument("--memSize", type=int, default=512, help="ConvLSTM memory channels")
     p.add_argument("--stackSize", type=int, default=None,
-                   help="flow frames per stack (default 5; two-stream: the flow model's)")
+                   help="flow frames per stack (default: 5; two-stream: the flow model's)")
     p.add_argument("--pretrained", default="imagenet", help="imagenet | none | PATH to a resnet34 state dict")
-    p.add_argument("--frameSize", type=int, default=224)
-    p.add_argument("--numWorkers", type=int, default=default_workers())
+    p.add_argument("--frameSize", type=int, default=224, help="side of the square crop fed to ResNet-34")
+    p.add_argument("--numWorkers", type=int, default=default_workers(),
+                   help="DataLoader worker processes (default: one per core, up to 8; this machine: %(default)s)")
     p.add_argument("--cacheDir", default="auto",
                    help="decoded-frame cache (datasets/cache.py): auto = <datasetDir>/.cache/frames if "
                         "writable, else <outDir>/.frame_cache; none = decode every frame every epoch")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, clip order, crops, flips and OP permutations")
     p.add_argument("--select", choices=SELECT, default="test",
                    help="which epoch becomes best_model.pth: best on the test users (the paper's protocol), "
                         "best on a held-out share of the training videos (val), or the last one")
     p.add_argument("--valFraction", type=float, default=0.15,
                    help="--select val: share of each class's training videos held out (fixed split)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--cpuTransforms", action="store_true",
                    help="on a GPU, resize/crop/flip the RGB frames with PIL in the DataLoader workers (the CPU "
                         "pipeline, exact) instead of on the GPU (faster; pixels within a few levels of PIL's)")
@@ -106,23 +102,23 @@ def base_parser(kind, description):
     p.add_argument("--overwrite", action="store_true", help="replace the results in the stage folder")
     p.add_argument("--camVideos", type=int, default=3, help="test videos drawn in cam/ (RGB models)")
     if FAMILY[kind] == "rgb":
-        p.add_argument("--stage1Dict", default=None, help="stage-1 checkpoint (default <outDir>/stage1/best_model.pth)")
+        p.add_argument("--stage1Dict", default=None, help="stage-1 checkpoint (default: <outDir>/stage1/best_model.pth)")
         p.add_argument("--noAttention", action="store_true", help="plain ConvLSTM: layer4 features, no CAM")
     if kind in ("ms", "ms_op"):
         p.add_argument("--regression", action="store_true", help="MS head as regression (MSE on raw maps)")
         p.add_argument("--msInput", choices=["attention", "layer4"], default="attention",
                        help="features the MS head reads: attended (paper) or plain layer4 (SparNet)")
-        p.add_argument("--msWeight", type=float, default=1.0)
+        p.add_argument("--msWeight", type=float, default=1.0, help="weight of the MS loss in the total loss")
     if kind == "ms_op":
         p.add_argument("--noMS", action="store_true", help="order prediction only (the paper's ablation)")
-        p.add_argument("--opWeight", type=float, default=1.0)
+        p.add_argument("--opWeight", type=float, default=1.0, help="weight of the OP loss in the total loss")
         p.add_argument("--opInput", choices=["flat", "pooled"], default="flat",
                        help="what fc6 of the OP head reads per frame: the flattened 512 x s x s layer4 map "
                             "(the paper's code) or its global average (512)")
     if kind == "twostream":
-        p.add_argument("--flowModel", default=None, help="best flow model (default experiments/main_flow/stage1/best_model.pth)")
+        p.add_argument("--flowModel", default=None, help="best flow model (default: experiments/main_flow/stage1/best_model.pth)")
         p.add_argument("--rgbModel", default=None,
-                       help="best stage-2 RGB model (default experiments/main_rgb_seq<seqLen>/stage2/best_model.pth)")
+                       help="best stage-2 RGB model (default: experiments/main_rgb_seq<seqLen>/stage2/best_model.pth)")
         p.add_argument("--flowLr", type=float, default=1e-4, help="lr of the flow layer4 (reference §2)")
     return p
 
