@@ -41,10 +41,12 @@ The egtea layout writes a small release in EGTEA Gaze+'s form (the input of
 python -m datasets.prepare --egtea, see datasets/egtea.py):
   * cropped_clips/<session>/<clip>.mp4, sessions named like EGTEA's (P01-R01-PastaSalad), clip =
     <session>-<start ms>-<end ms>-F<start frame>-F<end frame> at 24 frames/s;
-  * action_idx.txt, verb_idx.txt, noun_idx.txt: "<name> <1-based index>" a line, names with
-    spaces and slashes (EGTEA_ACTIONS);
-  * train_splitK.txt / test_splitK.txt, K = 1..3: "<clip> <action> <verb> <noun>", 1-based;
-    split K tests on session K and trains on the others;
+  * action_idx.txt, verb_idx.txt, noun_idx.txt: "<name> <1-based index>" a line, names as
+    EGTEA writes them (EGTEA_ACTIONS): spaces and slashes in verbs, underscores in nouns, a
+    two-noun action named "Put trash,trash_container";
+  * train_splitK.txt / test_splitK.txt, K = 1..3: "<clip> <action> <verb> <noun> [<noun2>]",
+    1-based, five columns for the two-noun action; split K tests on session K and trains on
+    the others;
   * quirks as users meet them: one clip listed in the split files but absent from disk
     (EGTEA_MISSING_CLIP's position), and one clip on disk that no split file lists.
 Quirks in the course layout (default on, --no-quirks to disable): one `rgb0003(1).png`
@@ -348,15 +350,17 @@ def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1, c
             "scene_flow": scene_flow, "flow": flow}
 
 
-# --layout egtea: (EGTEA-style action name, verb, noun, the class rendered for it). Index files
-# number them from 1 in this order; the names carry EGTEA's spaces and slashes.
+# --layout egtea: (EGTEA-style action name, verb, nouns, the class rendered for it). Index files
+# number them from 1 in this order; the names are written as EGTEA writes them: verbs with spaces
+# and slashes, nouns with underscores, and an action naming two nouns joined by a comma, whose
+# split lines have a fifth column (EGTEA's "Put trash,trash_container").
 EGTEA_ACTIONS = (
-    ("Take cup", "Take", "cup", "take_cup"),
-    ("Put cup", "Put", "cup", "put_cup"),
-    ("Open/Unwrap box", "Open/Unwrap", "box", "open_box"),
-    ("Close box", "Close", "box", "close_box"),
-    ("Take jam/honey", "Take", "jam/honey", "take_jam"),
-    ("Put jam/honey", "Put", "jam/honey", "put_jam"),
+    ("Take cup", "Take", ("cup",), "take_cup"),
+    ("Put cup", "Put", ("cup",), "put_cup"),
+    ("Open condiment_container", "Open", ("condiment_container",), "open_box"),
+    ("Close condiment_container", "Close", ("condiment_container",), "close_box"),
+    ("Divide/Pull Apart paper_towel", "Divide/Pull Apart", ("paper_towel",), "take_jam"),
+    ("Put trash,trash_container", "Put", ("trash", "trash_container"), "put_jam"),
 )
 EGTEA_SESSIONS = ("P01-R01-PastaSalad", "P02-R03-BaconAndEggs", "P03-R05-Cheeseburger")
 EGTEA_FPS = 24
@@ -386,7 +390,7 @@ def write_egtea(out, instances, size, seed, verbose=True):
     """The egtea layout (see the module docstring)."""
     from datasets.video import write_video
     verbs = list(dict.fromkeys(a[1] for a in EGTEA_ACTIONS))
-    nouns = list(dict.fromkeys(a[2] for a in EGTEA_ACTIONS))
+    nouns = list(dict.fromkeys(n for a in EGTEA_ACTIONS for n in a[2]))
     for fname, names in (("action_idx.txt", [a[0] for a in EGTEA_ACTIONS]), ("verb_idx.txt", verbs),
                          ("noun_idx.txt", nouns)):
         with open(os.path.join(out, fname), "w") as f:
@@ -409,7 +413,8 @@ def write_egtea(out, instances, size, seed, verbose=True):
                 for si, ai, name, _, _ in listed:
                     if (si == k - 1) == (part == "test"):
                         a = EGTEA_ACTIONS[ai]
-                        f.write(f"{name} {ai + 1} {verbs.index(a[1]) + 1} {nouns.index(a[2]) + 1}\n")
+                        cols = [ai + 1, verbs.index(a[1]) + 1] + [nouns.index(n) + 1 for n in a[2]]
+                        f.write(f"{name} {' '.join(map(str, cols))}\n")
     if verbose:
         print(f"  {len(rows) - 1} clips in {time.time() - t0:.1f}s ({len(listed)} listed in the splits, "
               f"one of them missing on disk; one clip in no split)", file=sys.stderr, flush=True)
