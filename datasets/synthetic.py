@@ -1,6 +1,6 @@
 """Synthetic GTEA-61-like dataset, written in the real on-disk layouts.
 
-    python -m datasets.synthetic --out DIR [--layout course|egornn|videos|egtea] [--classes N]
+    python -m datasets.synthetic --out DIR [--layout course|egornn|videos|egtea|gtea61raw] [--classes N]
         [--instances K] [--users S1 S2 S3 S4] [--seed S] [--size WxH] [--if-missing]
         [--no-short] [--no-quirks] [--fps F]
 
@@ -49,6 +49,10 @@ python -m datasets.prepare --egtea, see datasets/egtea.py):
     the others;
   * quirks as users meet them: one clip listed in the split files but absent from disk
     (EGTEA_MISSING_CLIP's position), and one clip on disk that no split file lists.
+The gtea61raw layout writes a small raw GTEA-61 release (the input of python -m datasets.prepare
+--gtea61, see datasets/gtea61raw.py): labels/<stem>.txt ("<verb><noun(s)> (start-end)" lines,
+1-based inclusive, and one line without "><"), videos/<stem>.mp4 or png/<stem>/NNNNNNNNNN.png, with
+every rule of the original's cutting (GTEA61RAW_RECORDINGS); grey frames between the instances.
 Quirks in the course layout (default on, --no-quirks to disable): one `rgb0003(1).png`
 duplicate, `.DS_Store` files and one missing motion-map index. Too-short videos (default on,
 --no-short to disable): two videos of 4 and 3 frames in the first and third user.
@@ -75,7 +79,7 @@ MARKER = ".complete"
 FORMAT_VERSION = 1
 FLOW_SCALE = 6.0  # 8-bit flow value per pixel of displacement
 DEFAULT_USERS = ("S1", "S2", "S3", "S4")
-LAYOUTS = ("course", "egornn", "videos", "egtea")
+LAYOUTS = ("course", "egornn", "videos", "egtea", "gtea61raw")
 VIDEO_FPS = 15
 DEFAULT_CLASSES = ("take_cup", "put_cup", "open_box", "close_box",
                    "take_jam", "put_jam", "open_jam", "close_jam")
@@ -420,6 +424,54 @@ def write_egtea(out, instances, size, seed, verbose=True):
               f"one of them missing on disk; one clip in no split)", file=sys.stderr, flush=True)
 
 
+# --layout gtea61raw: recordings as GTEA-61's raw release has them, one label file each. Every
+# instance is (verb, noun field as the label writes it, class rendered); the original's rules all
+# occur: stir<cup> (renamed stir_spoon,cup), a comma in a noun field, put_tea of S1 and S2
+# (dropped) and of S3 (kept), take_cup in two label files of S1 (numbered on across them), a
+# line without "><" in each file (ignored). S2's recording is a folder of PNG frames, the others
+# are videos.
+GTEA61RAW_RECORDINGS = {
+    "S1_Cheese_C1": [("take", "cup", "take_cup"), ("put", "cup", "put_cup"), ("take", "cup", "take_cup"),
+                     ("stir", "cup", "stir_spoon,cup")],
+    "S1_Tea_C1": [("take", "cup", "take_cup"), ("put", "tea", "put_tea"), ("open", "jam", "open_jam")],
+    "S2_Tea_C1": [("take", "cup", "take_cup"), ("put", "cup", "put_cup"), ("put", "tea", "put_tea"),
+                  ("stir", "spoon,cup", "stir_spoon,cup"), ("open", "jam", "open_jam")],
+    "S3_Cheese_C1": [("take", "cup", "take_cup"), ("put", "cup", "put_cup"), ("stir", "spoon,cup", "stir_spoon,cup"),
+                     ("open", "jam", "open_jam"), ("put", "tea", "put_tea")],
+}
+GTEA61RAW_FRAME_FOLDERS = ("S2_Tea_C1",)
+GTEA61RAW_GAP = 3  # grey frames before each instance: a cut one frame off shows them
+
+
+def write_gtea61raw(out, size, seed, fps, verbose=True):
+    """The gtea61raw layout: labels/<stem>.txt, videos/<stem>.mp4 or png/<stem>/NNNNNNNNNN.png."""
+    from datasets.video import write_video
+    rng = np.random.default_rng([seed, 61])
+    W, H = size
+    os.makedirs(os.path.join(out, "labels"))
+    for ui, (stem, instances) in enumerate(GTEA61RAW_RECORDINGS.items()):
+        frames, lines = [], [f"{stem} (annotation)"]
+        for j, (verb, noun, cls) in enumerate(instances):
+            frames += [np.full((H, W, 3), 128, np.uint8)] * GTEA61RAW_GAP
+            n = int(rng.integers(6, 11))
+            clip = render_video(cls, int(stem[1]) - 1, n, size, seed, j + 1)["rgb"]
+            lines.append(f"<{verb}><{noun}> ({len(frames) + 1}-{len(frames) + n})")  # 1-based, inclusive
+            frames += list(clip)
+        frames += [np.full((H, W, 3), 128, np.uint8)] * GTEA61RAW_GAP
+        with open(os.path.join(out, "labels", stem + ".txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        if stem in GTEA61RAW_FRAME_FOLDERS:
+            d = os.path.join(out, "png", stem)
+            os.makedirs(d)
+            for k, rgb in enumerate(frames, 1):
+                _save(rgb, os.path.join(d, f"{k:010d}.png"), "course")
+        else:
+            os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+            write_video(os.path.join(out, "videos", stem + ".mp4"), frames, fps)
+    if verbose:
+        print(f"  {len(GTEA61RAW_RECORDINGS)} recordings", file=sys.stderr, flush=True)
+
+
 def _lengths(rng, n):
     return [int(x) for x in rng.integers(10, 29, n)]
 
@@ -480,6 +532,8 @@ def generate(out, layout="course", classes=8, instances=3, users=DEFAULT_USERS, 
     W, H = size
     if layout == "egtea":
         return write_egtea(out, instances, size, seed, verbose)
+    if layout == "gtea61raw":
+        return write_gtea61raw(out, size, seed, fps, verbose)
     if layout == "videos":
         return write_videos(out, plan(names, instances, users, seed, short), size, seed, fps, verbose)
     ext = "png" if layout == "course" else "jpg"
@@ -534,6 +588,10 @@ def _params(args):
         params.update(classes=len(EGTEA_ACTIONS), users=list(EGTEA_SESSIONS), fps=EGTEA_FPS)
         for k in ("short", "quirks"):
             params.pop(k)
+    if args.layout == "gtea61raw":  # its own recordings
+        params.update(fps=args.fps, recordings=sorted(GTEA61RAW_RECORDINGS))
+        for k in ("classes", "instances", "users", "short", "quirks"):
+            params.pop(k)
     return params
 
 
@@ -577,7 +635,8 @@ def main(argv=None):
     ap.add_argument("--layout", choices=LAYOUTS, default="course",
                     help="course / egornn: frames, flow (and maps) as images; videos: mp4 files plus the "
                          "true flow and motion masks, the input of python -m datasets.prepare; egtea: a small "
-                         "release in EGTEA Gaze+'s form (clips, index and split files: --egtea of datasets.prepare)")
+                         "release in EGTEA Gaze+'s form (clips, index and split files: --egtea of datasets.prepare); "
+                         "gtea61raw: raw GTEA-61 recordings and label files (--gtea61 of datasets.prepare)")
     ap.add_argument("--fps", type=float, default=VIDEO_FPS, help="frame rate of the videos layout")
     ap.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{MAX_CLASSES}; beyond "
                     f"{len(class_pool())}, repeats of the first ones under new names)")
@@ -601,7 +660,7 @@ def main(argv=None):
 
     if args.instances < 1:
         return fail(f"--instances must be >= 1, got {args.instances}")
-    if args.layout in ("videos", "egtea") and (args.size[0] % 2 or args.size[1] % 2):
+    if args.layout in ("videos", "egtea", "gtea61raw") and (args.size[0] % 2 or args.size[1] % 2):
         return fail(f"--size {args.size[0]}x{args.size[1]}: H.264 videos need an even width and height")
     if args.fps <= 0:
         return fail(f"--fps must be positive, got {args.fps}")
