@@ -367,3 +367,23 @@ def test_preparation_that_would_not_fit_stops_before_writing(release, tmp_path, 
     m = re.search(r"the output is estimated at ([\d.]+) MB and its disk has 0.0 MB free", str(e.value))
     assert m and 1.6 <= float(m.group(1)) < 20 and "--noSpaceCheck" in str(e.value)
     assert not (tmp_path / "out" / "processed_frames2").exists()
+
+
+def test_mean_over_splits(tmp_path, capsys):
+    import evaluate
+    figures = {1: (50.0, 40.0), 2: (60.0, 55.0), 3: (25.0, 10.0)}  # (top-1, mean class accuracy)
+    dirs = []
+    for k, (acc, mca) in figures.items():
+        d = tmp_path / f"eval_test_split{k}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({
+            "dataset_kind": "egtea", "split": k, "model": "rgb", "accuracy": acc, "mean_class_accuracy": mca,
+            "verb_accuracy": 70.0, "noun_accuracy": 30.0 + k, "num_videos": 10}))
+        dirs.append(str(d))
+    assert evaluate.main(["--splitMean", *dirs[::-1]]) == 0
+    out = capsys.readouterr().out
+    # by hand: (50 + 60 + 25) / 3 = 45, (40 + 55 + 10) / 3 = 35, nouns (31 + 32 + 33) / 3 = 32
+    assert "mean over splits 1, 2, 3: top-1 45.00%, mean class accuracy 35.0%, verb 70.0%, noun 32.0%" in out
+    assert json.loads((tmp_path / "eval_test_split1" / "splits_mean.json").read_text())["mean"]["accuracy"] == 45.0
+    with pytest.raises(UserError, match="split 2 given twice"):
+        evaluate.main(["--splitMean", dirs[1], dirs[1]])
