@@ -4,7 +4,6 @@ instances by the rules of Ego-RNN's prepareGTEA61Dataset.py, on the synthetic ra
 generator's table (GTEA61RAW_RECORDINGS) or read from the label files with this file's own regex."""
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
