@@ -11,6 +11,11 @@ flow: the mean logits of --numSeg stacks), run in fp32 with TF32 off so that an 
 checkpoint gives the original code's logits to float precision.
 
     python evaluate.py --model ms_op --datasetDir DIR --modelStateDict experiments/main_ms_op_seq16/stage2/best_model.pth
+    python evaluate.py --splitMean RUN1/stage2/eval_test_split1 RUN2/stage2/eval_test_split2 RUN3/stage2/eval_test_split3
+
+--splitMean reads the summary.json of EGTEA evaluations of splits 1, 2 and 3 (one model trained per
+split) and prints each split's and the mean top-1 and mean class accuracy, the figures EGTEA papers
+quote (also verb and noun accuracy), into splits_mean.json next to the first.
 """
 import argparse
 import os
@@ -30,10 +35,12 @@ MODELS = ["rgb", "convlstm", "flow", "twostream", "ms", "ms_op"]
 def parse_args(argv):
     from utils.experiment import Parser
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--model", choices=MODELS, help="required unless --splitMean")
     p.add_argument("--datasetDir", default=None,
                    help="default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61")
-    p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")
+    p.add_argument("--modelStateDict", help="checkpoint (this project's or the original Ego-RNN's); required unless --splitMean")
+    p.add_argument("--splitMean", nargs="+", default=None, metavar="DIR",
+                   help="EGTEA evaluation folders (or their summary.json) of splits 1, 2, 3: print the mean")
     p.add_argument("--seqLen", type=int, default=None, help="default: the checkpoint's, else 25 as the original")
     p.add_argument("--memSize", type=int, default=None,
                    help="default: the checkpoint's (read from its ConvLSTM weights), else 512")
@@ -55,6 +62,10 @@ def parse_args(argv):
                    help="fp32 (default) reproduces the original's logits; bf16 is faster")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
     args = p.parse_args(argv)
+    if args.splitMean:
+        return args
+    if args.model is None or args.modelStateDict is None:
+        p.error("--model and --modelStateDict are required (or --splitMean DIR ...)")
     if args.datasetDir is None and args.dataset == "egtea":
         raise UserError("--dataset egtea needs --datasetDir: the root prepared by python -m datasets.prepare --egtea")
     if args.datasetDir is None:
@@ -89,8 +100,53 @@ def build(kind, num_classes, mem_size, stack_size=5, attention=True):
         return models.TwoStream(num_classes, flow, rgb)
 
 
+MEAN_KEYS = ("accuracy", "mean_class_accuracy", "verb_accuracy", "noun_accuracy")
+
+
+def split_mean(paths):
+    """The mean over EGTEA splits of the summaries at `paths` (folders or summary.json files):
+    each must be an EGTEA evaluation, one per split, of one model kind."""
+    import json
+    rows = []
+    for path in paths:
+        f = os.path.join(path, "summary.json") if os.path.isdir(path) else path
+        try:
+            with open(f) as fh:
+                s = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--splitMean {path}: cannot read {f} ({type(e).__name__}): pass the folders "
+                            "evaluate.py wrote (eval_test_splitK)")
+        if s.get("dataset_kind") != "egtea" or not s.get("split"):
+            raise UserError(f"--splitMean {path}: not an EGTEA evaluation (--dataset egtea --split K)")
+        rows.append((s["split"], f, s))
+    splits = [k for k, _, _ in rows]
+    if len(set(splits)) != len(splits):
+        raise UserError(f"--splitMean: split {max(splits, key=splits.count)} given twice; pass one evaluation per split")
+    if len({s.get("model") for _, _, s in rows}) > 1:
+        raise UserError("--splitMean: the evaluations are of different models ("
+                        + ", ".join(sorted({str(s.get('model')) for _, _, s in rows})) + ")")
+    rows.sort()
+    mean = {}
+    for key in MEAN_KEYS:
+        vals = [s.get(key) for _, _, s in rows]
+        mean[key] = None if any(v is None for v in vals) else round(float(np.mean(vals)), 4)
+    for k, _, s in rows:
+        print(f"split {k}: top-1 {s['accuracy']:.2f}%, mean class accuracy {s['mean_class_accuracy']}% "
+              f"({s['num_videos']} videos)")
+    note = "" if sorted(splits) == [1, 2, 3] else f" (only splits {', '.join(map(str, sorted(splits)))}: not the 3-split mean)"
+    print(f"mean over splits {', '.join(map(str, sorted(splits)))}: top-1 {mean['accuracy']:.2f}%, mean class accuracy "
+          f"{mean['mean_class_accuracy']}%" + (f", verb {mean['verb_accuracy']}%, noun {mean['noun_accuracy']}%"
+                                                 if mean["noun_accuracy"] is not None else "") + note)
+    out = os.path.join(os.path.dirname(rows[0][1]), "splits_mean.json")
+    atomic_write_json(out, {"mean": mean, "splits": {k: f for k, f, _ in rows}, "model": rows[0][2].get("model")})
+    return mean
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.splitMean:
+        split_mean(args.splitMean)
+        return 0
     from models.checkpoints import checkpoint_info, load_checkpoint
     from utils.config import saved_config
     from utils.data import make_loader

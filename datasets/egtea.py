@@ -4,10 +4,11 @@ The release, as its users have it:
   cropped_clips/<session>/<clip>.mp4    session = the first three dash-separated parts of the clip
                                         name (P21-R04-ContinentalBreakfast), then start and end
                                         in ms, start and end frame
-  action_idx.txt                        "<name> <index>" a line, 1-based, names with spaces and
-  verb_idx.txt, noun_idx.txt            slashes ("Inspect/Read recipe 1")
-  train_split1.txt .. train_split3.txt  "<clip> <action> <verb> <noun>" a line, all 1-based
-  test_split1.txt .. test_split3.txt
+  action_idx.txt                        "<name> <index>" a line, 1-based, names with spaces,
+  verb_idx.txt, noun_idx.txt            slashes and underscores ("Inspect/Read recipe 1",
+                                        "Put trash,trash_container 12", "cutting_board 5")
+  train_split1.txt .. train_split3.txt  "<clip> <action> <verb> <noun> [<noun2> ...]" a line, all
+  test_split1.txt .. test_split3.txt    1-based; an action naming two nouns has a fifth column
 
 `python -m datasets.prepare --egtea DIR --out ROOT` turns it into a prepared root: the frames,
 warp flow and motion maps of every listed clip in the course layout, one folder per clip
@@ -16,10 +17,12 @@ copies of the index and split files next to them. `EGTEA(ROOT, ["train_split1"],
 
   * class ids come from action_idx.txt, never from folder order: the actions in the order of
     their 1-based index, id 0 for the smallest (so id = index - 1 for EGTEA's 1..106);
-    `class_index[id]` is the file's index. Verb and noun of each action come from the split
-    files' columns (the same action always has the same verb and noun there, or it is an error);
-    `class_verb[id]` / `class_noun[id]` are 0-based ids into `verbs` / `nouns` (the names of
-    verb_idx.txt / noun_idx.txt, or their indices as text when those files are absent).
+    `class_index[id]` is the file's index. Verb and nouns of each action come from the split
+    files' columns: `class_verb[id]` / `class_noun[id]` (the first noun, column 4) are 0-based
+    ids into `verbs` / `nouns` (the names of verb_idx.txt / noun_idx.txt as written, or their
+    indices as text when those files are absent), `class_nouns[id]` the tuple of all its nouns.
+    Clips of one action that disagree on verb or nouns are one warning naming both lines; the
+    most common reading is kept.
   * `users` names one split file (without .txt): the split is the video selection, as users are
     for GTEA-61, so `--trainUsers` / `--testUsers`, the checkpoint records and the validation
     hold-out work unchanged; the scripts pass train_splitK / test_splitK (--dataset egtea --split K).
@@ -81,8 +84,9 @@ def read_index(path):
 
 
 def read_split(path, actions, index_path="action_idx.txt"):
-    """[(clip, action, verb, noun)] of a split file, 1-based as written (verb and noun None when
-    the line has only two columns). An action that `actions` ({index: name}) lacks is an error."""
+    """[(clip, action, verb, nouns, line number)] of a split file, 1-based as written: nouns is the
+    tuple of columns 4, 5, ... (verb and nouns None when the line has only two columns). An action
+    that `actions` ({index: name}) lacks is an error."""
     if not os.path.isfile(path):
         raise DatasetError(f"split file not found: {path} (EGTEA's are train_split1.txt .. test_split3.txt "
                            "at the release root)")
@@ -92,17 +96,27 @@ def read_split(path, actions, index_path="action_idx.txt"):
             fields = line.split()
             if not fields:
                 continue
-            if len(fields) not in (2, 4) or not all(x.isdigit() for x in fields[1:]):
-                raise DatasetError(f"{path} line {n}: expected '<clip> <action> <verb> <noun>' (1-based "
-                                   f"indices), got {line.strip()!r}")
+            if len(fields) == 3 or not all(x.isdigit() for x in fields[1:]):
+                raise DatasetError(f"{path} line {n}: expected '<clip> <action> <verb> <noun> [<noun2> ...]' "
+                                   f"(1-based indices), got {line.strip()!r}")
             a = int(fields[1])
             if a not in actions:
                 raise DatasetError(f"{path} line {n}: action {a} is not in {index_path} (indices "
                                    f"{min(actions)}..{max(actions)}): use the split and index files of "
                                    "one release")
-            v, o = (int(fields[2]), int(fields[3])) if len(fields) == 4 else (None, None)
-            rows.append((fields[0], a, v, o))
+            v, o = (int(fields[2]), tuple(int(x) for x in fields[3:])) if len(fields) > 2 else (None, None)
+            rows.append((fields[0], a, v, o, n))
     return rows
+
+
+_WARNED = set()
+
+
+def _warn_once(msg):
+    """Print a warning once per process (train, validation and test sets read the same files)."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(msg, file=sys.stderr, flush=True)
 
 
 class Release:
@@ -116,29 +130,45 @@ class Release:
         self.classes = [actions[k] for k in self.index]
         self.class_id = {k: i for i, k in enumerate(self.index)}
         self.actions = actions
-        # verb and noun of each action, from every split file present (they agree, or error)
-        vn = {}
+        # verb and nouns of each action, from every split file present: the most common reading
+        # (a release with clips that disagree still trains; the warning names both lines)
+        readings = {}  # action -> {(verb, nouns): [count, "file line n"]}
         for name in sorted(os.listdir(self.root)):
             if name.endswith(".txt") and "_split" in name:
-                for clip, a, v, o in read_split(os.path.join(self.root, name), actions, self.action_path):
-                    if v is None:
-                        continue
-                    if vn.setdefault(a, (v, o)) != (v, o):
-                        raise DatasetError(f"{os.path.join(self.root, name)}: action {a} ({actions[a]!r}) has "
-                                           f"verb/noun {v}/{o} on clip {clip} but {vn[a][0]}/{vn[a][1]} elsewhere")
-        self.verbs, self.verb_of = self._labels("verb", [vn.get(k, (None, None))[0] for k in self.index])
-        self.nouns, self.noun_of = self._labels("noun", [vn.get(k, (None, None))[1] for k in self.index])
+                for clip, a, v, o, n in read_split(os.path.join(self.root, name), actions, self.action_path):
+                    if v is not None:
+                        seen = readings.setdefault(a, {}).setdefault((v, o), [0, f"{name} line {n}"])
+                        seen[0] += 1
+        vn, conflicts = {}, []
+        for a, found in readings.items():
+            ranked = sorted(found.items(), key=lambda kv: -kv[1][0])  # stable: ties keep file order
+            vn[a] = ranked[0][0]
+            if len(ranked) > 1:
+                conflicts.append((a, ranked[0], ranked[1]))
+        if conflicts:
+            a, (keep, (k1, where1)), (other, (k2, where2)) = conflicts[0]
+            _warn_once(f"warning: {self.root}: action {a} ({actions[a]!r}) has verb/nouns {keep[0]}/"
+                       f"{','.join(map(str, keep[1]))} ({k1} clip(s), first at {where1}) but {other[0]}/"
+                       f"{','.join(map(str, other[1]))} at {where2} ({k2} clip(s)); kept the most common"
+                       + (f" ({len(conflicts)} actions disagree so)" if len(conflicts) > 1 else ""))
+        self.verbs, self.verb_of = self._labels("verb", [(vn[k][0],) if k in vn else None for k in self.index])
+        self.nouns, self.nouns_of = self._labels("noun", [vn[k][1] if k in vn else None for k in self.index])
+        self.verb_of = [None if v is None else v[0] for v in self.verb_of]
+        self.noun_of = [None if o is None else o[0] for o in self.nouns_of]
 
     def _labels(self, what, per_class):
-        """(names, 0-based id per class or None) for verbs or nouns."""
+        """(names, per class a tuple of 0-based ids or None) for verbs or nouns; per_class holds
+        tuples of 1-based file indices."""
         path = os.path.join(self.root, INDEX_FILES[what])
         table = read_index(path) if os.path.isfile(path) else {}
-        keys = sorted(set(table) | {k for k in per_class if k is not None})
-        for k in per_class:
-            if k is not None and table and k not in table:
+        used = {k for ks in per_class if ks is not None for k in ks}
+        for k in sorted(used):
+            if table and k not in table:
                 raise DatasetError(f"a split file of {self.root} names {what} {k}, which {path} lacks")
+        keys = sorted(set(table) | used)
         pos = {k: i for i, k in enumerate(keys)}
-        return [table.get(k, str(k)) for k in keys], [None if k is None else pos[k] for k in per_class]
+        return ([table.get(k, str(k)) for k in keys],
+                [None if ks is None else tuple(pos[k] for k in ks) for ks in per_class])
 
     def split(self, name):
         """Rows of split file `name` (without .txt), as read_split."""
@@ -176,6 +206,7 @@ class EGTEA(GTEA61):
         self.class_index = release.index
         self.verbs, self.nouns = release.verbs, release.nouns
         self.class_verb, self.class_noun = release.verb_of, release.noun_of
+        self.class_nouns = release.nouns_of
         rows = release.split(self.users[0])
         split_path = os.path.join(self.root, self.users[0] + ".txt")
 
@@ -193,7 +224,7 @@ class EGTEA(GTEA61):
 
         self.video_ids, self.video_keys, self.labels, self.num_frames = [], [], [], []
         self._videos, skipped, missing = [], [], []
-        for clip, action, _, _ in rows:
+        for clip, action, *_ in rows:
             rel = where.get(clip)
             if rel is None:
                 missing.append(clip)
@@ -221,13 +252,15 @@ class EGTEA(GTEA61):
 
 
 def verb_noun_of(dataset):
-    """(class -> verb id, class -> noun id, verb names, noun names) of a dataset, or None when it
-    has no verbs and nouns. Split-file datasets carry them; GTEA-61's class names are
-    <verb>_<noun(s)> (take_cup, stir_spoon,cup), split at the first underscore."""
+    """(class -> verb id, class -> nouns, verb names, noun names) of a dataset, or None when it
+    has no verbs and nouns. A class's nouns are what noun accuracy compares: for split-file
+    datasets the tuple of its noun ids (columns 4, 5, ...: "Put trash,trash_container" has two);
+    GTEA-61's class names are <verb>_<noun(s)> (take_cup, stir_spoon,cup), split at the first
+    underscore, the nouns compared as one string."""
     if hasattr(dataset, "class_verb"):
-        if any(v is None for v in dataset.class_verb) or any(n is None for n in dataset.class_noun):
+        if any(v is None for v in dataset.class_verb) or any(n is None for n in dataset.class_nouns):
             return None
-        return dataset.class_verb, dataset.class_noun, dataset.verbs, dataset.nouns
+        return dataset.class_verb, dataset.class_nouns, dataset.verbs, dataset.nouns
     if not all("_" in c for c in dataset.classes):
         return None
     pairs = [c.split("_", 1) for c in dataset.classes]
@@ -237,8 +270,9 @@ def verb_noun_of(dataset):
 
 
 def derived_accuracy(labels, preds, class_to_part):
-    """% of videos whose predicted action has the true action's verb (or noun): the verb and noun
-    accuracy of an action classifier, with no verb or noun head."""
+    """% of videos whose predicted action has the true action's verb (or nouns: all of them, so
+    "Put trash" is wrong for "Put trash,trash_container"): the verb and noun accuracy of an action
+    classifier, with no verb or noun head."""
     if not len(labels):
         return None
     hits = sum(class_to_part[p] == class_to_part[t] for t, p in zip(labels, preds))

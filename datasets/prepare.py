@@ -6,6 +6,7 @@ camera-compensated warp flow and motion maps, in either layout the loaders read.
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
     python -m datasets.prepare --frames DATASET [--out DIR] [--only flow|mmaps ...] ...
     python -m datasets.prepare --egtea RELEASE --out DATASET ...   (EGTEA Gaze+, datasets/egtea.py)
+    python -m datasets.prepare --gtea61 RAW --out DATASET ...      (raw GTEA-61, datasets/gtea61raw.py)
     python -m datasets.prepare --list FILE --out DATASET ...       (any list of video files)
 
 Inputs:
@@ -20,6 +21,11 @@ Inputs:
                  cropped_clips is a warning with the count; a clip on disk that no split lists
                  is not prepared (said once); a split line naming an action absent from
                  action_idx.txt is a one-line error before anything is written;
+  --gtea61 RAW   the raw GTEA-61 release: label files (S1_Cheese_C1.txt) and, for each, a video or
+                 a folder of frames of the same stem; every labelled instance is prepared as the
+                 video <user>/<action>/<k>, cut as Ego-RNN's prepareGTEA61Dataset.py cuts it (rules
+                 in datasets/gtea61raw.py; the classes and instance counts are printed first). A bad
+                 label line or a missing recording is a one-line error and the others go on;
   --list FILE    one video file a line (relative to FILE's folder or absolute; further columns,
                  such as labels, are ignored), prepared as the video <parent folder>/<file stem>;
                  index and split files next to FILE (EGTEA's names) are copied to DATASET;
@@ -144,9 +150,10 @@ def read_rgb(path):
 class Job:
     """One video: where it comes from, what to write and with which settings."""
 
-    def __init__(self, rel, source, parts, settings, estimate, frame_numbers=None):
+    def __init__(self, rel, source, parts, settings, estimate, frame_numbers=None, span=None):
         self.rel = rel                      # "<user>/<class>/<inst>"
-        self.source = source                # video file, or a list of frame files
+        self.source = source                # video file (or --gtea61: a folder of frames), or a list of frame files
+        self.span = span                    # --gtea61: the datasets.gtea61raw.Instance cut from the source
         self.parts = tuple(parts)           # subset of PARTS to write
         self.settings = settings            # {part: dict} recorded in the markers
         self.estimate = estimate            # frames, for the progress bar
@@ -154,10 +161,30 @@ class Job:
 
 
 def _frames_of(job, opts):
+    if job.span is not None:
+        return _span_frames(job.span, opts["shortSide"])
     if isinstance(job.source, str):
         from datasets.video import read_frames
         return read_frames(job.source, opts["fps"], opts["shortSide"])
     return (read_rgb(p) for p in job.source)
+
+
+def _span_frames(inst, short_side):
+    """Frames start..end (1-based, inclusive) of a --gtea61 recording (a video is decoded up to
+    the end only; a frame folder's length was checked when the labels were read)."""
+    from datasets.video import VideoError, _resize, read_frames
+    from datasets.gtea61raw import frame_files
+    if os.path.isdir(inst.source):
+        for path in frame_files(inst.source)[inst.start - 1:inst.end]:
+            yield _resize(read_rgb(path), short_side)
+        return
+    n = 0
+    for n, rgb in enumerate(read_frames(inst.source, None, short_side), 1):
+        if n >= inst.start:
+            yield rgb
+        if n == inst.end:
+            return
+    raise VideoError(f"{inst.where}: frames ({inst.start}-{inst.end}) but {inst.source} has {n} frames")
 
 
 def _run_job(job, opts, progress):
@@ -400,6 +427,23 @@ def _scan_list(path):
     return sorted(found), copies
 
 
+def _scan_gtea61(root):
+    """([(rel, recording)], [], {rel: Instance}, [label errors]) of a raw GTEA-61 release."""
+    from datasets import gtea61raw
+    if not os.path.isdir(root):
+        raise UserError(f"--gtea61 {root}: no such folder (expected label files S1_Cheese_C1.txt and videos)")
+    try:
+        instances, errors, summary = gtea61raw.scan(root)
+    except ValueError as e:
+        raise UserError(f"--gtea61 {root}: {e}") from None
+    gtea61raw.print_summary(summary, errors)
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+    if not instances:
+        raise UserError(f"--gtea61 {root}: no instance to prepare ({len(errors)} error(s) above)")
+    return ([(i.rel, i.source) for i in instances], [], {i.rel: i for i in instances}, errors)
+
+
 def copy_release_files(paths, out):
     """Copy the index and split files (and a synthetic release's marker) into the dataset root."""
     for src in paths:
@@ -414,7 +458,7 @@ def estimate_bytes(jobs, layout, short_side):
     from datasets.video import VideoError, output_size, probe
     total = 0
     for job in jobs:
-        if not isinstance(job.source, str):
+        if not isinstance(job.source, str) or os.path.isdir(job.source):
             continue
         try:
             info = probe(job.source)
@@ -479,12 +523,15 @@ def plan(args, opts):
     out, layout = opts["out"], opts["layout"]
     common = {"flow": {"flow": args.flow, "warp": not args.noWarp},
               "mmaps": {"flow": args.flow, "warp": not args.noWarp}, "frames": {}}
-    if args.videos or args.egtea or args.list:
+    spans = opts.get("_spans") or {}
+    if args.videos or args.egtea or args.list or args.gtea61:
         items = []
         for rel, path in opts["_videos"]:
             st = os.stat(path)
             src = {"source": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                    "fps": args.fps, "shortSide": args.shortSide}
+            if rel in spans:  # --gtea61: one labelled range of the recording
+                src["frames"] = [spans[rel].start, spans[rel].end]
             items.append((rel, path, None, src))
     else:
         items = [(rel, files, nums, {"source": "frames"}) for rel, files, nums in opts["_frames"]]
@@ -511,7 +558,9 @@ def plan(args, opts):
         if not todo:
             done += 1
             continue
-        if isinstance(source, str):
+        if rel in spans:
+            est = spans[rel].end - spans[rel].start + 1
+        elif isinstance(source, str):
             from datasets.video import VideoError, estimated_frames
             try:
                 est = estimated_frames(source, args.fps)
@@ -519,7 +568,7 @@ def plan(args, opts):
                 est = 0
         else:
             est = len(source)
-        jobs.append(Job(rel, source, todo, settings, est, nums))
+        jobs.append(Job(rel, source, todo, settings, est, nums, spans.get(rel)))
     if conflicts:
         rel, p = conflicts[0]
         raise UserError(f"{out} already holds {len(conflicts)} part(s) made with other settings or from another "
@@ -544,6 +593,8 @@ def parse_args(argv):
     src.add_argument("--frames", help="dataset root (either layout) to complete with flow / motion maps")
     src.add_argument("--egtea", help="EGTEA Gaze+ release: cropped_clips/<session>/<clip>.mp4 + index and split files")
     src.add_argument("--list", help="file of video paths, one a line (further columns ignored)")
+    src.add_argument("--gtea61", help="raw GTEA-61 release: label files S1_Cheese_C1.txt and their videos "
+                     "(or frame folders), cut into instances as Ego-RNN's prepareGTEA61Dataset.py")
     p.add_argument("--out", help="dataset to write (required with --videos; default: the --frames root)")
     p.add_argument("--layout", choices=tuple(LAYOUTS), default=None,
                    help="course (PNG) or egornn (JPEG); default course, or the --frames root's")
@@ -576,8 +627,12 @@ def check_args(args):
         args.out = os.path.abspath(args.out or args.frames)
     else:
         if not args.out:
-            source = "--videos" if args.videos else "--egtea" if args.egtea else "--list"
+            source = ("--videos" if args.videos else "--egtea" if args.egtea else "--list" if args.list
+                      else "--gtea61")
             raise UserError(f"{source} needs --out DATASET (the folder to write)")
+        if args.gtea61 and args.fps is not None:
+            raise UserError("--fps applies to --videos, --egtea and --list: GTEA-61's label files count the "
+                            "recordings' own frames")
         args.out = os.path.abspath(args.out)
         args.shortSide = 256 if args.shortSide is None else args.shortSide
         if args.shortSide < 0:
@@ -687,10 +742,14 @@ def main(argv=None):
             videos, copies = _scan_egtea(args.egtea)
         elif args.list:
             videos, copies = _scan_list(args.list)
+        elif args.gtea61:
+            videos, copies, spans, label_errors = _scan_gtea61(args.gtea61)
         else:
             videos, copies = _scan_videos(args.videos), []
+    if not args.gtea61:
+        spans, label_errors = {}, []
     only = [p for p in PARTS if p in only]
-    opts = {"out": args.out, "layout": layout, "flow": args.flow, "warp": not args.noWarp, "fps": args.fps,
+    opts = {"_spans": spans, "out": args.out, "layout": layout, "flow": args.flow, "warp": not args.noWarp, "fps": args.fps,
             "shortSide": args.shortSide, "raftWeights": args.raftWeights, "only": only, "_frames": frames,
             "_needs_method": "flow" in only or "mmaps" in only, "_videos": None if args.frames else videos}
     lock = _Lock(args.out)
@@ -701,9 +760,10 @@ def main(argv=None):
         if not args.frames:
             check_space(jobs, layout, args)
             # a synthetic release's marker goes along, so that results on it say they are synthetic
-            marker = os.path.join(args.egtea, ".complete") if args.egtea else None
+            release = args.egtea or args.gtea61
+            marker = os.path.join(release, ".complete") if release else None
             copy_release_files(copies + ([marker] if marker and os.path.isfile(marker) else []), args.out)
-        worker_opts = {k: v for k, v in opts.items() if k not in ("_frames", "_videos")}
+        worker_opts = {k: v for k, v in opts.items() if k not in ("_frames", "_videos", "_spans")}
         what = ", ".join(only)
         method = f"{args.flow}{'' if args.noWarp else ' + warp'}" if opts["_needs_method"] else ""
         print(f"preparing {len(jobs)} video(s) ({what}{'; ' + method if method else ''}; {layout} layout) "
@@ -716,7 +776,7 @@ def main(argv=None):
                             "fix the permissions, then rerun: finished videos are kept)") from None
     finally:
         lock.release()
-    bad = [(rel, err) for rel, _, err in results if err]
+    bad = [(rel, err) for rel, _, err in results if err] + [(err.split(":")[0], err) for err in label_errors]
     frames_done = sum(n for _, n, _ in results)
     secs = time.time() - t0
     print(f"done: {len(results) - len(bad)} video(s), {frames_done} frames in {secs:.1f} s "

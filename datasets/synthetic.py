@@ -1,6 +1,6 @@
 """Synthetic GTEA-61-like dataset, written in the real on-disk layouts.
 
-    python -m datasets.synthetic --out DIR [--layout course|egornn|videos|egtea] [--classes N]
+    python -m datasets.synthetic --out DIR [--layout course|egornn|videos|egtea|gtea61raw] [--classes N]
         [--instances K] [--users S1 S2 S3 S4] [--seed S] [--size WxH] [--if-missing]
         [--no-short] [--no-quirks] [--fps F]
 
@@ -41,12 +41,18 @@ The egtea layout writes a small release in EGTEA Gaze+'s form (the input of
 python -m datasets.prepare --egtea, see datasets/egtea.py):
   * cropped_clips/<session>/<clip>.mp4, sessions named like EGTEA's (P01-R01-PastaSalad), clip =
     <session>-<start ms>-<end ms>-F<start frame>-F<end frame> at 24 frames/s;
-  * action_idx.txt, verb_idx.txt, noun_idx.txt: "<name> <1-based index>" a line, names with
-    spaces and slashes (EGTEA_ACTIONS);
-  * train_splitK.txt / test_splitK.txt, K = 1..3: "<clip> <action> <verb> <noun>", 1-based;
-    split K tests on session K and trains on the others;
+  * action_idx.txt, verb_idx.txt, noun_idx.txt: "<name> <1-based index>" a line, names as
+    EGTEA writes them (EGTEA_ACTIONS): spaces and slashes in verbs, underscores in nouns, a
+    two-noun action named "Put trash,trash_container";
+  * train_splitK.txt / test_splitK.txt, K = 1..3: "<clip> <action> <verb> <noun> [<noun2>]",
+    1-based, five columns for the two-noun action; split K tests on session K and trains on
+    the others;
   * quirks as users meet them: one clip listed in the split files but absent from disk
     (EGTEA_MISSING_CLIP's position), and one clip on disk that no split file lists.
+The gtea61raw layout writes a small raw GTEA-61 release (the input of python -m datasets.prepare
+--gtea61, see datasets/gtea61raw.py): labels/<stem>.txt ("<verb><noun(s)> (start-end)" lines,
+1-based inclusive, and one line without "><"), videos/<stem>.mp4 or png/<stem>/NNNNNNNNNN.png, with
+every rule of the original's cutting (GTEA61RAW_RECORDINGS); grey frames between the instances.
 Quirks in the course layout (default on, --no-quirks to disable): one `rgb0003(1).png`
 duplicate, `.DS_Store` files and one missing motion-map index. Too-short videos (default on,
 --no-short to disable): two videos of 4 and 3 frames in the first and third user.
@@ -73,7 +79,7 @@ MARKER = ".complete"
 FORMAT_VERSION = 1
 FLOW_SCALE = 6.0  # 8-bit flow value per pixel of displacement
 DEFAULT_USERS = ("S1", "S2", "S3", "S4")
-LAYOUTS = ("course", "egornn", "videos", "egtea")
+LAYOUTS = ("course", "egornn", "videos", "egtea", "gtea61raw")
 VIDEO_FPS = 15
 DEFAULT_CLASSES = ("take_cup", "put_cup", "open_box", "close_box",
                    "take_jam", "put_jam", "open_jam", "close_jam")
@@ -348,15 +354,17 @@ def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1, c
             "scene_flow": scene_flow, "flow": flow}
 
 
-# --layout egtea: (EGTEA-style action name, verb, noun, the class rendered for it). Index files
-# number them from 1 in this order; the names carry EGTEA's spaces and slashes.
+# --layout egtea: (EGTEA-style action name, verb, nouns, the class rendered for it). Index files
+# number them from 1 in this order; the names are written as EGTEA writes them: verbs with spaces
+# and slashes, nouns with underscores, and an action naming two nouns joined by a comma, whose
+# split lines have a fifth column (EGTEA's "Put trash,trash_container").
 EGTEA_ACTIONS = (
-    ("Take cup", "Take", "cup", "take_cup"),
-    ("Put cup", "Put", "cup", "put_cup"),
-    ("Open/Unwrap box", "Open/Unwrap", "box", "open_box"),
-    ("Close box", "Close", "box", "close_box"),
-    ("Take jam/honey", "Take", "jam/honey", "take_jam"),
-    ("Put jam/honey", "Put", "jam/honey", "put_jam"),
+    ("Take cup", "Take", ("cup",), "take_cup"),
+    ("Put cup", "Put", ("cup",), "put_cup"),
+    ("Open condiment_container", "Open", ("condiment_container",), "open_box"),
+    ("Close condiment_container", "Close", ("condiment_container",), "close_box"),
+    ("Divide/Pull Apart paper_towel", "Divide/Pull Apart", ("paper_towel",), "take_jam"),
+    ("Put trash,trash_container", "Put", ("trash", "trash_container"), "put_jam"),
 )
 EGTEA_SESSIONS = ("P01-R01-PastaSalad", "P02-R03-BaconAndEggs", "P03-R05-Cheeseburger")
 EGTEA_FPS = 24
@@ -386,7 +394,7 @@ def write_egtea(out, instances, size, seed, verbose=True):
     """The egtea layout (see the module docstring)."""
     from datasets.video import write_video
     verbs = list(dict.fromkeys(a[1] for a in EGTEA_ACTIONS))
-    nouns = list(dict.fromkeys(a[2] for a in EGTEA_ACTIONS))
+    nouns = list(dict.fromkeys(n for a in EGTEA_ACTIONS for n in a[2]))
     for fname, names in (("action_idx.txt", [a[0] for a in EGTEA_ACTIONS]), ("verb_idx.txt", verbs),
                          ("noun_idx.txt", nouns)):
         with open(os.path.join(out, fname), "w") as f:
@@ -409,10 +417,59 @@ def write_egtea(out, instances, size, seed, verbose=True):
                 for si, ai, name, _, _ in listed:
                     if (si == k - 1) == (part == "test"):
                         a = EGTEA_ACTIONS[ai]
-                        f.write(f"{name} {ai + 1} {verbs.index(a[1]) + 1} {nouns.index(a[2]) + 1}\n")
+                        cols = [ai + 1, verbs.index(a[1]) + 1] + [nouns.index(n) + 1 for n in a[2]]
+                        f.write(f"{name} {' '.join(map(str, cols))}\n")
     if verbose:
         print(f"  {len(rows) - 1} clips in {time.time() - t0:.1f}s ({len(listed)} listed in the splits, "
               f"one of them missing on disk; one clip in no split)", file=sys.stderr, flush=True)
+
+
+# --layout gtea61raw: recordings as GTEA-61's raw release has them, one label file each. Every
+# instance is (verb, noun field as the label writes it, class rendered); the original's rules all
+# occur: stir<cup> (renamed stir_spoon,cup), a comma in a noun field, put_tea of S1 and S2
+# (dropped) and of S3 (kept), take_cup in two label files of S1 (numbered on across them), a
+# line without "><" in each file (ignored). S2's recording is a folder of PNG frames, the others
+# are videos.
+GTEA61RAW_RECORDINGS = {
+    "S1_Cheese_C1": [("take", "cup", "take_cup"), ("put", "cup", "put_cup"), ("take", "cup", "take_cup"),
+                     ("stir", "cup", "stir_spoon,cup")],
+    "S1_Tea_C1": [("take", "cup", "take_cup"), ("put", "tea", "put_tea"), ("open", "jam", "open_jam")],
+    "S2_Tea_C1": [("take", "cup", "take_cup"), ("put", "cup", "put_cup"), ("put", "tea", "put_tea"),
+                  ("stir", "spoon,cup", "stir_spoon,cup"), ("open", "jam", "open_jam")],
+    "S3_Cheese_C1": [("take", "cup", "take_cup"), ("put", "cup", "put_cup"), ("stir", "spoon,cup", "stir_spoon,cup"),
+                     ("open", "jam", "open_jam"), ("put", "tea", "put_tea")],
+}
+GTEA61RAW_FRAME_FOLDERS = ("S2_Tea_C1",)
+GTEA61RAW_GAP = 3  # grey frames before each instance: a cut one frame off shows them
+
+
+def write_gtea61raw(out, size, seed, fps, verbose=True):
+    """The gtea61raw layout: labels/<stem>.txt, videos/<stem>.mp4 or png/<stem>/NNNNNNNNNN.png."""
+    from datasets.video import write_video
+    rng = np.random.default_rng([seed, 61])
+    W, H = size
+    os.makedirs(os.path.join(out, "labels"))
+    for ui, (stem, instances) in enumerate(GTEA61RAW_RECORDINGS.items()):
+        frames, lines = [], [f"{stem} (annotation)"]
+        for j, (verb, noun, cls) in enumerate(instances):
+            frames += [np.full((H, W, 3), 128, np.uint8)] * GTEA61RAW_GAP
+            n = int(rng.integers(6, 11))
+            clip = render_video(cls, int(stem[1]) - 1, n, size, seed, j + 1)["rgb"]
+            lines.append(f"<{verb}><{noun}> ({len(frames) + 1}-{len(frames) + n})")  # 1-based, inclusive
+            frames += list(clip)
+        frames += [np.full((H, W, 3), 128, np.uint8)] * GTEA61RAW_GAP
+        with open(os.path.join(out, "labels", stem + ".txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        if stem in GTEA61RAW_FRAME_FOLDERS:
+            d = os.path.join(out, "png", stem)
+            os.makedirs(d)
+            for k, rgb in enumerate(frames, 1):
+                _save(rgb, os.path.join(d, f"{k:010d}.png"), "course")
+        else:
+            os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+            write_video(os.path.join(out, "videos", stem + ".mp4"), frames, fps)
+    if verbose:
+        print(f"  {len(GTEA61RAW_RECORDINGS)} recordings", file=sys.stderr, flush=True)
 
 
 def _lengths(rng, n):
@@ -475,6 +532,8 @@ def generate(out, layout="course", classes=8, instances=3, users=DEFAULT_USERS, 
     W, H = size
     if layout == "egtea":
         return write_egtea(out, instances, size, seed, verbose)
+    if layout == "gtea61raw":
+        return write_gtea61raw(out, size, seed, fps, verbose)
     if layout == "videos":
         return write_videos(out, plan(names, instances, users, seed, short), size, seed, fps, verbose)
     ext = "png" if layout == "course" else "jpg"
@@ -529,6 +588,10 @@ def _params(args):
         params.update(classes=len(EGTEA_ACTIONS), users=list(EGTEA_SESSIONS), fps=EGTEA_FPS)
         for k in ("short", "quirks"):
             params.pop(k)
+    if args.layout == "gtea61raw":  # its own recordings
+        params.update(fps=args.fps, recordings=sorted(GTEA61RAW_RECORDINGS))
+        for k in ("classes", "instances", "users", "short", "quirks"):
+            params.pop(k)
     return params
 
 
@@ -572,7 +635,8 @@ def main(argv=None):
     ap.add_argument("--layout", choices=LAYOUTS, default="course",
                     help="course / egornn: frames, flow (and maps) as images; videos: mp4 files plus the "
                          "true flow and motion masks, the input of python -m datasets.prepare; egtea: a small "
-                         "release in EGTEA Gaze+'s form (clips, index and split files: --egtea of datasets.prepare)")
+                         "release in EGTEA Gaze+'s form (clips, index and split files: --egtea of datasets.prepare); "
+                         "gtea61raw: raw GTEA-61 recordings and label files (--gtea61 of datasets.prepare)")
     ap.add_argument("--fps", type=float, default=VIDEO_FPS, help="frame rate of the videos layout")
     ap.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{MAX_CLASSES}; beyond "
                     f"{len(class_pool())}, repeats of the first ones under new names)")
@@ -596,7 +660,7 @@ def main(argv=None):
 
     if args.instances < 1:
         return fail(f"--instances must be >= 1, got {args.instances}")
-    if args.layout in ("videos", "egtea") and (args.size[0] % 2 or args.size[1] % 2):
+    if args.layout in ("videos", "egtea", "gtea61raw") and (args.size[0] % 2 or args.size[1] % 2):
         return fail(f"--size {args.size[0]}x{args.size[1]}: H.264 videos need an even width and height")
     if args.fps <= 0:
         return fail(f"--fps must be positive, got {args.fps}")

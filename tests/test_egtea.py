@@ -42,11 +42,11 @@ def one_line_error(p, *needles):
 
 
 def split_lines(path):
-    """{clip: (action, verb, noun)} of a split file, 1-based, read here without the project's code."""
+    """{clip: (action, verb, (nouns...))} of a split file, 1-based, read here without the project's code."""
     out = {}
     for line in Path(path).read_text().splitlines():
-        clip, a, v, n = line.split()
-        out[clip] = (int(a), int(v), int(n))
+        clip, a, v, *nouns = line.split()
+        out[clip] = (int(a), int(v), tuple(int(n) for n in nouns))
     return out
 
 
@@ -71,8 +71,18 @@ def prepared(release, tmp_path_factory):
 
 def test_synthetic_release_has_egtea_form(release):
     actions = index_names(release / "action_idx.txt")
-    assert actions[3] == "Open/Unwrap box" and actions[5] == "Take jam/honey"  # spaces and slashes
+    # EGTEA's names: slashes and spaces in verbs, underscores in nouns, two nouns joined by a comma
+    assert actions[5] == "Divide/Pull Apart paper_towel" and actions[6] == "Put trash,trash_container"
     assert sorted(actions) == list(range(1, 7))
+    nouns = index_names(release / "noun_idx.txt")
+    assert "trash_container" in nouns.values() and "condiment_container" in nouns.values()
+    widths = {len(line.split()) for k in (1, 2, 3) for p in ("train", "test")
+              for line in (release / f"{p}_split{k}.txt").read_text().splitlines()}
+    assert widths == {4, 5}  # the two-noun action's lines have a fifth column
+    for k in (1, 2, 3):
+        for a, v, n in split_lines(release / f"train_split{k}.txt").values():
+            assert (len(n) == 2) == (a == 6)
+            assert [nouns[i] for i in n] == ["trash", "trash_container"] if a == 6 else True
     on_disk = {p.stem: p.parent.name for p in (release / "cropped_clips").glob("*/*.mp4")}
     for clip, session in on_disk.items():  # <session>-<start ms>-<end ms>-F<frame>-F<frame>
         parts = clip.split("-")
@@ -105,7 +115,8 @@ def test_labels_match_index_names_for_every_clip(prepared):
                 assert label == a - 1  # EGTEA's indices are 1..K: id = index - 1
                 assert ds.class_index[label] == a
                 assert ds.verbs[ds.class_verb[label]] == truth[clip][1]
-                assert ds.nouns[ds.class_noun[label]] == truth[clip][2]
+                assert tuple(ds.nouns[i] for i in ds.class_nouns[label]) == truth[clip][2]
+                assert ds.nouns[ds.class_noun[label]] == truth[clip][2][0]
                 seen += 1
     assert seen == 3 * (18 - 1)  # every listed clip that exists: tested in one split, trained on in two
 
@@ -128,10 +139,13 @@ def test_missing_and_extra_clips(release, prepared, capsys):
     assert len(ds.missing) == 1 and "warning: 1 of the 12 clips" in err
 
 
-def _hand_made_root(root, action_lines, split_rows):
+def _hand_made_root(root, action_lines, split_rows, verb_lines=None, noun_lines=None):
     """A prepared root written by hand: index and split files, 5 frames per clip."""
     root.mkdir(parents=True)
     (root / "action_idx.txt").write_text("".join(f"{line}\n" for line in action_lines))
+    for name, lines in (("verb_idx.txt", verb_lines), ("noun_idx.txt", noun_lines)):
+        if lines is not None:
+            (root / name).write_text("".join(f"{line}\n" for line in lines))
     (root / "test_split1.txt").write_text("".join(f"{row}\n" for row in split_rows))
     for row in split_rows:
         clip = row.split()[0]
@@ -150,6 +164,49 @@ def test_one_based_indices_become_zero_based_ids(tmp_path):
     assert ds.class_index == [2, 5, 7]
     assert ds.labels == [2, 0, 1]
     assert ds.verbs == ["1", "2", "3"] and ds.class_verb == [1, 2, 0]  # no verb_idx.txt: indices as names
+
+
+# EGTEA's columns, by hand: verb and noun indices distinct and gapped (a verb/noun column swap names
+# verbs 4, 6, 11 that verb_idx.txt lacks, or gives other ids), one two-noun action with a fifth column
+HAND_ACTIONS = ["Take plate 2", "Put trash,trash_container 5", "Put trash 7", "Cut bell_pepper 9"]
+HAND_VERBS = ["Cut 3", "Take 10", "Put 12"]
+HAND_NOUNS = ["plate 4", "trash 6", "trash_container 8", "bell_pepper 11"]
+HAND_ROWS = ["P01-R01-X-1-2-F1-F2 2 10 4", "P01-R01-X-3-4-F3-F4 5 12 6 8", "P01-R01-X-5-6-F5-F6 7 12 6",
+             "P01-R01-X-7-8-F7-F8 9 3 11"]
+
+
+@pytest.mark.parametrize("index_files", [True, False])
+def test_verb_and_noun_columns_by_hand(tmp_path, index_files):
+    _hand_made_root(tmp_path / "r", HAND_ACTIONS, HAND_ROWS, *((HAND_VERBS, HAND_NOUNS) if index_files else ()))
+    ds = EGTEA(tmp_path / "r", ["test_split1"], "rgb", train=False, seqLen=2, frameSize=32)
+    assert ds.classes == ["Take plate", "Put trash,trash_container", "Put trash", "Cut bell_pepper"]
+    assert ds.labels == [0, 1, 2, 3]
+    # verbs and nouns in the order of their file index: verbs 3, 10, 12; nouns 4, 6, 8, 11
+    assert ds.class_verb == [1, 2, 2, 0]
+    assert ds.class_nouns == [(0,), (1, 2), (1,), (3,)] and ds.class_noun == [0, 1, 1, 3]
+    if index_files:  # names as the files write them
+        assert [ds.verbs[v] for v in ds.class_verb] == ["Take", "Put", "Put", "Cut"]
+        assert [[ds.nouns[n] for n in ns] for ns in ds.class_nouns] == [
+            ["plate"], ["trash", "trash_container"], ["trash"], ["bell_pepper"]]
+    else:  # the indices as text
+        assert ds.verbs == ["3", "10", "12"] and ds.nouns == ["4", "6", "8", "11"]
+    # noun accuracy compares all nouns: "Put trash" for "Put trash,trash_container" is a wrong noun
+    # (the first-noun rule would count it right: 75 %), the verb is right
+    verb, nouns, _, _ = verb_noun_of(ds)
+    labels, preds = [0, 1, 2, 3], [0, 2, 1, 0]
+    assert derived_accuracy(labels, preds, verb) == pytest.approx(75.0)  # take=take, put=put, put=put, cut!=take
+    assert derived_accuracy(labels, preds, nouns) == pytest.approx(25.0)  # only plate=plate
+
+
+def test_clips_disagreeing_on_verb_or_nouns_warn_once_and_keep_the_most_common(tmp_path, capsys):
+    rows = HAND_ROWS + ["P01-R01-X-9-10-F9-F10 7 12 6", "P01-R01-X-11-12-F11-F12 7 3 6"]
+    _hand_made_root(tmp_path / "r", HAND_ACTIONS, rows, HAND_VERBS, HAND_NOUNS)
+    for _ in range(2):  # train, validation and test sets read the same files: one warning
+        ds = EGTEA(tmp_path / "r", ["test_split1"], "rgb", train=False, seqLen=2, frameSize=32)
+    assert ds.verbs[ds.class_verb[2]] == "Put"  # lines 3 and 5 say Put (12), line 6 Cut (3)
+    err = [line for line in capsys.readouterr().err.splitlines() if "disagree" in line or "kept" in line]
+    assert len(err) == 1, err
+    assert "action 7" in err[0] and "test_split1.txt line 3" in err[0] and "test_split1.txt line 6" in err[0]
 
 
 def test_split_naming_an_absent_action_is_a_one_line_error(release, tmp_path):
@@ -220,8 +277,15 @@ def test_validation_holdout_on_a_split(prepared):
     full = EGTEA(root, ["train_split1"], "rgb", train=True, **kw)
     train = EGTEA(root, ["train_split1"], "rgb", train=True, holdout=(0.5, "train"), **kw)
     val = EGTEA(root, ["train_split1"], "rgb", train=False, holdout=(0.5, "val"), **kw)
-    assert len(val) > 0 and not set(train.video_keys) & set(val.video_keys)
+    assert not set(train.video_keys) & set(val.video_keys)
     assert sorted(train.video_keys + val.video_keys) == sorted(full.video_keys)
+    # by hand: train_split1 lists sessions 2 and 3, one clip per action each, less the missing clip of
+    # session 2's action 1: action 1 has 1 clip (none held: a class keeps at least one), actions 2-6 have
+    # 2 (round(0.5 * 2) = 1 held each), so 5 of the 11 clips are held out, one per action 2-6
+    from collections import Counter
+    assert len(full) == 11
+    assert Counter(val.labels) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+    assert Counter(train.labels) == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
 
 
 def test_prepare_train_both_stages_and_evaluate(prepared, tmp_path):
@@ -303,3 +367,23 @@ def test_preparation_that_would_not_fit_stops_before_writing(release, tmp_path, 
     m = re.search(r"the output is estimated at ([\d.]+) MB and its disk has 0.0 MB free", str(e.value))
     assert m and 1.6 <= float(m.group(1)) < 20 and "--noSpaceCheck" in str(e.value)
     assert not (tmp_path / "out" / "processed_frames2").exists()
+
+
+def test_mean_over_splits(tmp_path, capsys):
+    import evaluate
+    figures = {1: (50.0, 40.0), 2: (60.0, 55.0), 3: (25.0, 10.0)}  # (top-1, mean class accuracy)
+    dirs = []
+    for k, (acc, mca) in figures.items():
+        d = tmp_path / f"eval_test_split{k}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({
+            "dataset_kind": "egtea", "split": k, "model": "rgb", "accuracy": acc, "mean_class_accuracy": mca,
+            "verb_accuracy": 70.0, "noun_accuracy": 30.0 + k, "num_videos": 10}))
+        dirs.append(str(d))
+    assert evaluate.main(["--splitMean", *dirs[::-1]]) == 0
+    out = capsys.readouterr().out
+    # by hand: (50 + 60 + 25) / 3 = 45, (40 + 55 + 10) / 3 = 35, nouns (31 + 32 + 33) / 3 = 32
+    assert "mean over splits 1, 2, 3: top-1 45.00%, mean class accuracy 35.0%, verb 70.0%, noun 32.0%" in out
+    assert json.loads((tmp_path / "eval_test_split1" / "splits_mean.json").read_text())["mean"]["accuracy"] == 45.0
+    with pytest.raises(UserError, match="split 2 given twice"):
+        evaluate.main(["--splitMean", dirs[1], dirs[1]])

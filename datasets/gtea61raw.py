@@ -1,0 +1,160 @@
+"""The raw GTEA-61 release (videos and label files) cut into action instances, as Ego-RNN's
+prepareGTEA61Dataset.py cuts it; `python -m datasets.prepare --gtea61 RAW --out DATASET` then
+writes each instance's frames, warp flow and motion maps (datasets/prepare.py).
+
+RAW holds, anywhere below it (e.g. labels/ and videos/ or png/):
+  * one label file per recording, `S1_Cheese_C1.txt`: user = the first two characters of its name;
+  * for each label file, a video of the same stem (any container PyAV reads: S1_Cheese_C1.mp4) or
+    a folder of its frames (S1_Cheese_C1/0000000001.png ..., in the order of their numbers).
+Rules, the original's:
+  * a label line containing `><` is an instance: action = the text of the first <...> + "_" + the
+    text of the second (`<pour><honey,bread> (120-180) ...` gives pour_honey,bread), frames
+    (start-end) inclusive, frame f = the f-th frame of the recording counting from 1; other lines
+    are ignored (counted in the summary);
+  * instances are numbered per user and action from 1, in label-file name order then line order:
+    <user>/<action>/<k>;
+  * `stir_cup` is renamed `stir_spoon,cup`, and the put_tea instances of S1 and S2 are dropped
+    (the original script deletes S1/put_tea and S2/put_tea at its end; their numbers stay used);
+  * a malformed range, a range beyond the recording's end or a label file without a recording is a
+    one-line error naming the file and line; the other instances go on.
+"""
+import os
+import re
+import sys
+from collections import Counter
+
+LABEL_EXT = ".txt"
+FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+RENAMED = {"stir_cup": "stir_spoon,cup"}
+DROPPED = {("S1", "put_tea"), ("S2", "put_tea")}
+_RANGE = re.compile(r"\(\s*(\d+)\s*-\s*(\d+)\s*\)")
+
+
+class Instance:
+    """One labelled action: where its frames come from and where it goes."""
+
+    def __init__(self, rel, source, start, end, where):
+        self.rel = rel          # "<user>/<action>/<k>"
+        self.source = source    # video file, or a folder of frames
+        self.start, self.end = start, end  # 1-based, inclusive
+        self.where = where      # "<label file> line <n>", for messages
+
+
+def parse_line(line):
+    """(action, start, end) of a label line; None when it is not an instance (no `><`); ValueError
+    naming what is wrong when it is one with an unreadable action or range."""
+    if "><" not in line:
+        return None
+    # the original's reading: the first two <...> fields, whatever follows them
+    b1 = line.find("<")
+    e1 = line.find(">", b1)
+    b2 = line.find("<", e1)
+    e2 = line.find(">", b2)
+    if min(b1, e1, b2, e2) < 0:
+        raise ValueError("expected <verb><noun(s)> (start-end)")
+    action = RENAMED.get(line[b1 + 1:e1] + "_" + line[b2 + 1:e2], line[b1 + 1:e1] + "_" + line[b2 + 1:e2])
+    m = _RANGE.search(line, e2)
+    if not m:
+        raise ValueError("no frame range (start-end) after the action")
+    start, end = int(m.group(1)), int(m.group(2))
+    if start < 1 or end < start:
+        raise ValueError(f"frame range ({start}-{end}) is not 1 <= start <= end")
+    return action, start, end
+
+
+def frame_files(folder):
+    """The image files of a frame folder, in the order of their numbers."""
+    from datasets.gtea61 import _natural_key
+    names = [n for n in os.listdir(folder) if not n.startswith(".")
+             and os.path.splitext(n)[1].lower() in FRAME_EXTS]
+    return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
+
+
+def scan(root):
+    """([Instance], errors, summary) of a raw release: errors are one-line messages (the instances
+    they concern are left out), summary a dict of counts for the report."""
+    from datasets.video import VIDEO_EXTS
+    labels, recordings = {}, {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            recordings.setdefault(d, os.path.join(dirpath, d))  # a folder of frames, perhaps
+        for name in sorted(filenames):
+            stem, ext = os.path.splitext(name)
+            path = os.path.join(dirpath, name)
+            if name.startswith("."):
+                continue
+            if ext.lower() in VIDEO_EXTS:
+                recordings[stem] = path  # a video wins over a folder of the same name
+            elif ext.lower() == LABEL_EXT and _is_label_file(path):
+                if name in labels:
+                    raise ValueError(f"two label files named {name}: {labels[name]} and {path} (keep one)")
+                labels[name] = path
+    instances, errors = [], []
+    count = Counter()  # (user, action) -> instances numbered so far
+    ignored = dropped = 0
+    for name in sorted(labels):  # the original's order: label file names, then lines
+        path, stem, user = labels[name], name[:-len(LABEL_EXT)], name[:2]
+        source = recordings.get(stem)
+        if source is not None and os.path.isdir(source) and not frame_files(source):
+            source = None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        found = False
+        for n, line in enumerate(lines, 1):
+            try:
+                parsed = parse_line(line)
+            except ValueError as e:
+                errors.append(f"{path} line {n}: {e}: {line.strip()!r}")
+                continue
+            if parsed is None:
+                ignored += line.strip() != ""
+                continue
+            action, start, end = parsed
+            count[user, action] += 1
+            if source is None:
+                if not found:
+                    errors.append(f"{path} line {n}: no video or frame folder named {stem} under {root} "
+                                  f"(expected {stem}.mp4 or {stem}/ with its frames): its instances are skipped")
+                found = True
+                continue
+            if (user, action) in DROPPED:
+                dropped += 1
+                continue
+            instances.append(Instance(f"{user}/{action}/{count[user, action]}", source, start, end,
+                                      f"{path} line {n}"))
+    if not labels:
+        raise ValueError(f"no label files under {root} (expected S1_Cheese_C1.txt ... with lines "
+                         "such as '<take><bread> (12-40)')")
+    # a frame folder's length is known now: a range beyond it is an error before any work
+    kept = []
+    for inst in instances:
+        if os.path.isdir(inst.source):
+            n = len(frame_files(inst.source))
+            if inst.end > n:
+                errors.append(f"{inst.where}: frames ({inst.start}-{inst.end}) but {inst.source} has {n} frames")
+                continue
+        kept.append(inst)
+    summary = {"label_files": len(labels), "instances": len(kept), "ignored_lines": ignored,
+               "dropped_put_tea": dropped, "classes": Counter(i.rel.split("/")[1] for i in kept),
+               "users": sorted({i.rel.split("/")[0] for i in kept})}
+    return kept, errors, summary
+
+
+def _is_label_file(path):
+    """A .txt file with at least one `><` line (notes or lists lying next to the labels are not)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return any("><" in line for line in f)
+    except OSError:
+        return False
+
+
+def print_summary(summary, errors, file=sys.stderr):
+    """The classes and instance counts found, and the lines ignored."""
+    classes = summary["classes"]
+    print(f"GTEA-61 labels: {summary['label_files']} label file(s), {summary['instances']} instance(s) of "
+          f"{len(classes)} class(es), users {' '.join(summary['users'])}; {summary['ignored_lines']} line(s) "
+          f"without '><' ignored; {summary['dropped_put_tea']} put_tea instance(s) of S1/S2 dropped "
+          f"(as the original); {len(errors)} error(s)", file=file)
+    print("classes: " + ", ".join(f"{c} {k}" for c, k in sorted(classes.items())), file=file, flush=True)
