@@ -1,4 +1,4 @@
-"""Clip transforms of Ego-RNN (reference section 1), drawn ONCE per clip.
+"""Clip transforms of Ego-RNN (docs/design.md §1), drawn ONCE per clip.
 
 One `ClipParams` (crop scale, crop position, flip) is drawn per clip with python's `random`
 and applied identically to every RGB frame, every flow image and every motion map of that

@@ -5,7 +5,7 @@
     x, y = encode_flow(flow)                       # two uint8 images, 128 = zero, +-20 px
     for k, rgb, flow, mmap in flows_and_maps(frames, method): ...   # a whole video
 
-Warp flow (dense_flow's warp tool, reference section 9): the flow from `prev` to `cur`; a
+Warp flow (dense_flow's warp tool, docs/design.md §9): the flow from `prev` to `cur`; a
 homography of the camera motion fitted with RANSAC to matches made of a grid of flow samples
 plus ORB keypoint matches; `cur` warped back by it onto `prev`; the flow again. What is left
 is the motion of things relative to the scene. Keypoints alone are not enough: on low-texture

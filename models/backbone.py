@@ -1,6 +1,6 @@
 """ResNet-34 backbone of Ego-RNN (Sudhakaran & Lanz, BMVC 2018), on torchvision's resnet34.
 
-For every frame it returns three things (reference.md section 1):
+For every frame it returns three things (docs/design.md §1):
   logits  (N, 1000)     ImageNet scores; their top-1 class selects the CAM weights
   f_bn    (N, 512, h, w) the normal layer4 output, relu(bn2(conv2) + residual) of its last block
   f_nobn  (N, 512, h, w) the same last block without its final BN and ReLU: conv2 + residual.

@@ -1,4 +1,4 @@
-"""Loading checkpoints: this project's own, and the original Ego-RNN ones (reference.md section 7).
+"""Loading checkpoints: this project's own, and the original Ego-RNN ones (docs/design.md §7).
 
 This project's files are {"model": state_dict, ...metadata such as "num_classes", "model_name"}
 or a bare state dict, with the keys of

@@ -1,4 +1,4 @@
-"""Convolutional LSTM cell of Ego-RNN (reference.md section 1).
+"""Convolutional LSTM cell of Ego-RNN (docs/design.md §1).
 
     i  = sigmoid(W_xi * x + b_i + W_hi * h)
     f  = sigmoid(W_xf * x + b_f + W_hf * h)

@@ -1,4 +1,4 @@
-"""Ego-RNN RGB stream: ResNet-34 + CAM spatial attention + ConvLSTM (reference.md section 1).
+"""Ego-RNN RGB stream: ResNet-34 + CAM spatial attention + ConvLSTM (docs/design.md §1).
 
 Per frame t of a clip:
     logits_t, f_bn_t, f_nobn_t = ResNet-34(frame_t)
@@ -42,7 +42,9 @@ class EgoRNN(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(0.7), nn.Linear(mem_size, num_classes))
 
     def forward(self, x):
-        """x (B, T, 3, H, W) -> dict (see INTERFACES.md) plus cell_pooled (B, mem_size)."""
+        """x (B, T, 3, H, W) -> dict: logits (B, C); attention (B, T, s, s) and cam_class (B, T), None
+        without attention; features (B, T, 512, s, s) fed to the ConvLSTM; layer4 = f_bn (B, T, 512, s, s);
+        cell_pooled (B, mem_size)."""
         B, T = x.shape[:2]
         # All B*T frames through the backbone as one batch. Frozen layers build no autograd
         # graph: their parameters have requires_grad False (models/stages.py).

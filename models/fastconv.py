@@ -2,7 +2,7 @@
 
 oneDNN computes the weight gradient of a 3x3 convolution on small maps (the 7x7 layer4 and
 ConvLSTM maps) at a fraction of the CPU's bf16 matrix speed: on the 2-core AMX machine of
-reference section 8, 55 ms for one ConvLSTM hidden step (8 x 512 x 7 x 7 -> 2048 channels)
+docs/design.md §8, 55 ms for one ConvLSTM hidden step (8 x 512 x 7 x 7 -> 2048 channels)
 where the same sums as one matrix product take 9 ms. `conv3x3` therefore runs, only under
 CPU bf16 autocast and only when the weight needs a gradient:
   forward       F.conv2d (oneDNN), exactly what autocast would run;

@@ -1,4 +1,4 @@
-"""Ego-RNN warp-flow stream: ResNet-34 on stacks of 5 flow frames (reference.md section 2).
+"""Ego-RNN warp-flow stream: ResNet-34 on stacks of 5 flow frames (docs/design.md §2).
 
 Input: 10 channels = 5 consecutive (flow_x, flow_y) pairs, interleaved x1, y1, ..., x5, y5.
 Cross-modality init: the ImageNet conv1 kernel averaged over its 3 RGB channels and repeated over

@@ -1,4 +1,4 @@
-"""Motion-segmentation (MS) self-supervised head of SparNet (Planamente et al. 2020), reference.md section 3.
+"""Motion-segmentation (MS) self-supervised head of SparNet (Planamente et al. 2020), docs/design.md §3.
 
 From the 512 x s x s features of one frame it predicts that frame's motion map (mmaps) at s x s:
     ReLU -> Conv1x1(512 -> 100) -> flatten (100*s*s) -> Linear(-> 2*s*s)   classification

@@ -1,4 +1,4 @@
-"""Order-prediction (OP) self-supervised head after OPN (Lee et al. ICCV 2017), reference.md section 4.
+"""Order-prediction (OP) self-supervised head after OPN (Lee et al. ICCV 2017), docs/design.md §4.
 
 Four frames of the clip, taken in temporal order, are shuffled by one of 12 permutation classes;
 the head predicts the class. The 24 orders of 4 frames form 12 classes because an order and its

@@ -1,6 +1,6 @@
 """Which parameters train in each training stage, and which modules stay in eval mode.
 
-RGB (EgoRNN, SAMSOPNet), reference.md section 1, as in Ego-RNN's main-run-rgb.py:
+RGB (EgoRNN, SAMSOPNet), docs/design.md §1, as in Ego-RNN's main-run-rgb.py:
   stage 1: the ConvLSTM and the classifier; the whole backbone is frozen.
   stage 2: also layer4[0..2].conv1 / conv2 and the ResNet fc (the CAM weights), and the MS / OP
            heads of SAMSOPNet. layer4's downsample and every BatchNorm stay frozen.

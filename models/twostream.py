@@ -1,4 +1,4 @@
-"""Ego-RNN two-stream model, trained jointly (reference.md section 2).
+"""Ego-RNN two-stream model, trained jointly (docs/design.md §2).
 
     flow stack -> FlowResNet34 -> pooled layer4 features (512)
     RGB clip   -> EgoRNN       -> pooled final ConvLSTM cell state (mem_size)

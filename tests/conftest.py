@@ -54,7 +54,7 @@ def tree(tmp_path):
 def one_thread_and_flushed_subnormals():
     """One torch thread (tiny tensors: no OpenMP spinning on shared cores) and subnormals flushed,
     as the scripts do (random-weight ResNets fill with subnormals that slow CPU convolutions ~10x,
-    reference section 8); both restored afterwards."""
+    docs/design.md §8); both restored afterwards."""
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

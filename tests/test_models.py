@@ -404,7 +404,7 @@ def test_ms_head_losses():
 # ----------------------------------------------------------------------------- checkpoints
 
 def _original_rgb_state(egornn, prefix=""):
-    """An EgoRNN state dict renamed to the original Ego-RNN key format (reference section 7)."""
+    """An EgoRNN state dict renamed to the original Ego-RNN key format (docs/design.md §7)."""
     out = {}
     for k, v in egornn.state_dict().items():
         if k.startswith("backbone."):

@@ -1,5 +1,5 @@
 """The optimiser, its settings and the learning-rate schedule of every experiment with its
-default arguments, against the values of reference.md sections 1-2 written here:
+default arguments, against the values of docs/design.md §1-§2 written here:
 
   RGB (rgb, ms, ms_op)  Adam, weight decay 4e-5, eps 1e-4
       stage 1           lr 1e-3, 300 epochs, x0.1 after epochs 25, 75, 150

@@ -1,5 +1,5 @@
 """The order-prediction head sees 4 distinct frames of its own clip, shuffled by the order its
-label names (reference.md section 4).
+label names (docs/design.md §4).
 
 Every frame's layer4 map is replaced by a constant that names the frame: frame t of clip b is
 b * T + t at every channel and position. Whatever the head reads of a frame (the pooled 512-d
@@ -14,7 +14,7 @@ from utils import experiment as E
 pytestmark = [pytest.mark.filterwarnings("ignore:pretrained='none'"),
               pytest.mark.usefixtures("one_thread_flush_denormal")]
 
-# OPN's 12 classes (reference.md section 4), 0-based; an order and its reverse share a class.
+# OPN's 12 classes (docs/design.md §4), 0-based; an order and its reverse share a class.
 OPN_CLASSES = ["0123", "0213", "0231", "0132", "0312", "0321", "1023", "1032", "1203", "2013", "2031", "2103"]
 B, T, FRAME = 48, 7, 64       # clips, frames per clip, frame size (layer4 maps of 2 x 2)
 S = 2

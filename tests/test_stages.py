@@ -1,5 +1,5 @@
 """Which parameters each experiment trains, per stage, against lists written here from
-reference.md sections 1-2 (not read from models/stages.py), through the scripts' own pieces:
+docs/design.md §1-§2 (not read from models/stages.py), through the scripts' own pieces:
 Experiment.build_model, prepare_model, make_optimizer and one real train_step.
 
 RGB stage 1: the ConvLSTM and the classifier. RGB stage 2: also layer4[0..2].conv1 / conv2 and

@@ -1,6 +1,6 @@
 """BatchNorm statistics for a backbone without pretrained weights.
 
-Every BatchNorm stays in eval mode in both stages (reference §1), so with `--pretrained none` the
+Every BatchNorm stays in eval mode in both stages (docs/design.md §1), so with `--pretrained none` the
 layers would keep their initial statistics (mean 0, variance 1) and a random ResNet-34 would
 emit layer4 activations around 50 +- 60, saturating every ConvLSTM gate. Used only when no
 pretrained weights are given: the statistics are estimated once, before stage 1, from training

@@ -26,7 +26,7 @@ PAPER_LRS = (1e-3, 1e-4, 1e-5)
 TABLE1_LR = 1e-4                                    # stage-2 lr of Table 1: the paper default
 OP_ONLY_LR = 1e-4
 
-# The paper's schedules (reference §1-2; the scripts' defaults, checked by the tests):
+# The paper's schedules (docs/design.md §1-§2; the scripts' defaults, checked by the tests):
 # (epochs, lr milestones). Two-stream decays every epoch (StepLR(1, 0.99)): nothing to scale.
 PAPER_SCHEDULE = {"stage1": (300, [25, 75, 150]), "stage2": (150, [25, 75]),
                   "flow": (750, [150, 300, 500]), "twostream": (250, None)}
