@@ -170,6 +170,28 @@ def test_camera_translation_is_removed_and_object_motion_kept(method):
     assert mmap[44:60, 64:80].mean() > 200 and (mmap[bg] > 0).mean() < 0.02
 
 
+def test_motion_map_needs_motion_both_ways_so_occlusion_bands_stay_out():
+    """3 frames, a still textured scene, a brighter square stepping 8 px right per frame. In frame 1
+    the square covers x 48..71; x 72..79 is about to be covered (flow towards frame 2 gives it the
+    square's motion) and x 40..47 was just uncovered (flow back to frame 0 does the same): each
+    band moves in one direction only, the square in both. Either direction alone marks the bands
+    (TV-L1 here: about 70 % of each)."""
+    step, x1 = 8, 48
+    scene = _textured(96, 128, seed=5) // 2 + 32
+    square = (_textured(24, 24, seed=1) // 2 + 124).astype(np.uint8)
+    frames = []
+    for k in range(3):
+        f = scene.copy()
+        f[36:60, x1 + step * (k - 1):x1 + step * (k - 1) + 24] = square
+        frames.append(f)
+    maps = [m for _, _, _, m in warpflow.flows_and_maps(frames, warpflow.flow_method("tvl1"))]
+    moving = maps[1] > 0
+    assert moving[36:60, x1:x1 + 24].mean() > 0.8                  # the square
+    assert moving[36:60, x1 + 24:x1 + 24 + step].mean() < 0.1      # the leading band
+    assert moving[36:60, x1 - step:x1].mean() < 0.1                # the trailing band
+    assert moving[:30].mean() < 0.02 and moving[66:].mean() < 0.02  # the still scene
+
+
 def test_flow_encoding_has_zero_at_128_in_png_and_jpeg(tmp_path):
     # hand computation: v = round(128 + f * 255 / 40), clipped
     x, y = warpflow.encode_flow(np.array([[[0.0, 1.0], [20.0, -20.0], [-1.0, 50.0]]], np.float32))

@@ -248,7 +248,8 @@ def run_at_once(cases, jobs=3):
 
 
 def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
-    base = ["--datasetDir", data, "--outDir", tmp_path / "o", *TINY]
+    # --numEpochs 1: a refusal that went missing fails in seconds, not at the timeout
+    base = ["--datasetDir", data, "--outDir", tmp_path / "o", "--numEpochs", "1", *TINY]
     blocker = tmp_path / "file"
     blocker.write_text("x")
     other = tmp_path / "other"
@@ -269,7 +270,7 @@ def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
         (["main_rgb.py", *base[2:], "--datasetDir", tmp_path / "nope"], str(tmp_path / "nope")),
         (["main_rgb.py", *base, "--testUsers", "S9"], "S9"),
         # an output folder that cannot be created
-        (["main_rgb.py", *base[:2], "--outDir", blocker / "sub", *TINY], str(blocker / "sub")),
+        (["main_rgb.py", *base[:2], "--outDir", blocker / "sub", *base[4:]], str(blocker / "sub")),
         # a checkpoint with another class count
         (["evaluate.py", "--model", "rgb", "--datasetDir", other, "--outDir", tmp_path / "e",
           "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth"], "classes"),
