@@ -491,7 +491,8 @@ def main(argv=None):
             probs_t.append(p)
             rows.append([f"{c['start']:.3f}", f"{c['end']:.3f}", c["first"] + 1, c["n"]]
                         + [v for t in top_k(p, classes, k) for v in (t["action"], f"{t['probability']:.6f}")])
-        header = ["start_s", "end_s", "first_frame", "frames"] + [h for r in range(1, k + 1) for h in (f"action_{r}", f"prob_{r}")]
+        header = ["start_s", "end_s", "first_frame", "frames"] + \
+            [h for r in range(1, k + 1) for h in (f"action_{r}", f"prob_{r}")]
         atomic_write_csv(os.path.join(out_dir, "timeline.csv"), header, rows)
         from utils.plots import save_timeline
         save_timeline([c["start"] for c, _ in windows], [c["end"] for c, _ in windows], np.stack(probs_t), classes,
