@@ -21,7 +21,8 @@ method the model was trained on (datasets.prepare's default is tvl1) for its bes
 Writes to --outDir: prediction.json (top-k, logits, the frames used); for models with attention
 cam.mp4 (the frames the model saw, the CAM on top, the predicted action on each frame) and
 cam.png; with --window / --stride (seconds), every window is classified too: timeline.csv
-(start, end, top-k) and timeline.png.
+(start, end, first frame and frame count, top-k) and timeline.png. A window [s, s + window)
+holds the frames whose time t has s <= t < s + window: a frame exactly on its end is the next's.
 """
 import argparse
 import math
@@ -488,9 +489,10 @@ def main(argv=None):
         for c, lg in windows:
             p = torch.softmax(lg, 0).numpy()
             probs_t.append(p)
-            rows.append([f"{c['start']:.3f}", f"{c['end']:.3f}"]
+            rows.append([f"{c['start']:.3f}", f"{c['end']:.3f}", c["first"] + 1, c["n"]]
                         + [v for t in top_k(p, classes, k) for v in (t["action"], f"{t['probability']:.6f}")])
-        header = ["start_s", "end_s"] + [h for r in range(1, k + 1) for h in (f"action_{r}", f"prob_{r}")]
+        header = ["start_s", "end_s", "first_frame", "frames"] + \
+            [h for r in range(1, k + 1) for h in (f"action_{r}", f"prob_{r}")]
         atomic_write_csv(os.path.join(out_dir, "timeline.csv"), header, rows)
         from utils.plots import save_timeline
         save_timeline([c["start"] for c, _ in windows], [c["end"] for c, _ in windows], np.stack(probs_t), classes,

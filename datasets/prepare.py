@@ -601,7 +601,9 @@ def parse_args(argv):
     p.add_argument("--flow", choices=("tvl1", "farneback", "raft"), default="tvl1",
                    help="optical flow method (default tvl1; farneback: fast on a CPU; raft: GPU)")
     p.add_argument("--noWarp", action="store_true", help="plain flow, without the camera compensation")
-    p.add_argument("--fps", type=float, default=None, help="resample the videos to this rate (default: the source's)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="resample the videos to this rate: at each j / fps the nearest frame "
+                   "(datasets/video.py; default: every frame)")
     p.add_argument("--shortSide", type=int, default=None,
                    help="scale frames down so the short side is this (default 256; 0: source size)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,

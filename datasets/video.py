@@ -13,8 +13,11 @@ Decoding follows what a player shows:
   * the rotation a phone records (display-matrix side data, e.g. -90 for a portrait iPhone
     video) is applied, so portrait videos come out portrait;
   * `fps`: the frames are resampled to that rate by taking, for each output time j / fps, the
-    decoded frame nearest to it (ties: the earlier one), like FFmpeg's fps filter: a lower
-    rate drops frames, a higher one repeats them; default: every frame;
+    decoded frame nearest to it (ties: the earlier one): a lower rate drops frames, a higher
+    one repeats them, and the last output time is at or before the last frame's; default:
+    every frame. This is not FFmpeg's fps filter, which shows at j / fps the last frame whose
+    time rounds to that slot (25 to 10 frames/s: frames 1, 3, 6, ... where this takes 0, 2, 5,
+    ...) and fills slots up to the last frame's end;
   * `short_side`: frames larger than that are scaled down (OpenCV INTER_AREA) so that their
     short side is `short_side`; smaller ones are kept (enlarging adds nothing: the loaders
     resize anyway); 0 keeps the source size;

@@ -8,6 +8,19 @@ import pytest
 import torch
 
 from tests.test_training import TINY, assert_one_line_error, read_log, run, synthetic_data
+from utils.config import check_config
+from utils.errors import UserError
+
+# every key Experiment.run_config records, with two values a run may differ in (falsy ones
+# first where the key can take one: False, 0, [] and "" differ from what they are not)
+RECORDED = {"classes": ([], ["open_box", "put_cup"]), "attention": (False, True), "memSize": (0, 16),
+            "ms": (None, "classification"), "msInput": ("attention", "layer4"), "op": (False, True),
+            "opInput": ("flat", "pooled"), "seqLen": (0, 4), "frameSize": (64, 224), "stackSize": (0, 5),
+            "msKind": ("classification", "regression"), "trainUsers": ([], ["S1", "S3"]),
+            "testUsers": (["S2"], ["S3"]), "select": ("test", "val"), "valFraction": (0.0, 0.15),
+            "dataset": ("gtea61", "egtea"), "split": (0, 1)}
+# How --noAttention shows in the message; the other keys show as --key
+SHOWN = {"attention": "attention", "classes": "classes"}
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +53,33 @@ def test_checkpoints_record_their_configuration(models_):
     assert (rgb["attention"], rgb["memSize"], rgb["seqLen"], rgb["frameSize"]) == (True, 16, 4, 64)
     assert rgb["trainUsers"] == ["S1", "S3", "S4"] and rgb["testUsers"] == ["S2"]
     assert rgb["select"] == "val" and rgb["valFraction"] == 0.15 and rgb["msKind"] is None
+    assert set(rgb) == set(RECORDED)  # the unit table below covers every recorded key
     flow = torch.load(models_ / "flow" / "stage1" / "best_model.pth", weights_only=True)
     assert flow["config"]["stackSize"] == 3 and flow["stackSize"] == 3
     assert flow["model"]["conv1.weight"].shape[1] == 6  # 2 x 3 flow frames
     assert flow["config"]["trainUsers"] == ["S1", "S3", "S4"] and flow["config"]["testUsers"] == ["S2"]
+
+
+def test_check_config_refuses_every_difference_falsy_values_included():
+    for key, (a, b) in RECORDED.items():
+        for have, want in ((a, b), (b, a)):
+            if have is None or want is None:
+                continue
+            with pytest.raises(UserError, match=SHOWN.get(key, f"--{key}")) as e:
+                check_config("ck.pth", {key: have}, {key: want}, "--stage1Dict")
+            assert "ck.pth" in str(e.value) and "\n" not in str(e.value)
+            check_config("ck.pth", {key: have}, {key: have}, "--stage1Dict")  # the same: accepted
+    # a tuple and a list of the same users are the same setting, in either place
+    for have, want in ((("S1", "S3"), ["S1", "S3"]), (["S1", "S3"], ("S1", "S3"))):
+        check_config("ck.pth", {"trainUsers": have}, {"trainUsers": want}, "--stage1Dict")
+    with pytest.raises(UserError, match="--trainUsers"):
+        check_config("ck.pth", {"trainUsers": ("S1", "S3")}, {"trainUsers": ["S1", "S4"]}, "--stage1Dict")
+    # None, or a key one side lacks, is not compared (files without a record); 0 and False are
+    for saved, expected in (({"memSize": None}, {"memSize": 16}), ({"memSize": 16}, {"memSize": None}),
+                            ({}, {"memSize": 16}), ({"memSize": 16}, {})):
+        check_config("ck.pth", saved, expected, "--stage1Dict")
+    with pytest.raises(UserError, match="no attention"):
+        check_config("ck.pth", {"attention": True}, {"attention": False}, "--stage1Dict")
 
 
 def test_last_pth_loads_weights_only(models_):
@@ -74,7 +110,9 @@ def test_select_last_keeps_the_last_epoch(models_):
 
 def test_stage2_refuses_a_stage1_of_another_configuration(models_, data, tmp_path):
     s1 = models_ / "rgb" / "stage1" / "best_model.pth"
-    base = ["--datasetDir", data, "--outDir", tmp_path / "o", "--stage", "2", "--stage1Dict", s1, *TINY]
+    # --numEpochs 1: a refusal that went missing fails in seconds, not at the timeout
+    base = ["--datasetDir", data, "--outDir", tmp_path / "o", "--stage", "2", "--numEpochs", "1", "--stage1Dict", s1,
+            *TINY]
     assert_one_line_error(run("main_rgb.py", *base, "--noAttention", check=False),
                           "--stage1Dict", "attention", "no attention (--noAttention)")
     assert_one_line_error(run("main_ms_op.py", *base, "--seqLen", "5", check=False), "--seqLen 4", "--seqLen 5")
@@ -100,7 +138,7 @@ def test_stage2_from_the_same_configuration_runs(models_, data, tmp_path):
 
 def test_overlapping_train_and_test_users_are_refused(data, tmp_path):
     p = run("main_rgb.py", "--datasetDir", data, "--outDir", tmp_path, "--trainUsers", "S1", "S2",
-            "--testUsers", "S2", *TINY, check=False)
+            "--testUsers", "S2", "--numEpochs", "1", *TINY, check=False)
     assert_one_line_error(p, "--trainUsers", "--testUsers", "S2")
     assert not tmp_path.joinpath("stage1").exists()
 
@@ -132,7 +170,8 @@ def test_stack_size_3_through_evaluate_and_two_stream(models_, data, tmp_path):
     # a flow model of other users is refused, naming them
     other = with_users(flow, tmp_path / "other.pth", ["S1", "S2", "S4"], ["S3"])
     assert_one_line_error(run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "bad",
-                              "--flowModel", other, "--rgbModel", rgb, *TINY, check=False), "--flowModel", "--trainUsers")
+                              "--flowModel", other, "--rgbModel", rgb, "--numEpochs", "1", *TINY, check=False),
+                          "--flowModel", "--trainUsers")
     # no --stackSize: the flow model's 3 is read back
     run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts", "--numEpochs", "1", "--flowModel",
         flow, "--rgbModel", rgb, *TINY)
@@ -143,5 +182,5 @@ def test_stack_size_3_through_evaluate_and_two_stream(models_, data, tmp_path):
         tmp_path / "ts" / "stage1" / "best_model.pth", "--outDir", tmp_path / "ev5", "--numWorkers", "0")
     assert json.loads((tmp_path / "ev5" / "summary.json").read_text())["test_users"] == ["S2"]
     assert_one_line_error(run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts5", "--flowModel",
-                              flow, "--rgbModel", rgb, "--stackSize", "5", *TINY, check=False),
+                              flow, "--rgbModel", rgb, "--stackSize", "5", "--numEpochs", "1", *TINY, check=False),
                           "--stackSize 3", "--stackSize 5")

@@ -102,6 +102,8 @@ def test_two_processes_train_what_one_trains(runs):
                     assert float(r1[k]) == pytest.approx(float(r2[k]), rel=1e-5, abs=1e-6), (stage, k, r1, r2)
         s1, s2 = (json.loads((tmp / d / stage / "summary.json").read_text()) for d in ("one", "two"))
         assert s1["num_test_videos"] == s2["num_test_videos"] == 3
+        # what each process scored: every test video once, 2 + 1 (its accuracy cannot show a duplicate)
+        assert s1["test_videos_per_process"] == [3] and s2["test_videos_per_process"] == [2, 1]
         assert s1["num_train_videos"] == s2["num_train_videos"] == 7
         assert json.loads((tmp / "one" / stage / "args.json").read_text())["world_size"] == 1
         assert json.loads((tmp / "two" / stage / "args.json").read_text())["world_size"] == 2
@@ -138,6 +140,36 @@ def test_a_two_process_run_resumes_with_one_process(runs):
 
 
 # ----------------------------------------------------------------------------- in one process
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"index": i}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("size", [3, 4, 5, 7])
+def test_each_test_and_val_video_is_evaluated_by_one_process(monkeypatch, world, size):
+    """The training scripts' loaders (utils/experiment.stage_loaders) as process r of `world`
+    builds them: over the processes, the test and validation sets' indices come once each."""
+    from types import SimpleNamespace
+    from utils import distributed
+    from utils.experiment import stage_loaders
+    args = SimpleNamespace(trainBatchSize=2, valBatchSize=2, seed=0, numWorkers=0, dataOnDevice="off")
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    test_seen, val_seen = [], []
+    for r in range(world):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        exp = SimpleNamespace(args=args, device=torch.device("cpu"), val_set=_Indices(size))
+        _, test = stage_loaders(exp, _Indices(10), _Indices(size))
+        test_seen += [i for batch in test for i in batch["index"].tolist()]
+        val_seen += [i for batch in exp.val_loader for i in batch["index"].tolist()]
+    assert sorted(test_seen) == list(range(size)) and sorted(val_seen) == list(range(size))
 
 def test_shares_of_a_global_batch_are_what_one_process_draws():
     from utils.data import EpochSampler

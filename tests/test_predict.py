@@ -134,36 +134,52 @@ def test_a_folder_of_frames_is_a_video(setup, tmp_path):
     assert_same_logits(got["logits"], want["S2/take_cup/1"])
 
 
+# A 10 frames/s video of 20 frames: frame k (from 0) at k / 10 s, 2.0 s long. Windows of 0.6 s every
+# 0.5 s start at 0, 0.5 and 1.0, and a tail window ends at the video's end; every window edge lies
+# exactly on a frame's time, and a frame on a window's end belongs to the next window only.
+# (start s, end s, first frame numbered from 1, frames), by hand:
+WINDOWS = [(0.0, 0.6, 1, 6),    # frames at 0.0 .. 0.5; 0.6 is the end
+           (0.5, 1.1, 6, 6),    # 0.5 .. 1.0
+           (1.0, 1.6, 11, 6),   # 1.0 .. 1.5
+           (1.4, 2.0, 15, 6)]   # the tail: 1.4 .. 1.9
+
+
+def test_windows_take_the_frames_from_their_start_up_to_before_their_end():
+    from types import SimpleNamespace
+    import predict as p
+    source = SimpleNamespace(times=[k / 10 for k in range(20)], rate=10.0, duration=2.0, path="v.mp4")
+    clips = p.plan_clips(source, {"kind": "rgb", "seqLen": SEQ}, 0.6, 0.5)
+    assert (clips[0]["first"], clips[0]["n"]) == (0, 20)  # the whole video
+    got = [(c["start"], c["end"], c["first"] + 1, c["n"]) for c in clips[1:]]
+    assert got == [pytest.approx(w) for w in WINDOWS]
+    # stride = window: back to back, each frame in one window (0.5 s: frames 0-4, 5-9, ...)
+    clips = p.plan_clips(source, {"kind": "rgb", "seqLen": SEQ}, 0.5, 0.5)
+    assert [(c["first"] + 1, c["n"]) for c in clips[1:]] == [(1, 5), (6, 5), (11, 5), (16, 5)]
+
+
 def test_cam_and_timeline_files(setup, tmp_path):
-    from datasets.video import read_frames
+    from datasets.video import read_frames, write_video
     ckpt = setup / "rgb" / "stage1" / "best_model.pth"
-    video = setup / "syn" / "videos" / "S2" / "open_box" / "1.mp4"
-    got = predict(tmp_path, video, ckpt, "--window", "0.5", "--stride", "0.25", "--topk", "3")
+    video = tmp_path / "v.mp4"
+    write_video(video, syn.render_video("open_box", 1, 20, size=(80, 60))["rgb"], 10)
+    got = predict(tmp_path, video, ckpt, "--window", "0.6", "--stride", "0.5", "--topk", "3")
     out = tmp_path / "out"
-    n = got["num_frames"]
-    duration = n / FPS
-    starts = list(np.arange(0, duration - 0.5 + 1e-9, 0.25))
-    if starts[-1] + 0.5 < duration - 1e-6:
-        starts.append(duration - 0.5)  # the tail
+    assert got["num_frames"] == 20 and got["windows"] == len(WINDOWS)
     with open(out / "timeline.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [float(r["start_s"]) for r in rows] == pytest.approx(starts, abs=1e-3)
-    assert [float(r["end_s"]) for r in rows] == pytest.approx([s + 0.5 for s in starts], abs=1e-3)
-    for r in rows:
-        probs = [float(r[f"prob_{k}"]) for k in (1, 2, 3)]
-        assert sorted({r[f"action_{k}"] for k in (1, 2, 3)}) == CLASSES and probs == sorted(probs, reverse=True)
-        assert sum(probs) == pytest.approx(1, abs=1e-5)
-    # window 1 is the frames at k / 15 s in [0.25, 0.75): the same model on a folder of just those
-    first, last = int(np.ceil(0.25 * FPS - 1e-9)), int(np.ceil(0.75 * FPS - 1e-9)) - 1
+    assert [(float(r["start_s"]), float(r["end_s"]), int(r["first_frame"]), int(r["frames"])) for r in rows] == \
+        [pytest.approx(w) for w in WINDOWS]
+    # every row: the same model on a folder holding just that window's frames
     frames = list(read_frames(video, short_side=256))
-    clip_dir = tmp_path / "window1"
-    clip_dir.mkdir()
-    for k in range(first, last + 1):
-        Image.fromarray(frames[k]).save(clip_dir / f"f{k:03d}.png")
-    alone = predict(tmp_path, clip_dir, ckpt, "--topk", "3", name="alone")
-    assert [t["action"] for t in alone["top"]] == [rows[1][f"action_{k}"] for k in (1, 2, 3)]
-    assert [t["probability"] for t in alone["top"]] == pytest.approx([float(rows[1][f"prob_{k}"]) for k in (1, 2, 3)],
-                                                                     abs=2e-6)
+    for i, (_, _, first, n) in enumerate(WINDOWS):
+        clip_dir = tmp_path / f"window{i}"
+        clip_dir.mkdir()
+        for k in range(first - 1, first - 1 + n):
+            Image.fromarray(frames[k]).save(clip_dir / f"f{k:03d}.png")
+        alone = predict(tmp_path, clip_dir, ckpt, "--topk", "3", name=f"alone{i}")
+        assert [t["action"] for t in alone["top"]] == [rows[i][f"action_{k}"] for k in (1, 2, 3)]
+        assert [t["probability"] for t in alone["top"]] == \
+            pytest.approx([float(rows[i][f"prob_{k}"]) for k in (1, 2, 3)], abs=2e-6)
     # CAM video: seqLen frames per window, in time order; the strip and the timeline are images
     cam = list(read_frames(out / "cam.mp4"))
     assert len(cam) == SEQ * len(rows) and cam[0].shape[1] == 224 and cam[0].shape[0] > 224

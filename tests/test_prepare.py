@@ -119,24 +119,45 @@ def _set_rotation(path, matrix):
     Path(path).write_bytes(bytes(b))
 
 
-def test_rotation_metadata_is_applied(tmp_path):
+# tkhd display matrices (16.16 fixed point) and where the top-left corner of the stored frame shows
+ROTATIONS = {90: ((0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30), (64, 48), "top-right"),    # clockwise
+             180: ((-65536, 0, 0, 0, -65536, 0, 0, 0, 1 << 30), (48, 64), "bottom-right"),
+             270: ((0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30), (64, 48), "bottom-left")}
+
+
+@pytest.mark.parametrize("degrees", sorted(ROTATIONS))
+def test_rotation_metadata_is_applied(tmp_path, degrees):
+    matrix, shape, corner = ROTATIONS[degrees]
     path = str(tmp_path / "portrait.mp4")
     frames = np.zeros((3, 48, 64, 3), np.uint8)
     frames[:, :16, :16] = 255  # a white square in the top-left corner
     write_video(path, frames, 25)
-    _set_rotation(path, (0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30))  # 90 degrees clockwise
+    _set_rotation(path, matrix)
     out = list(read_frames(path))
-    assert len(out) == 3 and out[0].shape == (64, 48, 3)
-    # turned clockwise, the top-left corner goes to the top-right
-    assert out[0][:16, -16:].mean() > 200 and out[0][:16, :16].mean() < 50
+    assert len(out) == 3 and out[0].shape == (*shape, 3)
+    corners = {"top-left": out[0][:16, :16], "top-right": out[0][:16, -16:],
+               "bottom-left": out[0][-16:, :16], "bottom-right": out[0][-16:, -16:]}
+    for name, pixels in corners.items():
+        assert (pixels.mean() > 200) == (name == corner), (name, pixels.mean())
 
 
 def test_short_side(tmp_path):
     path = str(tmp_path / "v.mp4")
     level_video(path, 3, "libx264", 25)
-    assert next(read_frames(path, short_side=24)).shape == (24, 32, 3)
     assert next(read_frames(path, short_side=100)).shape == (48, 64, 3)  # never enlarged
     assert probe(path)["frames"] == 3
+    # 70 x 48 to short side 30: the long side is 70 * 30 / 48 = 43.75, rounded to 44 (int() gives 43).
+    # Left half black, right half white, lossless: the edge stays in the middle, the levels stay.
+    frame = np.zeros((48, 70, 3), np.uint8)
+    frame[:, 35:] = 255
+    for name, frames, want, axis in (("wide.mkv", frame, (30, 44), 1), ("tall.mkv", frame.transpose(1, 0, 2),
+                                                                       (44, 30), 0)):
+        write_video(str(tmp_path / name), np.stack([frames] * 3), 25, "ffv1", pix_fmt="yuv444p")
+        out = next(read_frames(str(tmp_path / name), short_side=30))
+        assert out.shape == (*want, 3)
+        line = out.mean(axis=(1 - axis, 2))  # along the long side: 0 up to the middle, 255 after
+        assert (line[:21] < 3).all() and (line[23:] > 252).all(), line
+        assert abs(out.mean() - 127.5) < 3
 
 
 # ---- warp flow ------------------------------------------------------------------------------
@@ -168,6 +189,28 @@ def test_camera_translation_is_removed_and_object_motion_kept(method):
     assert np.allclose(np.median(flow[44:60, 64:80], axis=(0, 1)), (4, 0), atol=1.0)
     mmap = warpflow.motion_map(a, [flow], [valid])
     assert mmap[44:60, 64:80].mean() > 200 and (mmap[bg] > 0).mean() < 0.02
+
+
+def test_motion_map_needs_motion_both_ways_so_occlusion_bands_stay_out():
+    """3 frames, a still textured scene, a brighter square stepping 8 px right per frame. In frame 1
+    the square covers x 48..71; x 72..79 is about to be covered (flow towards frame 2 gives it the
+    square's motion) and x 40..47 was just uncovered (flow back to frame 0 does the same): each
+    band moves in one direction only, the square in both. Either direction alone marks the bands
+    (TV-L1 here: about 70 % of each)."""
+    step, x1 = 8, 48
+    scene = _textured(96, 128, seed=5) // 2 + 32
+    square = (_textured(24, 24, seed=1) // 2 + 124).astype(np.uint8)
+    frames = []
+    for k in range(3):
+        f = scene.copy()
+        f[36:60, x1 + step * (k - 1):x1 + step * (k - 1) + 24] = square
+        frames.append(f)
+    maps = [m for _, _, _, m in warpflow.flows_and_maps(frames, warpflow.flow_method("tvl1"))]
+    moving = maps[1] > 0
+    assert moving[36:60, x1:x1 + 24].mean() > 0.8                  # the square
+    assert moving[36:60, x1 + 24:x1 + 24 + step].mean() < 0.1      # the leading band
+    assert moving[36:60, x1 - step:x1].mean() < 0.1                # the trailing band
+    assert moving[:30].mean() < 0.02 and moving[66:].mean() < 0.02  # the still scene
 
 
 def test_flow_encoding_has_zero_at_128_in_png_and_jpeg(tmp_path):
@@ -213,6 +256,24 @@ def test_synthetic_videos_layout(videos):
             maps = np.stack([np.asarray(Image.open(videos / "truth" / user / cls / "1" / f"map{k + 1:04d}.png"))
                              for k in range(n)])
             assert not maps[~truth["moving"]].any() and maps[truth["moving"]].all()
+            # the true flow is the decoded pixels' motion: frame k at x is frame k+1 at x + flow(x).
+            # On the parts that move (> 1 px, 4 px from the edges) it explains the change from
+            # frame to frame, where the camera's step alone does not (error levels, mean over frames)
+            h, w = frames[0].shape[:2]
+            ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+            err_truth, err_camera = [], []
+            for k in range(n - 1):
+                a, b = frames[k].astype(np.float32), frames[k + 1].astype(np.float32)
+                parts = truth["moving"][k] & (np.linalg.norm(truth["scene_flow"][k], axis=-1) > 1)
+                parts[:4], parts[-4:], parts[:, :4], parts[:, -4:] = False, False, False, False
+                if parts.sum() < 20:
+                    continue
+                camera = np.broadcast_to(-step[k, 0, 0], truth["flow"][k].shape)  # the scene's motion alone
+                for flow, errs in ((truth["flow"][k], err_truth), (camera, err_camera)):
+                    seen = cv2.remap(b, (xs + flow[..., 0]).astype(np.float32), (ys + flow[..., 1]).astype(np.float32),
+                                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                    errs.append(np.abs(a - seen)[parts].mean())
+            assert err_truth and np.mean(err_truth) < 0.5 * np.mean(err_camera), (err_truth, err_camera)
     assert np.abs(step).max() > 0  # the camera moves
 
 
@@ -246,8 +307,9 @@ def test_prepare_writes_what_the_loaders_read(videos, prepared):
                 assert set(np.unique(item["mmaps"].numpy())) <= {0.0, 1.0}
             if modality in ("flow", "twostream"):
                 assert item["flow"].shape == (1, 10, 32, 32)
-    # the two layouts hold the same pixels, up to JPEG
+    # the course layout's PNGs are the decoded frames, bit for bit; the two layouts the same up to JPEG
     a = np.asarray(Image.open(prepared["course"] / "processed_frames2" / "S2" / names[0] / "1" / "rgb" / "rgb0003.png"))
+    assert np.array_equal(a, list(read_frames(str(videos / "videos" / "S2" / names[0] / "1.mp4")))[2])
     b = np.asarray(Image.open(prepared["egornn"] / "frames" / "S2" / names[0] / "1" / "image_00003.jpg"))
     assert np.abs(a.astype(int) - b).mean() < 3
     ma = np.asarray(Image.open(prepared["course"] / "processed_frames2" / "S2" / names[0] / "1" / "mmaps" / "map0003.png"))
@@ -378,6 +440,16 @@ def test_raft_needs_weights_and_runs_on_the_cpu(tmp_path, monkeypatch, videos):
     torch.manual_seed(0)
     torch.save(raft_small(weights=None).state_dict(), tmp_path / "raft.pth")
     method = warpflow.flow_method("raft", str(tmp_path / "raft.pth"))
-    a = _textured(44, 60)  # padded to RAFT's minimum of 128 px and cropped back
-    flow = method(a, np.roll(a, 2, axis=1))
-    assert flow.shape == (44, 60, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
+    # RAFT takes sizes that are multiples of 8 and at least 128: smaller or odd frames are padded
+    # at the bottom and right by repeating their last row and column, and the flow is cut back to
+    # the frame. So a frame and the same frame already padded that way (which RAFT takes as it is)
+    # give the same flow on the frame's pixels, whatever the weights (random here: no download).
+    scene = _textured(140, 140)
+    for h, w in ((44, 60), (124, 122)):  # below the minimum; above it, not multiples of 8
+        a, b = scene[:h, :w], scene[2:h + 2, 3:w + 3]  # the scene moved by (-3, -2) px
+        ph, pw = max(128, -(-h // 8) * 8), max(128, -(-w // 8) * 8)
+        a_pad, b_pad = (np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge") for x in (a, b))
+        flow, whole = method(a, b), method(a_pad, b_pad)
+        assert flow.shape == (h, w, 2) and flow.dtype == np.float32 and whole.shape == (ph, pw, 2)
+        assert np.allclose(flow, whole[:h, :w], atol=1e-4), np.abs(flow - whole[:h, :w]).max()
+        assert np.abs(flow - whole[-h:, -w:]).max() > 1e-2  # the comparison can tell the corners apart

@@ -195,7 +195,9 @@ def evaluate(exp, model, loader, keep_logits=False):
             all_index.append(batch["index"].cpu())
     s = meter.global_sums(["loss", "correct"], exp.device)
     result = {"loss": s["loss"][0] / s["loss"][1] if s["loss"][1] else float("nan"),
-              "acc": 100 * accuracy(s["correct"], s["loss"])}
+              "acc": 100 * accuracy(s["correct"], s["loss"]),
+              # videos each process scored: their sum is the set's size, or some were scored twice
+              "videos_per_process": distributed.gather_objects(meter.sums("loss")[1])}
     if keep_logits:
         parts = distributed.gather_objects([torch.cat(x) if x else None for x in (all_logits, all_labels, all_index)])
         logits, labels, index = (torch.cat([p[k] for p in parts if p[k] is not None]) for k in range(3))
@@ -319,6 +321,7 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
     if select == "val" and val_loader is None:
         raise ValueError("--select val needs a validation loader")
     rows, best_score, selected_epoch, start_epoch, elapsed = [], -math.inf, 0, 1, 0.0
+    test = {}
     if resuming:
         state = load_last(os.path.join(stage_dir, "last.pth"))
         if state.get("experiment") != exp.name:
@@ -386,6 +389,7 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
                "best_test_accuracy": test_accs.get(best_epoch, -1.0),
                "best_epoch": best_epoch, "final_test_accuracy": final_acc, "epochs": num_epochs,
                "seconds": round(elapsed, 1), "num_test_videos": len(test_loader.dataset),
+               "test_videos_per_process": test.get("videos_per_process"),
                "num_train_videos": len(train_loader.dataset), "precision": exp.precision,
                "dataset": exp.args.datasetDir}
     if main:
