@@ -41,6 +41,7 @@ from utils.experiment import (Experiment, base_parser, check_args, configure_bac
                               pick_device, pick_precision, prepare_model, resolve_cache_dir, stage_datasets,
                               stage_loaders)
 from utils.data import set_epoch
+from utils.batchnorm import calibrate_batchnorm
 from utils.train import autocast, to_device, train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -194,7 +195,6 @@ def measure_limit(device, precision, images, frame_size, steps, warmup):
 def build_model(exp, train_set):
     """Random weights, BatchNorm statistics estimated from training clips (as the scripts do
     with --pretrained none), on the run's device and memory format."""
-    from utils.batchnorm import calibrate_batchnorm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = exp.build_model("none").to(exp.device)

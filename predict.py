@@ -24,7 +24,6 @@ cam.png; with --window / --stride (seconds), every window is classified too: tim
 (start, end, first frame and frame count, top-k) and timeline.png. A window [s, s + window)
 holds the frames whose time t has s <= t < s + window: a frame exactly on its end is the next's.
 """
-import argparse
 import math
 import os
 import sys
@@ -32,16 +31,29 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
 
+from datasets.gtea61 import MIN_FRAMES, clip_positions, eval_flow_starts
+from datasets.prepare import read_rgb
+from datasets.transforms import ClipTransform
+from datasets.video import VideoError, VideoWriter, frame_times, natural_key, read_frames
+from datasets.warpflow import RaftWeightsError, encode_flow, flow_method, warp_flow
+from models.checkpoints import checkpoint_info, load_checkpoint
+from models.recipe import build_from_checkpoint, forward
+from utils.cli import Parser
+from utils.config import saved_config
+from utils.device import pick_device
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json
+from utils.plots import cam_maps, cam_overlay, save_cam_strip, save_timeline
+from utils.train import autocast, to_device
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def parse_args(argv):
-    from utils.experiment import Parser
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--video", required=True, help="a video file, or a folder of frames")
     p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")
     p.add_argument("--topk", type=int, default=5)
@@ -74,8 +86,6 @@ def parse_args(argv):
 
 def resolve_model(args):
     """Everything the checkpoint says about its model (or what its weights imply), as a dict."""
-    from models.checkpoints import checkpoint_info
-    from utils.config import saved_config
     path = args.modelStateDict
     info = checkpoint_info(path)  # CheckpointError (exit 2) for a file that is no model of ours
     config, meta = saved_config(path), info["meta"]
@@ -112,11 +122,9 @@ def resolve_model(args):
                 recorded=bool(config))
 
 
-def load_model(spec, path, device):
-    from evaluate import build
-    from models.checkpoints import load_checkpoint
-    kind = {"rgb": "rgb" if spec["attention"] else "convlstm"}.get(spec["kind"], spec["kind"])
-    model = build(kind, len(spec["classes"]), spec["memSize"], spec["stackSize"], attention=spec["attention"])
+def load_model(path, device):
+    """The checkpoint's model, for inference: its action classifier, without the MS and OP heads."""
+    model = build_from_checkpoint(path, heads=False)
     load_checkpoint(model, path)
     return model.to(device).eval()
 
@@ -127,11 +135,10 @@ class Source:
     """A video file or a folder of frames: the frame times (seconds) up front, then the frames."""
 
     def __init__(self, path, fps, short_side):
-        from datasets.video import VideoError, frame_times
         self.path, self.fps, self.short_side = path, fps, short_side
         if os.path.isdir(path):
             names = sorted((n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")),
-                           key=_natural_key)
+                           key=natural_key)
             if not names:
                 raise UserError(f"--video {path}: a folder without frames ({', '.join(IMAGE_EXTS)} files)")
             self.files = [os.path.join(path, n) for n in names]
@@ -154,8 +161,6 @@ class Source:
         return self.times[-1] + 1.0 / self.rate if self.rate else float(len(self.times))
 
     def frames(self):
-        from datasets.video import VideoError, read_frames
-        from datasets.prepare import read_rgb
         try:
             if self.files is not None:
                 for f in self.files:
@@ -166,17 +171,11 @@ class Source:
             raise UserError(str(e)) from None
 
 
-def _natural_key(name):
-    import re
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p]
-
-
 # ----------------------------------------------------------------------------- the clips
 
 def plan_clip(first, n, spec, name, start, end):
     """The frames (absolute indices) a clip over frames first .. first + n - 1 takes: RGB at
     the test positions, flow stacks (flow k: from frame k to k + 1) at the test starts."""
-    from datasets.gtea61 import clip_positions, eval_flow_starts
     clip = dict(name=name, start=start, end=end, first=first, n=n, rgb=[], flow=[])
     if spec["kind"] in ("rgb", "twostream"):
         clip["rgb"] = [first + p for p in clip_positions(n, spec["seqLen"])]
@@ -192,7 +191,6 @@ def plan_clip(first, n, spec, name, start, end):
 def min_frames(spec):
     """(frames a clip needs, why): seqLen distinct RGB frames, stackSize flow frames (one RGB
     frame more), and at least the loaders' minimum (datasets/gtea61.py MIN_FRAMES)."""
-    from datasets.gtea61 import MIN_FRAMES
     needs = [(MIN_FRAMES, f"the loaders' minimum of {MIN_FRAMES}")]
     if spec["kind"] in ("rgb", "twostream"):
         needs.append((spec["seqLen"], f"seqLen {spec['seqLen']}"))
@@ -237,7 +235,6 @@ class ClipMaker:
     need, each already resized and centre-cropped (the test transform is per frame)."""
 
     def __init__(self, clips, spec, flow_method=None, warp=True):
-        from datasets.transforms import ClipTransform
         self.clips = sorted(clips, key=lambda c: c["ready"])
         self.transform = ClipTransform(False, spec["frameSize"])
         self.flow_method, self.warp = flow_method, warp
@@ -250,11 +247,9 @@ class ClipMaker:
         self.store = {}
 
     def _crop(self, arr):
-        from PIL import Image
         return np.asarray(self.transform.frame(Image.fromarray(arr), None))
 
     def __call__(self, frames):
-        from datasets.warpflow import encode_flow, warp_flow
         pending, prev = list(self.clips), None
         for i, rgb in enumerate(frames):
             if ("rgb", i) in self.refs:
@@ -312,8 +307,6 @@ def format_table(top):
 def cam_frames(rgb_uint8, attention, titles, size=224):
     """The clip's frames (T, 3, F, F) uint8 with the CAM on top and titles[t] written above
     frame t, at least `size` px wide -> (T, H, W, 3) uint8 with even H and W (H.264)."""
-    from PIL import Image, ImageDraw
-    from utils.plots import cam_maps, cam_overlay
     frames = rgb_uint8.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255
     over = cam_overlay(frames, cam_maps(attention, frames.shape[1:3]))
     F = over.shape[1]
@@ -336,7 +329,6 @@ class CamVideo:
     windows finish almost in order), into a temporary file renamed into place at the end."""
 
     def __init__(self, path, fps):
-        from datasets.video import VideoWriter
         self.path, self.tmp = path, os.path.join(os.path.dirname(path) or ".", ".cam.tmp.mp4")
         self.writer, self.waiting, self.next = VideoWriter(self.tmp, fps), {}, 0
 
@@ -374,9 +366,6 @@ def main(argv=None):
     if args.window is not None and os.path.isdir(args.video) and not args.fps:
         raise UserError("--window on a folder of frames needs --fps (the rate its frames were taken at)")
 
-    from datasets.warpflow import RaftWeightsError, flow_method
-    from utils.experiment import pick_device
-    from utils.train import autocast, to_device
 
     spec = resolve_model(args)
     out_dir = args.outDir or os.path.join("experiments", "predict",
@@ -389,7 +378,7 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-    model = load_model(spec, args.modelStateDict, device)
+    model = load_model(args.modelStateDict, device)
     method = None
     if spec["kind"] in ("flow", "twostream"):
         try:
@@ -412,7 +401,6 @@ def main(argv=None):
           + f") on {device.type}",
           file=sys.stderr, flush=True)
 
-    from tqdm import tqdm
     results, cam = {}, {}
     with_cam = spec["kind"] in ("rgb", "twostream") and spec["attention"]
     cam_video = CamVideo(os.path.join(out_dir, "cam.mp4"), args.camFps) if with_cam else None
@@ -426,12 +414,7 @@ def main(argv=None):
         t = time.time()
         inputs = to_device({key: torch.stack([o[key] for _, o in batch]) for key in batch[0][1]}, device)
         with torch.no_grad(), autocast(device, args.precision):
-            if spec["kind"] == "flow":
-                out = model(inputs["flow"])
-            elif spec["kind"] == "twostream":
-                out = model(inputs["flow"], inputs["rgb"])
-            else:
-                out = model(inputs["rgb"])
+            out = forward(model, inputs, spec["kind"])
         logits = out["logits"].float().cpu()
         attn = out.get("attention")
         attn = attn.float().cpu() if attn is not None else None
@@ -494,13 +477,11 @@ def main(argv=None):
         header = ["start_s", "end_s", "first_frame", "frames"] + \
             [h for r in range(1, k + 1) for h in (f"action_{r}", f"prob_{r}")]
         atomic_write_csv(os.path.join(out_dir, "timeline.csv"), header, rows)
-        from utils.plots import save_timeline
         save_timeline([c["start"] for c, _ in windows], [c["end"] for c, _ in windows], np.stack(probs_t), classes,
                       os.path.join(out_dir, "timeline.png"),
                       title=f"{shown_name(args.video)}: {spec['name']}, {args.window:g} s windows every {stride:g} s")
         prediction.update(window_s=args.window, stride_s=stride, windows=len(windows))
     if with_cam:
-        from utils.plots import cam_maps, save_cam_strip
         rgb, attn = cam["video"]
         name = top[0]["action"]
         save_cam_strip(rgb.permute(0, 2, 3, 1).numpy() / 255.0, cam_maps(attn, rgb.shape[-2:]),

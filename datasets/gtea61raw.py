@@ -23,6 +23,8 @@ import re
 import sys
 from collections import Counter
 
+from datasets.video import VIDEO_EXTS, natural_key
+
 LABEL_EXT = ".txt"
 FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 RENAMED = {"stir_cup": "stir_spoon,cup"}
@@ -64,16 +66,14 @@ def parse_line(line):
 
 def frame_files(folder):
     """The image files of a frame folder, in the order of their numbers."""
-    from datasets.gtea61 import _natural_key
     names = [n for n in os.listdir(folder) if not n.startswith(".")
              and os.path.splitext(n)[1].lower() in FRAME_EXTS]
-    return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
+    return [os.path.join(folder, n) for n in sorted(names, key=natural_key)]
 
 
 def scan(root):
     """([Instance], errors, summary) of a raw release: errors are one-line messages (the instances
     they concern are left out), summary a dict of counts for the report."""
-    from datasets.video import VIDEO_EXTS
     labels, recordings = {}, {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

@@ -74,6 +74,11 @@ from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 
 import numpy as np
 
+from datasets import gtea61raw, warpflow
+from datasets.gtea61raw import frame_files
+from datasets.video import (VIDEO_EXTS, VideoError, _resize, estimated_frames, output_size, probe,
+                            read_frames)
+from datasets.warpflow import RaftWeightsError, find_raft_weights
 from utils.errors import UserError, run_cli
 
 PARTS = ("frames", "flow", "mmaps")
@@ -142,7 +147,6 @@ def read_rgb(path):
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as e:
-        from datasets.video import VideoError
         raise VideoError(f"cannot read frame {path}: {e} (re-extract or delete it)") from None
 
 
@@ -164,7 +168,6 @@ def _frames_of(job, opts):
     if job.span is not None:
         return _span_frames(job.span, opts["shortSide"])
     if isinstance(job.source, str):
-        from datasets.video import read_frames
         return read_frames(job.source, opts["fps"], opts["shortSide"])
     return (read_rgb(p) for p in job.source)
 
@@ -172,8 +175,6 @@ def _frames_of(job, opts):
 def _span_frames(inst, short_side):
     """Frames start..end (1-based, inclusive) of a --gtea61 recording (a video is decoded up to
     the end only; a frame folder's length was checked when the labels were read)."""
-    from datasets.video import VideoError, _resize, read_frames
-    from datasets.gtea61raw import frame_files
     if os.path.isdir(inst.source):
         for path in frame_files(inst.source)[inst.start - 1:inst.end]:
             yield _resize(read_rgb(path), short_side)
@@ -191,7 +192,6 @@ def _run_job(job, opts, progress):
     """Write one video's parts into a fresh staging folder; returns (staging, frame count)."""
     cv2 = _cv2()
     cv2.setNumThreads(1)  # one process per core instead (--workers)
-    from datasets import warpflow
     layout = opts["layout"]
     staging = _staging(opts["out"], job.rel)
     shutil.rmtree(staging, ignore_errors=True)
@@ -287,7 +287,6 @@ def _read_json(path):
 
 def process(job, opts, progress=None):
     """Prepare one video; returns (job.rel, frames, error message or None)."""
-    from datasets.video import VideoError
     try:
         staging, n = _run_job(job, opts, progress)
     except OSError:
@@ -307,7 +306,6 @@ _WORKER = {}
 
 
 def _init_worker(opts, q):
-    from datasets import warpflow
     opts = dict(opts)
     if opts["_needs_method"]:
         opts["_method"] = warpflow.flow_method(opts["flow"], opts["raftWeights"])
@@ -322,7 +320,6 @@ def _worker(job):
 # ---- planning -------------------------------------------------------------------------------
 def _scan_videos(root):
     """[(rel, path)] of DIR/<user>/<class>/<inst>.<ext>; UserError on duplicates."""
-    from datasets.video import VIDEO_EXTS
     if not os.path.isdir(root):
         raise UserError(f"--videos {root}: no such folder (expected <user>/<class>/<instance>.mp4 inside)")
     found, misplaced = {}, []
@@ -351,7 +348,6 @@ def _scan_videos(root):
 
 
 def _video_file(folder_, stem):
-    from datasets.video import VIDEO_EXTS
     for ext in VIDEO_EXTS:
         path = os.path.join(folder_, stem + ext)
         if os.path.isfile(path):
@@ -361,8 +357,7 @@ def _video_file(folder_, stem):
 
 def _scan_egtea(root):
     """([(rel, path)], release files to copy) of an EGTEA-style release (datasets/egtea.py)."""
-    from datasets.egtea import CLIPS, Release, release_files, session_of
-    from datasets.video import VIDEO_EXTS
+    from datasets.egtea import CLIPS, Release, release_files, session_of  # lazy: imports torch, which preparing never needs
     if not os.path.isdir(root):
         raise UserError(f"--egtea {root}: no such folder (expected {CLIPS}/ and action_idx.txt inside)")
     release = Release(root)  # reads every split file: a bad action index stops here
@@ -399,7 +394,7 @@ def _scan_egtea(root):
 
 def _scan_list(path):
     """([(rel, path)], release files to copy) of a --list file."""
-    from datasets.egtea import release_files
+    from datasets.egtea import release_files  # lazy: imports torch, which preparing never needs
     if not os.path.isfile(path):
         raise UserError(f"--list {path}: no such file (one video path a line)")
     base = os.path.dirname(os.path.abspath(path))
@@ -429,7 +424,6 @@ def _scan_list(path):
 
 def _scan_gtea61(root):
     """([(rel, recording)], [], {rel: Instance}, [label errors]) of a raw GTEA-61 release."""
-    from datasets import gtea61raw
     if not os.path.isdir(root):
         raise UserError(f"--gtea61 {root}: no such folder (expected label files S1_Cheese_C1.txt and videos)")
     try:
@@ -455,7 +449,6 @@ def copy_release_files(paths, out):
 
 def estimate_bytes(jobs, layout, short_side):
     """Estimated bytes the jobs will write (BYTES_PER_PIXEL x output pixels x frames)."""
-    from datasets.video import VideoError, output_size, probe
     total = 0
     for job in jobs:
         if not isinstance(job.source, str) or os.path.isdir(job.source):
@@ -490,7 +483,7 @@ def check_space(jobs, layout, args):
 
 def _scan_frames(root):
     """(layout, [(rel, [frame paths], [frame numbers])]) of a dataset root in either layout."""
-    from datasets.gtea61 import _LAYOUTS, _frame_files, _subdirs, _top, detect_layout
+    from datasets.gtea61 import _LAYOUTS, _frame_files, _subdirs, _top, detect_layout  # lazy: imports torch
     layout = detect_layout(root)
     L = _LAYOUTS[layout]
     top = _top(root, L["rgb"])
@@ -561,7 +554,6 @@ def plan(args, opts):
         if rel in spans:
             est = spans[rel].end - spans[rel].start + 1
         elif isinstance(source, str):
-            from datasets.video import VideoError, estimated_frames
             try:
                 est = estimated_frames(source, args.fps)
             except VideoError:
@@ -646,7 +638,6 @@ def check_args(args):
             raise UserError(f"--out {args.out} holds files that datasets.prepare did not write: choose an empty "
                             "or new folder, or pass --overwrite")
     if args.flow == "raft":
-        from datasets.warpflow import RaftWeightsError, find_raft_weights
         try:
             find_raft_weights(args.raftWeights)
         except RaftWeightsError as e:

@@ -38,6 +38,7 @@ import time
 import numpy as np
 
 from datasets import warpflow
+from datasets.transforms import MMAP_THRESHOLD, ClipTransform
 from datasets.video import read_frames
 
 METHODS = {"farneback": lambda: warpflow.OpenCVFlow("farneback"),
@@ -62,7 +63,6 @@ def videos_of(root, count, seed=0):
 def small_maps(maps, size):
     """uint8 maps (T, H, W) -> float (T, s, s) in [0, 1] through the loaders' test transform."""
     from PIL import Image
-    from datasets.transforms import ClipTransform
     t = ClipTransform(train=False, frameSize=224, mapSize=size, regression=True)
     return t.mmaps([Image.fromarray(m) for m in maps], None).numpy()
 
@@ -90,7 +90,6 @@ class Score:
 def measure(root, vids, methods, sizes, log=print):
     import cv2
     from PIL import Image
-    from datasets.transforms import MMAP_THRESHOLD
     cv2.setNumThreads(1)
     flows = {m: METHODS[m]() for m in methods}
     scores = {(m, w): Score(sizes) for m in methods for w in (False, True)}

@@ -27,6 +27,7 @@ Decoding follows what a player shows:
 """
 import fractions
 import os
+import re
 
 import numpy as np
 
@@ -35,6 +36,11 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 class VideoError(Exception):
     """A video that cannot be read; the message is one line naming the file."""
+
+
+def natural_key(name):
+    """Sort key that orders embedded numbers by value: frame2.png before frame10.png."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p]
 
 
 def _av():

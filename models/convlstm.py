@@ -15,12 +15,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fastconv import conv3x3
-
 GATES = ("i", "f", "c", "o")
 
 
 class ConvLSTMCell(nn.Module):
+    # The convolution of the equations. models/fast_backbone.py, where the model's speed tricks
+    # live, replaces it with fastconv.conv3x3: F.conv2d itself everywhere but bf16 training on the
+    # CPU, where only its weight gradient is computed faster.
+    conv2d = staticmethod(F.conv2d)
+
     def __init__(self, input_size, hidden_size, kernel_size=3):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
@@ -45,9 +48,7 @@ class ConvLSTMCell(nn.Module):
     def input_gates(self, x):
         """W_x* x + b for all four gates, (N, 4*hidden, h, w): it does not depend on the state."""
         weight, bias = self._stacked("x")
-        if self.padding == 1:
-            return conv3x3(x, weight, bias)  # F.conv2d, but for bf16 training on the CPU (fastconv.py)
-        return F.conv2d(x, weight, bias, padding=self.padding)
+        return self.conv2d(x, weight, bias, padding=self.padding)
 
     def step(self, gx, state, w_h=None):
         """One time step from precomputed input gates gx; state (h, c) or None (zeros)."""
@@ -60,7 +61,7 @@ class ConvLSTMCell(nn.Module):
         else:
             h, c = state
             w_h = self._stacked("h")[0] if w_h is None else w_h
-            hidden = conv3x3(h, w_h) if self.padding == 1 else F.conv2d(h, w_h, padding=self.padding)
+            hidden = self.conv2d(h, w_h, padding=self.padding)
             gates = gx.float() + hidden.float()
         i, f, g, o = gates.chunk(4, dim=1)
         c = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)

@@ -7,8 +7,8 @@ without changing what is computed:
     convolution reordering and casting a float32 NCHW input;
   * bf16 on the CPU, frozen stem..layer3 (every RGB stage): BatchNorm folded into the
     convolutions, ReLU and residual fused into oneDNN's kernels (fastconv.frozen_bf16);
-  * bf16 training on the CPU: layer4's trainable 3x3 convolutions take their weight gradient
-    from one matrix product (fastconv.conv3x3).
+  * bf16 training on the CPU: layer4's trainable 3x3 convolutions and the ConvLSTM's take their
+    weight gradient from one matrix product (fastconv.conv3x3, installed in ConvLSTMCell below).
 fp32 on the CPU never comes here, so its results are bit for bit those of the definition
 (tests/test_speed.py holds a fingerprint).
 """
@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from . import fastconv
+from .convlstm import ConvLSTMCell
+
+# The ConvLSTM's convolutions: the same function with the fast weight gradient under CPU bf16
+# training, F.conv2d itself everywhere else (so fp32 results are those of the definition).
+ConvLSTMCell.conv2d = staticmethod(fastconv.conv3x3)
 
 
 def applies(backbone, x):

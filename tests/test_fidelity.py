@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import utils.experiment as E
+from utils import device
 from models import EgoRNN, MotionSegmentationHead, OrderPredictionHead, SAMSOPNet
 
 pytestmark = pytest.mark.filterwarnings("ignore:pretrained=.none.")
@@ -26,10 +27,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:pretrained=.none.")
 ])
 def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, flags, expected):
     cpuinfo = f"processor\t: 0\nflags\t\t: {flags}\n"
-    assert E.cpu_has_native_bf16(cpuinfo) == (expected == "bf16")
-    monkeypatch.setattr(E, "cpu_has_native_bf16", lambda: expected == "bf16")
-    assert E.pick_precision("auto", torch.device("cpu")) == expected
-    assert E.pick_precision("fp32", torch.device("cpu")) == "fp32"
+    assert device.cpu_has_native_bf16(cpuinfo) == (expected == "bf16")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: expected == "bf16")
+    assert device.pick_precision("auto", torch.device("cpu")) == expected
+    assert device.pick_precision("fp32", torch.device("cpu")) == "fp32"
 
 
 # ----------------------------------------------------------------------------- order prediction

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from utils.distributed import ShardSampler, ShareBatchSampler
 
 class EpochSampler(Sampler):
     """Yields (index, seed) pairs; call `set_epoch` before each epoch."""
@@ -84,7 +85,6 @@ def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=Fals
     sampler = EpochSampler(len(dataset), shuffle, seed)
     batching = dict(batch_size=batch_size, sampler=sampler)
     if process is not None:
-        from utils.distributed import ShardSampler, ShareBatchSampler
         batching = dict(batch_sampler=ShareBatchSampler(sampler, batch_size, *process)) if shuffle else \
             dict(batch_size=batch_size, sampler=ShardSampler(sampler, *process))
     return DataLoader(

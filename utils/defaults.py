@@ -10,6 +10,8 @@ scripts had defaults for the dataset folder and the stage-1 model).
 import os
 import shlex
 
+from datasets.synthetic import is_complete
+from utils.config import saved_config
 from utils.errors import UserError
 
 ENV_VAR = "GTEA61_DIR"
@@ -31,7 +33,6 @@ def default_dataset_dir(announce=print):
     if os.path.isdir(GTEA61_DIR):
         announce(f"--datasetDir not given: using {GTEA61_DIR}")
         return GTEA61_DIR
-    from datasets.synthetic import is_complete
     if is_complete(SYNTHETIC_DIR):
         announce(f"--datasetDir not given: using {SYNTHETIC_DIR}, the SYNTHETIC dataset made by `make demo`; "
                  f"results are not GTEA-61 numbers (for GTEA-61: set {ENV_VAR}, put it in {GTEA61_DIR}, "
@@ -43,10 +44,17 @@ def default_dataset_dir(announce=print):
                     f"synthetic one")
 
 
-def stage1_command(kind, args):
-    """The command that trains the stage 1 that `args` (a stage-2 run) looks for."""
-    from utils.experiment import base_parser
-    defaults = base_parser(kind, "").parse_args([])
+def dataset_suffixed(args, folder):
+    """A default experiment folder, with _egtea_split<K> for --dataset egtea (runs on another
+    dataset or split never land in, or start from, GTEA-61's folders)."""
+    if getattr(args, "dataset", "gtea61") == "egtea":
+        return f"{folder}_egtea_split{args.split}"
+    return folder
+
+
+def stage1_command(kind, args, defaults):
+    """The command that trains the stage 1 that `args` (a stage-2 run) looks for; `defaults` are
+    the script's default arguments (only settings that differ from them are written out)."""
     cmd = ["python", f"main_{kind}.py", "--stage", "1", "--seqLen", str(args.seqLen)]
     try:
         implicit_data = args.datasetDir == default_dataset_dir(announce=lambda _: None)
@@ -54,7 +62,6 @@ def stage1_command(kind, args):
         implicit_data = False
     if not implicit_data:
         cmd += ["--datasetDir", str(args.datasetDir)]
-    from utils.experiment import dataset_suffixed
     if args.outDir != dataset_suffixed(args, f"experiments/main_{kind}_seq{args.seqLen}"):
         cmd += ["--outDir", str(args.outDir)]
     egtea = getattr(args, "dataset", "gtea61") == "egtea"
@@ -70,11 +77,11 @@ def stage1_command(kind, args):
     return shlex.join(cmd)
 
 
-def missing_stage1_message(kind, args, path):
+def missing_stage1_message(kind, args, path, defaults):
     """One line for a stage-2 run without its stage-1 checkpoint: what to run, and `make demo`'s
     stage 1 when there is one."""
     msg = (f"stage 2 needs a stage-1 checkpoint and there is none at {path}: run stage 1 first "
-           f"(`{stage1_command(kind, args)}`) or pass --stage1Dict PATH")
+           f"(`{stage1_command(kind, args, defaults)}`) or pass --stage1Dict PATH")
     demo = os.path.join(DEMO_OUT, "stage1", "best_model.pth")
     if os.path.isfile(demo) and os.path.abspath(demo) != os.path.abspath(path) \
             and getattr(args, "dataset", "gtea61") != "egtea":  # the demo's stage 1 is GTEA-61-form
@@ -87,7 +94,6 @@ def missing_stage1_message(kind, args, path):
 
 def _demo_settings(path):
     """The settings a stage 2 must share with the demo's stage 1 (utils/config.py checks them)."""
-    from utils.config import saved_config
     try:
         c = saved_config(path)
     except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded

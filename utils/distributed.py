@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from models.batch_share import Share, current_share
+from utils.device import pick_device
 from utils.errors import UserError
 
 TIMEOUT_ENV = "SAMSOP_DDP_TIMEOUT"  # seconds a collective waits for the other processes
@@ -57,7 +58,6 @@ def setup(device_name):
     """Join torchrun's process group when launched by it; returns this process's device.
     nccl and one GPU per process (LOCAL_RANK) on GPUs, gloo on CPUs. Processes other than 0
     print nothing (their stdout goes to /dev/null; errors still reach stderr)."""
-    from utils.experiment import pick_device
     device = pick_device(device_name)
     if not launched() or initialized():
         return device

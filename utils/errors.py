@@ -17,12 +17,12 @@ class NonFiniteLossError(Exception):
 def user_error_types():
     types = [UserError]
     try:
-        from datasets import DatasetError
+        from datasets import DatasetError  # lazy: tools without torch (datasets.prepare) use this module
         types.append(DatasetError)
     except ImportError:
         pass
     try:
-        from models import CheckpointError, PretrainedWeightsError
+        from models import CheckpointError, PretrainedWeightsError  # lazy: as above
         types += [CheckpointError, PretrainedWeightsError]
     except ImportError:
         pass

@@ -15,23 +15,27 @@ import sys
 import warnings
 
 import torch
-import torch.nn.functional as F
 
+import models
+from datasets import GTEA61
+from datasets.cache import _writable_dir, default_cache_dir
+from datasets.egtea import EGTEA, INDEX_FILES, split_names
+from models.batch_share import share_dropouts
+from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
+from models.recipe import DEFAULTS, FAMILY, OP_FRAMES, STAGES, Recipe  # noqa: F401  (re-exported)
+from models.stages import set_stage
+from utils import distributed
+from utils.batchnorm import calibrate_batchnorm
 from utils.cli import Parser
-from utils.errors import UserError
-from utils.train import autocast, fit, seed_everything  # noqa: F401  (autocast re-exported)
+from utils.config import check_config, saved_config
+from utils.data import make_loader
+from utils.defaults import dataset_suffixed, default_dataset_dir, missing_stage1_message
+from utils.device import cpu_has_native_bf16, pick_device, pick_precision  # noqa: F401  (re-exported)
+from utils.errors import UserError, run_cli
+from utils.on_device import DeviceLoader, use_on_device
+from utils.plots import save_cam_figures
+from utils.train import RESULT_FILES, autocast, fit, seed_everything  # noqa: F401  (autocast re-exported)
 
-# Optimiser schedules of reference §1-2: per family and stage.
-DEFAULTS = {
-    "rgb": {1: dict(lr=1e-3, numEpochs=300, stepSize=[25, 75, 150], decayRate=0.1),
-            2: dict(lr=1e-4, numEpochs=150, stepSize=[25, 75], decayRate=0.1)},
-    "flow": {1: dict(lr=1e-2, numEpochs=750, stepSize=[150, 300, 500], decayRate=0.5)},
-    # StepLR(step_size=1, gamma=0.99): the lr decays a little every epoch.
-    "twostream": {1: dict(lr=1e-2, numEpochs=250, stepSize=[1], decayRate=0.99)},
-}
-FAMILY = {"rgb": "rgb", "ms": "rgb", "ms_op": "rgb", "flow": "flow", "twostream": "twostream"}
-STAGES = {"rgb": (1, 2), "flow": (1,), "twostream": (1,)}
-OP_FRAMES = 4
 SELECT = ("test", "val", "last")
 FLOW_MODEL = "experiments/main_flow/stage1/best_model.pth"  # two-stream's default --flowModel
 DATASETS = ("gtea61", "egtea")
@@ -119,7 +123,7 @@ def base_parser(kind, description):
         p.add_argument("--flowModel", default=None, help="best flow model (default: experiments/main_flow/stage1/best_model.pth)")
         p.add_argument("--rgbModel", default=None,
                        help="best stage-2 RGB model (default: experiments/main_rgb_seq<seqLen>/stage2/best_model.pth)")
-        p.add_argument("--flowLr", type=float, default=1e-4, help="lr of the flow layer4 (reference §2)")
+        p.add_argument("--flowLr", type=float, default=1e-4, help="lr of the flow layer4 (docs/design.md §2)")
     return p
 
 
@@ -138,7 +142,6 @@ def check_dataset_args(args):
             raise UserError("--dataset egtea needs --datasetDir: a root prepared by "
                             "python -m datasets.prepare --egtea RELEASE --out ROOT")
         args.split = args.split or 1
-        from datasets.egtea import split_names
         train, test = split_names(args.split)
         args.trainUsers, args.testUsers = [train], [test]
     elif getattr(args, "split", None) is not None:
@@ -187,84 +190,18 @@ def stage_args(args, family, stage):
     return a
 
 
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16(cpuinfo=None):
-    """True on CPUs with bf16 matrix instructions: AMX (Intel Xeon 4th gen on) or AVX512_BF16
-    (AMD Zen 4 on, Intel Cooper Lake). On both, bf16 training runs about 2x (Zen 4) to 4x (AMX)
-    faster than fp32 (README "Speed"); elsewhere bf16 is emulated and slower than fp32."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = set(cpuinfo.split())
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def pick_precision(name, device):
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
 # ----------------------------------------------------------------------------- experiments
 
-class Experiment:
-    """One stage of one experiment: the pieces `utils.train.fit` needs."""
+class Experiment(Recipe):
+    """One stage of one experiment as this run trains it: the paper's recipe (models/recipe.py)
+    plus the run's device, precision, classes and output folder, for `utils.train.fit`."""
 
     def __init__(self, kind, args, stage, device, precision, num_classes, classes):
-        self.kind, self.name, self.stage = kind, kind, stage
-        self.family = FAMILY[kind]
-        self.args = stage_args(args, self.family, stage)
+        super().__init__(kind, stage, stage_args(args, FAMILY[kind], stage))
+        self.name = kind
         self.device, self.precision = device, precision
         self.num_classes, self.classes = num_classes, classes
         self.stage_dir = os.path.join(args.outDir, f"stage{stage}")
-        self.rgb_attention = True  # two-stream: the RGB model's, read from its checkpoint
-        from models import feature_map_size
-        self.map_size = feature_map_size(args.frameSize)
-
-    # what the heads add in this stage (MS and OP are trained in stage 2 only, as in the paper)
-    @property
-    def ms(self):
-        if self.kind == "ms" or (self.kind == "ms_op" and not self.args.noMS):
-            return "regression" if self.args.regression else "classification"
-        return None
-
-    @property
-    def op(self):
-        return self.kind == "ms_op"
-
-    @property
-    def heads_on(self):
-        return self.stage == 2
-
-    def modality(self, train):
-        if self.family == "flow":
-            return "flow"
-        if self.family == "twostream":
-            return "twostream"
-        return "rgb_mmaps" if (self.ms and self.heads_on and train) else "rgb"
-
-    def model_config(self):
-        a = self.args
-        if self.family == "rgb":
-            return {"attention": not a.noAttention, "memSize": a.memSize,
-                    "ms": self.ms if self.heads_on else None,
-                    "msInput": getattr(a, "msInput", "attention"),
-                    "op": self.op and self.heads_on, "opInput": getattr(a, "opInput", "flat")}
-        if self.family == "flow":
-            return {"stackSize": a.stackSize}
-        return {"attention": self.rgb_attention, "memSize": a.memSize, "stackSize": a.stackSize}
 
     def run_config(self):
         """What shapes this model and its data, saved in every checkpoint and checked when a
@@ -277,61 +214,6 @@ class Experiment:
                 "valFraction": a.valFraction if a.select == "val" else None,
                 "dataset": getattr(a, "dataset", "gtea61"), "split": getattr(a, "split", None)}
 
-    def build_model(self, pretrained):
-        import models
-        cfg = self.model_config()
-        if self.family == "rgb":
-            return models.SAMSOPNet(self.num_classes, mem_size=cfg["memSize"], attention=cfg["attention"],
-                                    ms=cfg["ms"], ms_input=cfg["msInput"], op=cfg["op"], pretrained=pretrained,
-                                    ms_size=self.map_size, op_input=cfg["opInput"])
-        if self.family == "flow":
-            return models.FlowResNet34(self.num_classes, pretrained=pretrained, in_channels=2 * self.args.stackSize)
-        raise AssertionError("two-stream models are built from their two checkpoints")
-
-    # ---- forward and losses
-    def forward(self, model, batch, generator, train):
-        if self.family == "flow":
-            return model(batch["flow"])
-        if self.family == "twostream":
-            return model(batch["flow"], batch["rgb"])
-        return model(batch["rgb"], generator=generator, heads=train and self.heads_on,
-                     frame_numbers=batch.get("frame_numbers"))
-
-    def losses(self, out, batch):
-        loss = F.cross_entropy(out["logits"].float(), batch["label"])
-        result = {"ce": loss.detach()}
-        if "ms_out" in out:
-            ms_out = out["ms_out"].float()
-            head = self._ms_head
-            result["ms_loss"] = head.loss(ms_out.flatten(0, 1), batch["mmaps"].flatten(0, 1))
-            loss = loss + self.args.msWeight * result["ms_loss"]
-        if "op_logits" in out:
-            result["op_loss"] = self._op_head.loss(out["op_logits"], out["op_target"])
-            loss = loss + self.args.opWeight * result["op_loss"]
-        result["loss"] = loss
-        return result
-
-    # ---- stages, optimisers
-    def set_train_mode(self, model):
-        from models.stages import set_train_mode
-        set_train_mode(model, self.stage)
-
-    def make_optimizer(self, model):
-        from models.stages import param_groups
-        a = self.args
-        if self.family == "rgb":
-            return torch.optim.Adam(param_groups(model, self.stage, a.lr), lr=a.lr, weight_decay=4e-5, eps=1e-4)
-        if self.family == "flow":
-            return torch.optim.SGD(param_groups(model, self.stage, a.lr), lr=a.lr, momentum=0.9, weight_decay=5e-4)
-        return torch.optim.SGD(param_groups(model, self.stage, a.lr, flow_lr=a.flowLr), lr=a.lr,
-                               momentum=0.9, weight_decay=5e-4)
-
-    def make_scheduler(self, optimizer):
-        a = self.args
-        if self.family == "twostream":
-            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=a.stepSize[0], gamma=a.decayRate)
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=a.stepSize, gamma=a.decayRate)
-
     def checkpoint(self, model, epoch, test_acc):
         return {"model": model.state_dict(), "experiment": self.kind, "family": self.family,
                 "stage": self.stage, "num_classes": self.num_classes, "classes": list(self.classes),
@@ -341,9 +223,8 @@ class Experiment:
 
     def resolved_args(self):
         d = dict(vars(self.args))
-        from utils.distributed import world_size
         d.update(stage=self.stage, device=str(self.device), precision=self.precision,
-                 num_classes=self.num_classes, experiment=self.kind, world_size=world_size())
+                 num_classes=self.num_classes, experiment=self.kind, world_size=distributed.world_size())
         return d
 
 
@@ -353,7 +234,6 @@ def flow_stack_size(path):
     """The stack size a flow checkpoint was trained with (its record, else its conv1), or 5."""
     if not os.path.isfile(path):
         return 5  # the missing file is reported when the model is built
-    from models.checkpoints import CheckpointError, checkpoint_info
     try:
         info = checkpoint_info(path)
     except CheckpointError as e:
@@ -383,9 +263,6 @@ def expected_config(exp, *keys):
 
 def build_stage_model(exp, train_set):
     """The model of this stage, initialised as the paper says."""
-    import models
-    from models.checkpoints import load_checkpoint
-    from utils.config import check_config, saved_config
     a = exp.args
     if exp.family == "twostream":
         flow_path = _load_model_file(a.flowModel or default_flow_model(a), "--flowModel",
@@ -409,15 +286,13 @@ def build_stage_model(exp, train_set):
     if exp.stage == 1:
         model = exp.build_model(a.pretrained).to(exp.device)
         if a.pretrained == "none" and exp.family == "rgb":
-            from utils.batchnorm import calibrate_batchnorm
             calibrate_batchnorm(model, train_set, exp)
         return model
 
     # Stage 2 starts from the best stage-1 weights of the same configuration; the heads start fresh.
     path = a.stage1Dict or os.path.join(a.outDir, "stage1", "best_model.pth")
     if not os.path.isfile(path):
-        from utils.defaults import missing_stage1_message
-        raise UserError(missing_stage1_message(exp.kind, a, path))
+        raise UserError(missing_stage1_message(exp.kind, a, path, base_parser(exp.kind, "").parse_args([])))
     check_config(path, saved_config(path), expected_config(
         exp, "classes", "attention", "memSize", "seqLen", "frameSize", "trainUsers", "testUsers"),
         "--stage1Dict" if a.stage1Dict else "stage 1")
@@ -430,7 +305,6 @@ def build_stage_model(exp, train_set):
 
 def resolve_cache_dir(args):
     """The frame-cache folder of --cacheDir (auto: see datasets/cache.py), or None."""
-    from datasets.cache import _writable_dir, default_cache_dir
     value = getattr(args, "cacheDir", None)
     if value is None or str(value).lower() in ("none", ""):
         return None
@@ -461,17 +335,13 @@ def prepare_model(exp, model):
     Dropout masks are drawn per global batch, and under torchrun the BatchNorms that train use the
     global batch's statistics, so that results do not depend on the number of processes
     (models/batch_share.py, utils/distributed.py)."""
-    from models.batch_share import share_dropouts
-    from models.stages import set_stage
-    from utils import distributed
     share_dropouts(model)
     if distributed.world_size() > 1:
         distributed.sync_batchnorms(model)
     model = model.to(exp.device)
     if channels_last(exp.device, exp.precision):
         model = model.to(memory_format=torch.channels_last)
-    exp._ms_head = getattr(model, "ms_head", None)
-    exp._op_head = getattr(model, "op_head", None)
+    exp.bind(model)
     set_stage(model, exp.stage)
     return model
 
@@ -494,14 +364,6 @@ def stage_datasets(exp):
     return train_set, test_set
 
 
-def dataset_suffixed(args, folder):
-    """A default experiment folder, with _egtea_split<K> for --dataset egtea (runs on another
-    dataset or split never land in, or start from, GTEA-61's folders)."""
-    if getattr(args, "dataset", "gtea61") == "egtea":
-        return f"{folder}_egtea_split{args.split}"
-    return folder
-
-
 def default_flow_model(args):
     return os.path.join(dataset_suffixed(args, os.path.dirname(os.path.dirname(FLOW_MODEL))), "stage1",
                         "best_model.pth")
@@ -511,10 +373,7 @@ def dataset_class(args):
     """GTEA61, or datasets.egtea.EGTEA for --dataset egtea; a GTEA-61 run on a split-file root
     is told to pass --dataset egtea."""
     if getattr(args, "dataset", "gtea61") == "egtea":
-        from datasets.egtea import EGTEA
         return EGTEA
-    from datasets import GTEA61
-    from datasets.egtea import INDEX_FILES
     if os.path.isfile(os.path.join(args.datasetDir, INDEX_FILES["action"])):
         raise UserError(f"--datasetDir {args.datasetDir} holds {INDEX_FILES['action']}: a split-file dataset "
                         "(EGTEA Gaze+ form); pass --dataset egtea --split 1|2|3")
@@ -523,8 +382,6 @@ def dataset_class(args):
 
 def stage_loaders(exp, train_set, test_set):
     """(train loader, test loader); exp.val_loader is the validation set's (or None)."""
-    from utils import distributed
-    from utils.data import make_loader
     a = exp.args
     process = (distributed.rank(), distributed.world_size())  # this process's share (torchrun)
     # On a GPU the workers send uint8: decoded RGB frames that the GPU resizes, crops, flips and
@@ -535,7 +392,6 @@ def stage_loaders(exp, train_set, test_set):
     val_set = getattr(exp, "val_set", None)
     exp.val_loader = None if val_set is None else \
         make_loader(val_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process)
-    from utils.on_device import DeviceLoader, use_on_device
     mode = getattr(a, "dataOnDevice", "off")
     if mode == "auto" and getattr(a, "cpuTransforms", False):
         mode = "off"  # --cpuTransforms asks for the PIL transforms in DataLoader workers
@@ -556,7 +412,6 @@ def run(kind, argv=None, description=None, extra_args=None):
     args = parser.parse_args(argv)
     check_args(kind, args)
     if args.datasetDir is None:
-        from utils.defaults import default_dataset_dir
         args.datasetDir = default_dataset_dir()
     if args.outDir is None:
         args.outDir = dataset_suffixed(args, "experiments/main_flow" if kind == "flow"
@@ -564,8 +419,7 @@ def run(kind, argv=None, description=None, extra_args=None):
     family = FAMILY[kind]
     stages = [args.stage] if args.stage else list(STAGES[family])
 
-    torch.set_flush_denormal(True)  # subnormal ConvLSTM states slow CPU steps 2.5-4.5x (reference §8)
-    from utils import distributed
+    torch.set_flush_denormal(True)  # subnormal ConvLSTM states slow CPU steps 2.5-4.5x (docs/design.md §8)
     device = distributed.setup(args.device)  # torchrun: joins the process group, one GPU per process
     precision = pick_precision(args.precision, device)
     world = distributed.world_size()
@@ -574,7 +428,6 @@ def run(kind, argv=None, description=None, extra_args=None):
     print(f"{kind}: stages {stages}, device {device}{processes}, precision {precision}, output {args.outDir}")
 
     # Check every stage folder before hours of training, so a refusal comes first.
-    from utils.train import RESULT_FILES
     todo = []
     for stage in stages:
         d = os.path.join(args.outDir, f"stage{stage}")
@@ -605,7 +458,6 @@ def run(kind, argv=None, description=None, extra_args=None):
         summary = fit(exp, model, train_loader, test_loader, exp.val_loader)
         summaries.append(summary)
         if exp.family == "rgb" and model.egornn.attention and a.camVideos > 0 and distributed.is_main():
-            from utils.plots import save_cam_figures
             best = torch.load(os.path.join(exp.stage_dir, "best_model.pth"), map_location="cpu", weights_only=True)
             model.load_state_dict(best["model"])
             paths = save_cam_figures(model, test_set, os.path.join(exp.stage_dir, "cam"), device, a.camVideos)
@@ -619,6 +471,4 @@ def run(kind, argv=None, description=None, extra_args=None):
 
 
 def main(kind, extra_args=None, description=None):
-    from utils.distributed import run_process
-    from utils.errors import run_cli
-    run_cli(lambda argv: run_process(run, kind, argv, description=description, extra_args=extra_args), sys.argv[1:])
+    run_cli(lambda argv: distributed.run_process(run, kind, argv, description=description, extra_args=extra_args), sys.argv[1:])

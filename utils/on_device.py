@@ -25,6 +25,7 @@ from tqdm import tqdm
 from datasets import DatasetError
 from datasets.transforms import clips_on_device
 from utils.data import EpochSampler, seeded
+from utils.distributed import ShareBatchSampler
 from utils.errors import UserError
 
 MODALITIES = ("rgb", "rgb_mmaps")
@@ -81,7 +82,6 @@ class DeviceLoader:
         self.dataset, self.device = dataset, device
         self.sampler = EpochSampler(len(dataset), True, seed)
         if process is not None and process[1] > 1:
-            from utils.distributed import ShareBatchSampler
             self.batch_sampler = ShareBatchSampler(self.sampler, batch_size, *process)
         else:
             self.batch_sampler = BatchSampler(self.sampler, batch_size, drop_last=False)
