@@ -37,11 +37,10 @@ import warnings
 
 import torch
 
-from utils.experiment import (Experiment, base_parser, check_args, configure_backends, default_workers,
-                              pick_device, pick_precision, prepare_model, resolve_cache_dir, stage_datasets,
-                              stage_loaders)
+from utils.experiment import (Experiment, base_parser, build_stage_model, check_args, configure_backends,
+                              default_workers, pick_device, pick_precision, prepare_model, resolve_cache_dir,
+                              stage_datasets, stage_loaders)
 from utils.data import set_epoch
-from utils.batchnorm import calibrate_batchnorm
 from utils.train import autocast, to_device, train_step
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -192,17 +191,6 @@ def measure_limit(device, precision, images, frame_size, steps, warmup):
     return rate(steps * images, time.perf_counter() - t0)
 
 
-def build_model(exp, train_set):
-    """Random weights, BatchNorm statistics estimated from training clips (as the scripts do
-    with --pretrained none), on the run's device and memory format."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = exp.build_model("none").to(exp.device)
-    if exp.family == "rgb":
-        calibrate_batchnorm(model, train_set, exp, num_clips=exp.args.trainBatchSize)
-    return prepare_model(exp, model)
-
-
 def machine_info():
     cpu = platform.processor()
     try:
@@ -264,7 +252,10 @@ def main(argv=None):
     for precision in precisions:
         torch.manual_seed(0)
         exp = Experiment(kind, args, a.stage, device, precision, train_set.num_classes, train_set.classes)
-        model = build_model(exp, train_set)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: bench.py times, it does not learn
+            model = prepare_model(exp, build_stage_model(exp, train_set, from_scratch=True,
+                                                         calibration_clips=exp.args.trainBatchSize))
         optimizer = exp.make_optimizer(model)
         generator = torch.Generator().manual_seed(0)
         if device.type == "cuda":

@@ -1,13 +1,13 @@
 """Prepare a dataset from raw videos (or complete one that has frames): RGB frames,
 camera-compensated warp flow and motion maps, in either layout the loaders read.
 
-    python -m datasets.prepare --videos DIR --out DATASET [--layout course|egornn]
-        [--flow tvl1|farneback|raft] [--noWarp] [--fps N] [--shortSide 256] [--workers N]
+    python -m datasets.prepare --videos DIR --outDir DATASET [--layout course|egornn]
+        [--flow tvl1|farneback|raft] [--noWarp] [--fps N] [--shortSide 256] [--numWorkers N]
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
-    python -m datasets.prepare --frames DATASET [--out DIR] [--only flow|mmaps ...] ...
-    python -m datasets.prepare --egtea RELEASE --out DATASET ...   (EGTEA Gaze+, datasets/egtea.py)
-    python -m datasets.prepare --gtea61 RAW --out DATASET ...      (raw GTEA-61, datasets/gtea61raw.py)
-    python -m datasets.prepare --list FILE --out DATASET ...       (any list of video files)
+    python -m datasets.prepare --frames DATASET [--outDir DIR] [--only flow|mmaps ...] ...
+    python -m datasets.prepare --egtea RELEASE --outDir DATASET ...   (EGTEA Gaze+, datasets/egtea.py)
+    python -m datasets.prepare --gtea61 RAW --outDir DATASET ...      (raw GTEA-61, datasets/gtea61raw.py)
+    python -m datasets.prepare --list FILE --outDir DATASET ...       (any list of video files)
 
 Inputs:
   --videos DIR   DIR/<user>/<class>/<instance>.<ext> (mp4, avi, mov, mkv, webm; any names,
@@ -31,7 +31,7 @@ Inputs:
                  index and split files next to FILE (EGTEA's names) are copied to DATASET;
   --frames DIR   a dataset root in either layout: writes what a video lacks there (motion maps
                  in the Ego-RNN layout, flow where missing), computed from its frames as they
-                 are (no resizing). With --out elsewhere the frames are copied there too.
+                 are (no resizing). With --outDir elsewhere the frames are copied there too.
 
 What is written per video (N frames), numbered as the loaders read them (datasets/gtea61.py):
   course   processed_frames2/<u>/<c>/<i>/rgb/rgb0001.png .. N
@@ -60,7 +60,6 @@ Resilience:
   * a video that cannot be read is named in a one-line error and skipped; the others go on,
     and the run ends listing them with exit status 1 (0 with --skipBad).
 """
-import argparse
 import fcntl
 import hashlib
 import json
@@ -79,6 +78,7 @@ from datasets.gtea61raw import frame_files
 from datasets.video import (VIDEO_EXTS, VideoError, _resize, estimated_frames, output_size, probe,
                             read_frames)
 from datasets.warpflow import RaftWeightsError, find_raft_weights
+from utils.cli import Parser, hidden_alias
 from utils.errors import UserError, run_cli
 
 PARTS = ("frames", "flow", "mmaps")
@@ -191,7 +191,7 @@ def _span_frames(inst, short_side):
 def _run_job(job, opts, progress):
     """Write one video's parts into a fresh staging folder; returns (staging, frame count)."""
     cv2 = _cv2()
-    cv2.setNumThreads(1)  # one process per core instead (--workers)
+    cv2.setNumThreads(1)  # one process per core instead (--numWorkers)
     layout = opts["layout"]
     staging = _staging(opts["out"], job.rel)
     shutil.rmtree(staging, ignore_errors=True)
@@ -216,7 +216,7 @@ def _run_job(job, opts, progress):
         if "frames" in job.parts:
             if isinstance(job.source, str):
                 put("rgb", num, rgb)
-            else:  # --frames with another --out: the frame files are copied as they are
+            else:  # --frames with another --outDir: the frame files are copied as they are
                 src = job.source[k]
                 shutil.copyfile(src, os.path.join(staging, "rgb", os.path.basename(src)))
         if flow is not None:
@@ -466,7 +466,7 @@ def estimate_bytes(jobs, layout, short_side):
 
 
 def check_space(jobs, layout, args):
-    """Stop before writing when the estimated output exceeds the free space of --out's disk."""
+    """Stop before writing when the estimated output exceeds the free space of --outDir's disk."""
     need = estimate_bytes(jobs, layout, args.shortSide)
     free = shutil.disk_usage(args.out).free
     def size(b):
@@ -474,8 +474,8 @@ def check_space(jobs, layout, args):
     print(f"estimated output {size(need)} ({BYTES_PER_PIXEL[layout]:.2f} bytes per pixel and frame, "
           f"{layout} layout); {size(free)} free on {args.out}", file=sys.stderr)
     if need > free and not args.noSpaceCheck:
-        raise UserError(f"--out {args.out}: the output is estimated at {size(need)} and its disk has "
-                        f"{size(free)} free: free space, choose --out on a larger disk, a smaller "
+        raise UserError(f"--outDir {args.out}: the output is estimated at {size(need)} and its disk has "
+                        f"{size(free)} free: free space, choose --outDir on a larger disk, a smaller "
                         "--shortSide or --fps, or the egornn layout (JPEG, about 4x smaller); --noSpaceCheck "
                         "skips this check")
     return need
@@ -565,21 +565,14 @@ def plan(args, opts):
         rel, p = conflicts[0]
         raise UserError(f"{out} already holds {len(conflicts)} part(s) made with other settings or from another "
                         f"source (first: {p} of {rel}, see {_state(out, 'done/' + p, rel)}): pass --overwrite to "
-                        "remake them, or choose another --out")
+                        "remake them, or choose another --outDir")
     return jobs, done
 
 
 # ---- command line ---------------------------------------------------------------------------
-class Parser(argparse.ArgumentParser):
-    """One-line errors, as the experiment scripts' parser (utils/experiment.py, which imports
-    torch: too slow to start for a tool that does not need it)."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def parse_args(argv):
-    p = Parser(prog="python -m datasets.prepare", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m datasets.prepare", description="\n\n".join(__doc__.split("\n\n")[:2]),
+               epilog="The module docstring (datasets/prepare.py) says what is written where.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="folder of videos: <user>/<class>/<instance>.<ext>")
     src.add_argument("--frames", help="dataset root (either layout) to complete with flow / motion maps")
@@ -587,7 +580,9 @@ def parse_args(argv):
     src.add_argument("--list", help="file of video paths, one a line (further columns ignored)")
     src.add_argument("--gtea61", help="raw GTEA-61 release: label files S1_Cheese_C1.txt and their videos "
                      "(or frame folders), cut into instances as Ego-RNN's prepareGTEA61Dataset.py")
-    p.add_argument("--out", help="dataset to write (required with --videos; default: the --frames root)")
+    p.add_argument("--outDir", dest="out", metavar="DIR", help="dataset to write (required but with --frames, whose default is the "
+                   "--frames root)")
+    hidden_alias(p, "--out", "out")
     p.add_argument("--layout", choices=tuple(LAYOUTS), default=None,
                    help="course (PNG) or egornn (JPEG); default course, or the --frames root's")
     p.add_argument("--flow", choices=("tvl1", "farneback", "raft"), default="tvl1",
@@ -598,8 +593,9 @@ def parse_args(argv):
                    "(datasets/video.py; default: every frame)")
     p.add_argument("--shortSide", type=int, default=None,
                    help="scale frames down so the short side is this (default 256; 0: source size)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--numWorkers", dest="workers", metavar="N", type=int, default=os.cpu_count() or 1,
                    help="videos prepared in parallel (default: one per core)")
+    hidden_alias(p, "--workers", "workers", type=int)
     p.add_argument("--only", action="append", choices=PARTS, default=None,
                    help="write only this part (repeatable); default: all (--frames: flow and mmaps)")
     p.add_argument("--overwrite", action="store_true", help="remake parts that are already there")
@@ -613,7 +609,7 @@ def parse_args(argv):
 
 def check_args(args):
     if args.workers < 1:
-        raise UserError(f"--workers must be >= 1 (got {args.workers})")
+        raise UserError(f"--numWorkers must be >= 1 (got {args.workers})")
     if args.frames:
         for name in ("fps", "shortSide"):
             if getattr(args, name) is not None:
@@ -623,7 +619,7 @@ def check_args(args):
         if not args.out:
             source = ("--videos" if args.videos else "--egtea" if args.egtea else "--list" if args.list
                       else "--gtea61")
-            raise UserError(f"{source} needs --out DATASET (the folder to write)")
+            raise UserError(f"{source} needs --outDir DATASET (the folder to write)")
         if args.gtea61 and args.fps is not None:
             raise UserError("--fps applies to --videos, --egtea and --list: GTEA-61's label files count the "
                             "recordings' own frames")
@@ -635,7 +631,7 @@ def check_args(args):
             raise UserError(f"--fps must be positive (got {args.fps})")
         if os.path.isdir(args.out) and _has_files(args.out) and not os.path.isdir(os.path.join(args.out, STATE)) \
                 and not args.overwrite:
-            raise UserError(f"--out {args.out} holds files that datasets.prepare did not write: choose an empty "
+            raise UserError(f"--outDir {args.out} holds files that datasets.prepare did not write: choose an empty "
                             "or new folder, or pass --overwrite")
     if args.flow == "raft":
         try:

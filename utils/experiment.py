@@ -16,13 +16,12 @@ import warnings
 
 import torch
 
-import models
 from datasets import GTEA61
 from datasets.cache import _writable_dir, default_cache_dir
 from datasets.egtea import EGTEA, INDEX_FILES, split_names
 from models.batch_share import share_dropouts
 from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
-from models.recipe import DEFAULTS, FAMILY, OP_FRAMES, STAGES, Recipe  # noqa: F401  (re-exported)
+from models.recipe import DEFAULTS, FAMILY, OP_FRAMES, STAGES, Recipe, build_model  # noqa: F401  (re-exported)
 from models.stages import set_stage
 from utils import distributed
 from utils.batchnorm import calibrate_batchnorm
@@ -261,8 +260,12 @@ def expected_config(exp, *keys):
     return out
 
 
-def build_stage_model(exp, train_set):
-    """The model of this stage, initialised as the paper says."""
+def build_stage_model(exp, train_set, from_scratch=False, calibration_clips=32):
+    """The model of this stage, initialised as the paper says: stage 1 from the ImageNet backbone
+    (--pretrained), stage 2 from the best stage-1 checkpoint, two-stream from its flow and RGB
+    checkpoints. from_scratch: stage 2 from random weights instead of a stage 1 (bench.py times a
+    stage without training the one before). Random backbones get their BatchNorm statistics from
+    `calibration_clips` training clips (utils/batchnorm.py)."""
     a = exp.args
     if exp.family == "twostream":
         flow_path = _load_model_file(a.flowModel or default_flow_model(a), "--flowModel",
@@ -274,19 +277,18 @@ def build_stage_model(exp, train_set):
         check_config(flow_path, saved_config(flow_path), expected_config(exp, *users, "stackSize"), "--flowModel")
         rgb_saved = saved_config(rgb_path)
         check_config(rgb_path, rgb_saved, expected_config(exp, *users, "memSize", "seqLen"), "--rgbModel")
+        exp.rgb_attention = rgb_saved.get("attention", True)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            flow = models.FlowResNet34(exp.num_classes, pretrained="none", in_channels=2 * a.stackSize)
-            exp.rgb_attention = rgb_saved.get("attention", True)
-            rgb = models.EgoRNN(exp.num_classes, mem_size=a.memSize, attention=exp.rgb_attention, pretrained="none")
-        load_checkpoint(flow, flow_path)
-        load_checkpoint(rgb, rgb_path)
-        return models.TwoStream(exp.num_classes, flow, rgb)
+            warnings.simplefilter("ignore")  # every weight comes from the two checkpoints
+            model = build_model("twostream", exp.num_classes, exp.model_config())
+        load_checkpoint(model.flow_model, flow_path)
+        load_checkpoint(model.rgb_model, rgb_path)
+        return model
 
-    if exp.stage == 1:
+    if exp.stage == 1 or from_scratch:
         model = exp.build_model(a.pretrained).to(exp.device)
         if a.pretrained == "none" and exp.family == "rgb":
-            calibrate_batchnorm(model, train_set, exp)
+            calibrate_batchnorm(model, train_set, exp, num_clips=calibration_clips)
         return model
 
     # Stage 2 starts from the best stage-1 weights of the same configuration; the heads start fresh.
