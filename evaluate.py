@@ -1,9 +1,11 @@
-"""Evaluate a trained model on the test user(s): predictions.csv, summary.json, confusion_matrix.png.
+"""Evaluate a trained model on the test user(s): predictions.csv, summary.json, confusion_matrix.png,
+per_class.png.
 
-Reports action top-1 accuracy, mean class accuracy (the mean of the per-class accuracies, the
-measure EGTEA papers quote) and, where classes are verb + noun (EGTEA's split files, GTEA-61's
-<verb>_<noun> names), verb and noun accuracy derived from the action predictions: the share of
-videos whose predicted action has the true verb (noun).
+Reports action top-1 and top-5 accuracy (--topk: other k), mean class accuracy (the mean of the
+per-class accuracies, the measure EGTEA papers quote; per_class.png draws them) and, where classes
+are verb + noun (EGTEA's split files, GTEA-61's <verb>_<noun> names), verb and noun accuracy
+derived from the action predictions: the share of videos whose predicted action has the true verb
+(noun).
 
 Takes this project's checkpoints and the original Ego-RNN release's alike. The test pipeline is
 the original's (short side to 256, centre crop 224, frames at floor(linspace(1, N, seqLen)),
@@ -61,11 +63,15 @@ def parse_args(argv):
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (default) reproduces the original's logits; bf16 is faster")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
+    p.add_argument("--topk", type=int, nargs="+", default=[5],
+                   help="top-k accuracies to report besides top-1 (k >= the number of classes gives 100%%)")
     args = p.parse_args(argv)
     if args.splitMean:
         return args
     if args.model is None or args.modelStateDict is None:
         p.error("--model and --modelStateDict are required (or --splitMean DIR ...)")
+    if any(k <= 0 for k in args.topk):
+        raise UserError(f"--topk must be positive (got {' '.join(map(str, args.topk))})")
     if args.datasetDir is None and args.dataset == "egtea":
         raise UserError("--dataset egtea needs --datasetDir: the root prepared by python -m datasets.prepare --egtea")
     if args.datasetDir is None:
@@ -140,6 +146,10 @@ def split_mean(paths):
     out = os.path.join(os.path.dirname(rows[0][1]), "splits_mean.json")
     atomic_write_json(out, {"mean": mean, "splits": {k: f for k, f, _ in rows}, "model": rows[0][2].get("model")})
     return mean
+def topk_accuracy(logits, labels, k):
+    """% of videos whose true class is among the k highest logits (ties: torch.topk's pick)."""
+    k = min(k, logits.shape[1])
+    return 100.0 * (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
 
 
 def main(argv=None):
@@ -152,7 +162,7 @@ def main(argv=None):
     from utils.data import make_loader
     from models import feature_map_size
     from utils.experiment import pick_device
-    from utils.plots import save_confusion_matrix
+    from utils.plots import save_confusion_matrix, save_per_class
     from utils.train import autocast, to_device
 
     meta = read_meta(args.modelStateDict)
@@ -271,6 +281,7 @@ def main(argv=None):
     summary = {"accuracy": round(acc, 4), "mean_class_accuracy": round(float(np.mean(present)), 4) if present else None,
                "verb_accuracy": None if verb_acc is None else round(verb_acc, 4),
                "noun_accuracy": None if noun_acc is None else round(noun_acc, 4),
+               **{f"top{k}_accuracy": round(topk_accuracy(logits, labels, k), 4) for k in sorted(set(args.topk))},
                "per_class_accuracy": per_class, "num_videos": len(labels), "model": args.model,
                "dataset_kind": dataset, "split": split,
                "class_index": getattr(test_set, "class_index", None),  # action_idx.txt's 1-based index of each id
@@ -280,7 +291,11 @@ def main(argv=None):
     save_confusion_matrix(labels.tolist(), preds.tolist(), test_set.classes,
                           os.path.join(out_dir, "confusion_matrix.png"),
                           title=f"{args.model} on {' '.join(test_users)}: {acc:.2f}%")
-    print(f"accuracy {acc:.2f}% ({int((preds == labels).sum())}/{len(labels)} videos), "
+    counts = {name: int((labels == c).sum()) for c, name in enumerate(test_set.classes)}
+    save_per_class(per_class, counts, os.path.join(out_dir, "per_class.png"),
+                   title=f"{args.model} on {' '.join(test_users)}: accuracy per class")
+    topk = ", ".join(f"top-{k} {summary[f'top{k}_accuracy']:.2f}%" for k in sorted(set(args.topk)))
+    print(f"accuracy {acc:.2f}% ({int((preds == labels).sum())}/{len(labels)} videos), {topk}, "
           f"mean class accuracy {summary['mean_class_accuracy']}%"
           + (f", verb accuracy {verb_acc:.2f}%, noun accuracy {noun_acc:.2f}% (from the action predictions)"
              if parts else "") + f"; results in {out_dir}")

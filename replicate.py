@@ -44,7 +44,9 @@ With fewer epochs the lr milestones are scaled in proportion (stage 1 [25, 75, 1
 Outputs in --outDir: table1.md, table2.md, table3.md (the selected tables, in the paper's layout, with
 the paper's number, our best-over-epochs and our final-epoch test accuracy side by side; "-" = not
 run or not finished), tables.png, results.json (every cell: command, status, accuracies), logs/ (one
-log per cell). With --crossval: crossval/test_S<k>/ per split (each with its own tables) and
+log per cell); `--tablesOnly` writes them from the finished cells without training. While it runs,
+a progress line gives the cells done, the running cell(s), the elapsed time and an estimate of the
+time left. With --crossval: crossval/test_S<k>/ per split (each with its own tables) and
 crossval.md (mean and sample standard deviation over the splits per cell).
 
 Dataset rule for the captions: a dataset is SYNTHETIC when (1) its folder holds the marker the
@@ -476,6 +478,8 @@ def parse_args(argv):
                    help="comma-separated devices the jobs go round, e.g. cuda:0,cuda:1 (--jobs 4: two cells per GPU) "
                         "or cpu; default: every cell sees what replicate.py sees")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--tablesOnly", action="store_true",
+                   help="write the tables from the cells finished in --outDir, train nothing")
     p.add_argument("--verbose", action="store_true", help="show the scripts' output (always in <outDir>/logs/)")
     opts = p.parse_args(argv)
     if opts.dataset == "egtea":
@@ -554,6 +558,8 @@ def main(argv=None):
     if not os.path.isdir(opts.datasetDir):
         raise UsageError(f"--datasetDir {opts.datasetDir}: no such folder")
     kind = dataset_kind(opts.datasetDir)
+    if opts.tablesOnly:
+        return _tables_only(opts, tables, columns, plan, all_cells, kind)
     os.makedirs(opts.outDir, exist_ok=True)
     with open(os.path.join(opts.outDir, ".replicate.lock"), "w") as lock:
         try:
@@ -565,6 +571,21 @@ def main(argv=None):
             raise UsageError(f"another replicate.py is running on {opts.outDir}; wait for it or use another "
                              f"--outDir") from None
         return _run(opts, tables, columns, plan, all_cells, kind)
+
+
+def _tables_only(opts, tables, columns, plan, all_cells, kind):
+    """The tables of the same command's cells, from their summary.json files, without training."""
+    per_split = []
+    for name, split_dir, users, cells in plan:
+        os.makedirs(split_dir, exist_ok=True)
+        per_split.append((name, split_dir, write_split_outputs(opts, tables, columns, cells, name, split_dir,
+                                                               users, kind)))
+    if opts.crossval:
+        write_crossval(opts, per_split, kind)
+    where = os.path.join(opts.outDir, "crossval.md") if opts.crossval else \
+        ", ".join(os.path.join(opts.outDir, f"table{t}.md") for t in tables)
+    print(f"{sum(c.finished() for c in all_cells)}/{len(all_cells)} cells finished; tables: {where}")
+    return 0
 
 
 def _run(opts, tables, columns, plan, all_cells, kind):

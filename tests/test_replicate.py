@@ -321,6 +321,40 @@ def test_fixed_split_tables_layout_and_gtea61_caption(tmp_path):
     assert (out / "tables.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_tables_only_writes_the_finished_cells_and_trains_nothing(tmp_path):
+    data = tmp_path / "gtea61"
+    data.mkdir()
+    out = tmp_path / "rep"
+    args = ["--table", "2", "--datasetDir", data, "--outDir", out, "--lrs", "1e-4"]
+    cmds = dry(*args)
+    done = [c for c in cmds if "grid/ms_seq7_lr1e-4" in opt(c, "--outDir")]
+    fake_results(done, lambda i, c: (61.25, 40.5))
+    p = call(*args, "--tablesOnly")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "1/5 cells finished" in p.stdout and "[1/" not in p.stdout and "progress:" not in p.stdout
+    assert not (out / "logs").exists(), "--tablesOnly launched a cell"
+    rows = {ln.split("|")[1].strip(): [x.strip() for x in ln.split("|")[2:-1]]
+            for ln in (out / "table2.md").read_text().splitlines() if ln.startswith("| Ego")}
+    assert rows["Ego-rnn + MS Task"][3:6] == ["56", "61.25", "40.50"], rows  # lr 1e-4 column
+    assert rows["Ego-rnn + MS Task + Order Task"][3:6] == ["57", "-", "-"], rows
+    status = {c["key"]: c["status"] for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert status["grid/ms_seq7_lr1e-4"] == "finished" and status["grid/ms_op_seq7_lr1e-4"] == "not run"
+
+
+def test_progress_line_counts_cells_and_weighs_the_time_left_by_epochs():
+    from utils.replicate_plan import Cell, progress_line
+    a = Cell("shared/a", "main_rgb.py", ["--numEpochs", "30"], "o/a", 1, role="stage1")
+    b = Cell("grid/b", "main_ms.py", ["--numEpochs", "15"], "o/b", 2, role="stage2")
+    c = Cell("table1/flow", "main_flow.py", [], "o/c", 1, role="flow")  # paper default: 750 epochs
+    d = Cell("grid/d", "main_ms.py", ["--numEpochs", "15"], "o/d", 2, role="stage2")
+    a.status, d.status = "done", "failed"
+    # 600 s for 30 epochs; b (running, 15) and c (750) still to train: 600 x 765 / 30 = 15300 s
+    assert progress_line([a, b, c, d], ["grid/b"], 600.0, 30) == \
+        "progress: 1/4 cells done, running grid/b, elapsed 0:10:00, about 4:15:00 left"
+    assert progress_line([a, b, c, d], ["grid/b"], 5.0, 0).endswith("elapsed 0:00:05, time left: known when a "
+                                                                    "cell has finished")
+
+
 def test_failed_stage1_skips_its_dependents(tmp_path):
     data = tmp_path / "gtea"
     data.mkdir()

@@ -137,7 +137,7 @@ def test_twostream_from_flow_and_rgb(runs, data, tmp_path):
 def test_evaluate_writes_predictions(runs, data, tmp_path):
     out = tmp_path / "ev"
     p = run("evaluate.py", "--model", "rgb", "--datasetDir", data, "--outDir", out, "--numWorkers", "0",
-            "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth")
+            "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", "--topk", "2", "5")
     rows = list(csv.reader(open(out / "predictions.csv")))
     assert rows[0] == ["video", "label", "pred", "logit_0", "logit_1", "logit_2"]
     assert len(rows) > 1 and all(r[0].startswith("processed_frames2/S2/") for r in rows[1:])
@@ -149,6 +149,12 @@ def test_evaluate_writes_predictions(runs, data, tmp_path):
     assert s["accuracy"] == pytest.approx(acc, abs=1e-3) and s["num_videos"] == len(rows) - 1
     assert set(s["per_class_accuracy"]) == {"open_box", "put_cup", "take_cup"}
     assert (out / "confusion_matrix.png").is_file() and "accuracy" in p.stdout
+    assert (out / "per_class.png").read_bytes()[:4] == b"\x89PNG"
+    # top-k from the logits in predictions.csv: the true class's logit has fewer than k above it
+    rank = [sum(float(v) > float(r[3 + int(r[1])]) for v in r[3:]) for r in rows[1:]]
+    assert s["top2_accuracy"] == pytest.approx(100 * sum(x < 2 for x in rank) / len(rank), abs=1e-3)
+    assert s["top5_accuracy"] == 100.0  # 3 classes
+    assert f"top-2 {s['top2_accuracy']:.2f}%" in p.stdout
     # the checkpoint's model kind and the asked one disagree
     p = run("evaluate.py", "--model", "flow", "--datasetDir", data, "--outDir", tmp_path / "ev2",
             "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", check=False)
@@ -209,6 +215,16 @@ def test_resume_after_sigkill_matches_uninterrupted_run(runs, data, tmp_path):
     for i, s in la["optimizer"]["state"].items():
         for k, v in s.items():
             assert torch.equal(v, lb["optimizer"]["state"][i][k]), (i, k)
+    # TensorBoard: after the kill and --resume, every tag once per epoch (read from the raw
+    # records, where a step written twice would show), with the uninterrupted run's values
+    pytest.importorskip("tensorboard")
+    from tests.test_tensorboard import EPOCH_TAGS, HEAD_TAGS, check_once_per_epoch
+    tags = [t for t in list(EPOCH_TAGS) + list(HEAD_TAGS) if not t.endswith("/val")]  # --select test
+    ta = check_once_per_epoch(full / "stage2" / "tb", tags, 3)
+    tb = check_once_per_epoch(killed / "stage2" / "tb", tags, 3)
+    for tag in tags:
+        if not tag.startswith("time/"):
+            assert ta[tag] == tb[tag], tag
 
 
 def test_resume_with_other_settings_is_refused(runs, data, tmp_path):

@@ -18,4 +18,5 @@ echo "demo finished in $((end - start)) s (synthetic data: these are not GTEA-61
 echo "  logs:    $OUT/stage1/log.csv  $OUT/stage2/log.csv"
 echo "  curves:  $OUT/stage1/curves.png  $OUT/stage2/curves.png"
 echo "  CAMs:    $OUT/stage2/cam/"
-echo "  test:    $OUT/eval_S2/summary.json  $OUT/eval_S2/confusion_matrix.png"
+echo "  test:    $OUT/eval_S2/summary.json  $OUT/eval_S2/confusion_matrix.png  $OUT/eval_S2/per_class.png"
+echo "  watch:   $(dirname "$PY")/tensorboard --logdir $(dirname "$OUT")   (event files in $OUT/stage*/tb/)"

@@ -464,6 +464,8 @@ def run(kind, argv=None, description=None, extra_args=None):
             model.load_state_dict(best["model"])
             paths = save_cam_figures(model, test_set, os.path.join(exp.stage_dir, "cam"), device, a.camVideos)
             print(f"CAM figures: {len(paths)} in {os.path.join(exp.stage_dir, 'cam')}")
+            from utils.tensorboard import add_images
+            add_images(exp.stage_dir, "cam", paths, summary["selected_epoch"])
         distributed.barrier()
         print(f"stage {stage} done: selected epoch {summary['selected_epoch']} ({a.select}), test accuracy "
               f"{summary['selected_test_accuracy']:.2f}%; best test accuracy {summary['best_test_accuracy']:.2f}% "

@@ -17,24 +17,51 @@ def _col(rows, i):
 
 
 def save_curves(rows, path, title=""):
-    """Loss and accuracy against epoch, train and test (rows as in log.csv)."""
+    """Loss and accuracy against epoch, train and test (rows as in log.csv); a stage with heads
+    adds a third panel: the MS loss, the OP loss and (right axis) the OP accuracy, the two
+    self-supervised tasks. Returns the labels of the lines drawn."""
     epochs = _col(rows, 0)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, _col(rows, 2), label="train loss")
-    ax1.plot(epochs, _col(rows, 4), label="test loss")
+    heads = {label: _col(rows, i) for label, i in (("MS loss", 6), ("OP loss", 7), ("OP accuracy", 8))}
+    heads = {k: v for k, v in heads.items() if not np.all(np.isnan(v))}
+    fig, axes = plt.subplots(1, 3 if heads else 2, figsize=(15 if heads else 10, 3.8))
+    ax1, ax2 = axes[0], axes[1]
+    drawn = []
+
+    def plot(ax, x, y, label, **kw):
+        ax.plot(x, y, label=label, **kw)
+        drawn.append(label)
+    plot(ax1, epochs, _col(rows, 2), "train loss")
+    plot(ax1, epochs, _col(rows, 4), "test loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
-    ax2.plot(epochs, _col(rows, 3), label="train accuracy")
-    ax2.plot(epochs, _col(rows, 5), label="test accuracy")
+    plot(ax2, epochs, _col(rows, 3), "train accuracy")
+    plot(ax2, epochs, _col(rows, 5), "test accuracy")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.set_ylim(0, 100)
     ax2.legend()
+    if heads:
+        ax3 = axes[2]
+        for label in ("MS loss", "OP loss"):
+            if label in heads:
+                plot(ax3, epochs, heads[label], label)
+        ax3.set_xlabel("epoch")
+        ax3.set_ylabel("loss (train)")
+        lines = ax3.get_lines()
+        if "OP accuracy" in heads:
+            right = ax3.twinx()
+            plot(right, epochs, heads["OP accuracy"], "OP accuracy", color="C2", linestyle="--")
+            right.set_ylabel("OP accuracy (%)")
+            right.set_ylim(0, 100)
+            lines = lines + right.get_lines()
+        ax3.legend(lines, [ln.get_label() for ln in lines])
+        ax3.set_title("self-supervised heads", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
+    return drawn
 
 
 def denormalise(clip, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
@@ -129,6 +156,27 @@ def save_confusion_matrix(labels, preds, classes, path, title=""):
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return cm
+
+
+def save_per_class(per_class, counts, path, title=""):
+    """Accuracy per class, sorted from best to worst, each bar labelled with the class's number
+    of test videos (a class with 1 video can only score 0 or 100). Classes without test videos
+    are left out. per_class: {class: accuracy % or None}; counts: {class: videos}."""
+    shown = sorted(((a, c) for c, a in per_class.items() if a is not None), key=lambda x: (-x[0], x[1]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(shown) + 2), 4.5))
+    xs = np.arange(len(shown))
+    ax.bar(xs, [a for a, _ in shown], color="C0")
+    for x, (a, c) in zip(xs, shown):
+        ax.text(x, a + 1, str(counts[c]), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([c for _, c in shown], rotation=90, fontsize=6 if len(shown) > 20 else 8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{title}\n(number above a bar: test videos of the class)", fontsize=9)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=100)
+    plt.close(fig)
+    return [c for _, c in shown]
 
 
 def save_timeline(starts, ends, probs, classes, path, title="", max_actions=8):

@@ -360,6 +360,30 @@ def device_env(devices, slot, jobs):
     return env
 
 
+def cell_epochs(cell):
+    """The epochs a cell trains: its --numEpochs, else its script's paper default."""
+    if "--numEpochs" in cell.args:
+        return int(cell.args[cell.args.index("--numEpochs") + 1])
+    return PAPER_SCHEDULE[cell.role][0]
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(cells, running, elapsed, trained_epochs):
+    """`progress: cells done / total, the running cells, elapsed, time left`. The time left is
+    elapsed x (epochs still to train / epochs trained in this run): cells weigh by their epochs
+    (a 750-epoch flow cell counts 5 stage-2 cells of 150), a running cell counts in full."""
+    done = [c for c in cells if c.status in ("done", "finished earlier")]
+    to_train = sum(cell_epochs(c) for c in cells if c.status is None or c.key in running)
+    left = f"about {_clock(elapsed * to_train / trained_epochs)} left" if trained_epochs else \
+        "time left: known when a cell has finished"
+    return (f"progress: {len(done)}/{len(cells)} cells done, running {', '.join(running) or 'nothing'}, "
+            f"elapsed {_clock(elapsed)}, {left}")
+
+
 def execute(cells, extra, log_dir, verbose, on_progress, jobs=1, devices=None):
     """Run the cells, skipping finished ones, each after the cells it needs; statuses in
     cell.status / cell.message. jobs > 1: that many cells at a time (subprocesses watched by
@@ -379,12 +403,14 @@ def execute(cells, extra, log_dir, verbose, on_progress, jobs=1, devices=None):
     pending = [c for c in cells if c.status is None]
     pool = ThreadPoolExecutor(jobs) if jobs > 1 else None
     running, procs, free = {}, {}, list(range(jobs))
-    started = 0
+    started, t_start, trained = 0, time.time(), 0
 
     def finish(cell, result, t0):
+        nonlocal trained
         rc, message, log_path = result
         if rc == 0 and cell.finished():
             cell.status = "done"
+            trained += cell_epochs(cell)
             s = cell.summary() or {}
             print(f"    {cell.key if jobs > 1 else ''}{': ' if jobs > 1 else ''}done in {time.time() - t0:.0f} s: "
                   f"best {fmt_acc(_selected_accuracy(s))}% (epoch {s.get('selected_epoch', s.get('best_epoch'))}), "
@@ -414,6 +440,8 @@ def execute(cells, extra, log_dir, verbose, on_progress, jobs=1, devices=None):
                     print(f"[{started}/{len(todo)}] {cell.key}: {shlex.join([cell.script] + cell.args[4:])}{where}",
                           flush=True)
                     t0 = time.time()
+                    print(progress_line(cells, [c.key for c, _, _ in running.values()] + [cell.key],
+                                        t0 - t_start, trained), flush=True)
                     if pool is None:
                         try:
                             result = run_cell(cell, extra, log_dir, verbose, env)

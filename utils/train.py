@@ -301,6 +301,7 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
     """Train one stage. Returns the summary dict. best_model.pth holds the epoch picked by
     exp.args.select ("test", "val": needs val_loader, or "last")."""
     from utils.plots import save_curves
+    from utils.tensorboard import Board, epoch_scalars
 
     stage_dir = exp.stage_dir
     main = distributed.is_main()
@@ -322,6 +323,7 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
         raise ValueError("--select val needs a validation loader")
     rows, best_score, selected_epoch, start_epoch, elapsed = [], -math.inf, 0, 1, 0.0
     test = {}
+    board_rows = []  # each epoch's TensorBoard values (utils/tensorboard.py), kept in last.pth for --resume
     if resuming:
         state = load_last(os.path.join(stage_dir, "last.pth"))
         if state.get("experiment") != exp.name:
@@ -333,8 +335,10 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
         set_rng_state(state["rng"], generator)
         rows, best_score, selected_epoch = state["rows"], state["best_score"], state["selected_epoch"]
         start_epoch, elapsed = state["epoch"] + 1, state["seconds"]
+        board_rows = state.get("tensorboard", [])
         print(f"resuming stage {exp.stage} from {stage_dir}/last.pth after epoch {state['epoch']}")
 
+    board = Board(stage_dir, board_rows, enabled=main)
     num_epochs = exp.args.numEpochs
     bar = tqdm(range(start_epoch, num_epochs + 1), initial=start_epoch - 1, total=num_epochs,
                desc=f"{exp.name} stage {exp.stage}", dynamic_ncols=True, disable=not main)
@@ -344,6 +348,7 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
             t0 = time.time()
             lr = optimizer.param_groups[0]["lr"]
             train = train_one_epoch(exp, net, train_loader, optimizer, epoch, generator)
+            train_seconds = time.time() - t0
             scheduler.step()
             if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
                 raise non_finite("parameters became non-finite", exp, epoch)
@@ -355,6 +360,8 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
                          f"{test['loss']:.6f}", f"{test['acc']:.4f}", _fmt(train["ms_loss"]),
                          _fmt(train["op_loss"]), _fmt(train["op_acc"]), f"{seconds:.1f}",
                          _fmt(val["loss"]), _fmt(val["acc"], 4)])
+            board_rows.append(epoch_scalars(epoch, lr, train, test, val, seconds, train_seconds,
+                                            len(train_loader.dataset)))
             score = selection_score(select, epoch, test, val)  # the same in every process
             better = score > best_score  # strictly better: the first best epoch is kept, as the original
             if better:
@@ -365,10 +372,12 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
                 atomic_torch_save({"experiment": exp.name, "model": model.state_dict(),
                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                    "epoch": epoch, "best_score": best_score, "selected_epoch": selected_epoch,
-                                   "rows": rows, "seconds": elapsed, "rng": rng_state(generator)},
+                                   "rows": rows, "seconds": elapsed, "rng": rng_state(generator),
+                                   "tensorboard": board_rows},
                                   os.path.join(stage_dir, "last.pth"))
                 atomic_write_csv(os.path.join(stage_dir, "log.csv"), LOG_COLUMNS, rows)
                 save_curves(rows, os.path.join(stage_dir, "curves.png"), title=f"{exp.name} stage {exp.stage}")
+                board.epoch(board_rows[-1])
             bar.set_postfix(train_acc=f"{train['acc']:.1f}", test_acc=f"{test['acc']:.1f}", selected=selected_epoch)
             val_text = f"val acc {val['acc']:5.1f}  " if val["acc"] is not None else ""
             tqdm.write(f"epoch {epoch:3d}  lr {lr:.2g}  train loss {train['loss']:.4f} acc {train['acc']:5.1f}  "
@@ -392,6 +401,9 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
                "test_videos_per_process": test.get("videos_per_process"),
                "num_train_videos": len(train_loader.dataset), "precision": exp.precision,
                "dataset": exp.args.datasetDir}
+    board.close(exp.resolved_args(), {k: summary[k] for k in
+                                      ("selected_test_accuracy", "best_test_accuracy", "final_test_accuracy")})
+    summary["tensorboard_seconds"] = round(board.seconds, 3)
     if main:
         atomic_write_json(os.path.join(stage_dir, "summary.json"), summary)
     distributed.barrier()  # the stage's files are complete before any process goes on
