@@ -64,6 +64,9 @@ import signal
 import statistics
 import sys
 
+from utils.defaults import default_dataset_dir
+from utils.errors import UserError
+from utils.io import atomic_savefig, atomic_write_text
 from utils.replicate_plan import (  # noqa: F401  (the plan's names, re-exported for the tests and users)
     FIXED_TEST, FIXED_TRAIN, GRID_TABLE_FRAMES, MANAGED, OP_ONLY_LR, PAPER_FRAMES, PAPER_LRS, PAPER_SCHEDULE,
     ROOT, SCRIPT_KIND, TABLE1_LR, USERS, Cell, Interrupted, UsageError, build_plan, command, epochs_args,
@@ -320,7 +323,6 @@ def table_markdown(tab, cells):
 
 
 def atomic_write(path, text):
-    from utils.io import atomic_write_text
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     atomic_write_text(path, text)
 
@@ -363,7 +365,6 @@ def plot_tables(tabs, path, kind):
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=6, ncol=len(cols), loc="upper left")
     fig.tight_layout()
-    from utils.io import atomic_savefig
     try:
         atomic_savefig(fig, path, dpi=110)
     finally:
@@ -490,8 +491,6 @@ def parse_args(argv):
     elif opts.split is not None:
         raise UsageError(f"--split {opts.split} applies to --dataset egtea")
     if opts.datasetDir is None:
-        from utils.defaults import default_dataset_dir
-        from utils.errors import UserError
         try:  # --dry-run keeps stdout for the commands
             opts.datasetDir = default_dataset_dir(lambda m: print(m, file=sys.stderr if opts.dry_run else sys.stdout))
         except UserError as e:

@@ -33,6 +33,7 @@ from utils.device import cpu_has_native_bf16, pick_device, pick_precision  # noq
 from utils.errors import UserError, run_cli
 from utils.on_device import DeviceLoader, use_on_device
 from utils.plots import save_cam_figures
+from utils.tensorboard import add_images
 from utils.train import RESULT_FILES, autocast, fit, seed_everything  # noqa: F401  (autocast re-exported)
 
 SELECT = ("test", "val", "last")
@@ -464,7 +465,6 @@ def run(kind, argv=None, description=None, extra_args=None):
             model.load_state_dict(best["model"])
             paths = save_cam_figures(model, test_set, os.path.join(exp.stage_dir, "cam"), device, a.camVideos)
             print(f"CAM figures: {len(paths)} in {os.path.join(exp.stage_dir, 'cam')}")
-            from utils.tensorboard import add_images
             add_images(exp.stage_dir, "cam", paths, summary["selected_epoch"])
         distributed.barrier()
         print(f"stage {stage} done: selected epoch {summary['selected_epoch']} ({a.select}), test accuracy "

@@ -17,6 +17,9 @@ import subprocess
 import sys
 import time
 
+from utils.errors import UserError
+from utils.experiment import base_parser, check_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USERS = ("S1", "S2", "S3", "S4")
 FIXED_TRAIN, FIXED_TEST = ("S1", "S3", "S4"), ("S2",)
@@ -227,17 +230,6 @@ def splits(opts):
 
 def validate(cells, extra):
     """Parse every command with its script's own parser before running anything."""
-    try:
-        sys.path.insert(0, ROOT)
-        from utils.experiment import base_parser, check_args
-        from utils.errors import UserError
-    except Exception as e:  # noqa: BLE001  (the scripts will report it themselves)
-        print(f"note: cannot import utils.experiment to check the commands first ({type(e).__name__}: {e})",
-              file=sys.stderr)
-        return
-    finally:
-        if sys.path and sys.path[0] == ROOT:
-            sys.path.pop(0)
     seen = set()
     for cell in cells:
         kind = SCRIPT_KIND[cell.script]

@@ -17,11 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from datasets.transforms import HOST_KEYS, normalize_inputs
 from models.batch_share import batch_share
 from utils import distributed
 from utils.data import set_epoch
 from utils.errors import NonFiniteLossError, UserError
 from utils.io import atomic_torch_save, atomic_write_csv, atomic_write_json
+from utils.plots import save_curves
+from utils.tensorboard import Board, epoch_scalars
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                "ms_loss", "op_loss", "op_acc", "seconds", "val_loss", "val_acc"]
@@ -38,8 +41,6 @@ def autocast(device, precision):
 def to_device(batch, device):
     """The batch on the device; uint8 clips and decoded frames (GPU loaders) are transformed
     and normalised there (datasets.transforms.normalize_inputs)."""
-    from datasets.transforms import HOST_KEYS, normalize_inputs
-
     def move(k, v):
         if k in HOST_KEYS:
             return v
@@ -300,9 +301,6 @@ def selection_score(select, epoch, test, val):
 def fit(exp, model, train_loader, test_loader, val_loader=None):
     """Train one stage. Returns the summary dict. best_model.pth holds the epoch picked by
     exp.args.select ("test", "val": needs val_loader, or "last")."""
-    from utils.plots import save_curves
-    from utils.tensorboard import Board, epoch_scalars
-
     stage_dir = exp.stage_dir
     main = distributed.is_main()
 
