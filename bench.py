@@ -23,7 +23,6 @@ estimated as the scripts do; speed does not depend on them once subnormals are f
 Without --datasetDir the synthetic dataset (python -m datasets.synthetic, default options)
 is generated once into data/bench_synthetic.
 """
-import argparse
 import json
 import os
 import platform
@@ -40,6 +39,7 @@ import torch
 from utils.experiment import (Experiment, base_parser, build_stage_model, check_args, configure_backends,
                               default_workers, pick_device, pick_precision, prepare_model, resolve_cache_dir,
                               stage_datasets, stage_loaders)
+from utils.cli import Parser
 from utils.data import set_epoch
 from utils.train import autocast, to_device, train_step
 
@@ -50,22 +50,24 @@ MODELS = {"rgb": ("rgb", []), "convlstm": ("rgb", ["--noAttention"]), "flow": ("
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=sorted(MODELS), default="ms_op")
+    p = Parser(description=__doc__)
+    p.add_argument("--model", choices=sorted(MODELS), default="ms_op", help="the experiment whose stage is timed")
     p.add_argument("--stage", type=int, choices=(1, 2), default=2, help="flow has stage 1 only")
-    p.add_argument("--seqLen", type=int, default=16)
-    p.add_argument("--batchSize", type=int, default=8)
-    p.add_argument("--frameSize", type=int, default=224)
-    p.add_argument("--memSize", type=int, default=512)
+    p.add_argument("--seqLen", type=int, default=16, help="frames per clip")
+    p.add_argument("--batchSize", type=int, default=8, help="clips per training batch")
+    p.add_argument("--frameSize", type=int, default=224, help="side of the square crop")
+    p.add_argument("--memSize", type=int, default=512, help="ConvLSTM memory channels")
     p.add_argument("--steps", type=int, default=10, help="timed steps (batches) per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure compute, train and infer this many times, interleaved, and keep the best "
                         "of each (shared machines: other processes only ever slow a measurement down)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="both")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda when a GPU is visible, else cpu")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="both",
+                   help="auto: the scripts' choice for this hardware; both: fp32, then bf16")
     p.add_argument("--numWorkers", type=int, default=default_workers(),
-                   help="DataLoader workers (the scripts' default)")
+                   help="DataLoader workers (default: the scripts', one per core up to 8)")
     p.add_argument("--cpuTransforms", action="store_true",
                    help="GPU runs: transform the RGB frames with PIL in the workers, as the scripts' --cpuTransforms")
     p.add_argument("--dataOnDevice", choices=("auto", "on", "off"), default="auto",
@@ -73,7 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", action="store_true",
                    help="also time a plain ResNet-34 training step on as many images (the hardware limit)")
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
-    p.add_argument("--datasetDir", default=None, help=f"default: synthetic data in {SYNTHETIC_DIR}")
+    p.add_argument("--datasetDir", default=None, help=f"dataset to read the batches from (default: synthetic data in {SYNTHETIC_DIR})")
     p.add_argument("--opInput", choices=("flat", "pooled"), default="flat", help="ms_op: the OP head's input")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)

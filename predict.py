@@ -56,11 +56,11 @@ def parse_args(argv):
     p = Parser(description=__doc__)
     p.add_argument("--video", required=True, help="a video file, or a folder of frames")
     p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int, default=5, help="actions listed, most probable first")
     p.add_argument("--outDir", default=None, help="default: experiments/predict/<video name>")
     p.add_argument("--window", type=float, default=None, help="also classify windows of this many seconds")
     p.add_argument("--stride", type=float, default=None, help="seconds between window starts (default: --window)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (default) gives evaluate.py's logits; bf16 is faster on GPUs and bf16 CPUs")
     p.add_argument("--batchSize", type=int, default=8, help="clips per forward pass (windows)")

@@ -64,6 +64,7 @@ import signal
 import statistics
 import sys
 
+from utils.cli import HelpFormatter
 from utils.defaults import default_dataset_dir
 from utils.errors import UserError
 from utils.io import atomic_savefig, atomic_write_text
@@ -445,11 +446,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--table", required=True, choices=["1", "2", "3", "all"])
+    p = _Parser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--table", required=True, choices=["1", "2", "3", "all"], help="the paper's table to replicate, or all three")
     p.add_argument("--datasetDir", default=None, help="GTEA-61 root (course layout for the MS cells); default: "
                    "$GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61")
-    p.add_argument("--outDir", default="experiments/replicate")
+    p.add_argument("--outDir", default="experiments/replicate", help="one folder per cell inside, the tables beside them")
     p.add_argument("--epochs1", type=int, default=None, help="stage-1 epochs (default: the paper's 300)")
     p.add_argument("--epochs2", type=int, default=None, help="stage-2 epochs (default: the paper's 150)")
     p.add_argument("--epochsFlow", type=int, default=None, help="flow epochs (default: 750)")

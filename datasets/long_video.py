@@ -10,12 +10,12 @@ generator's first --classes classes in its order: take_cup, put_cup, open_box, .
 --actionSeconds, rendered at --fps; user index 1 is S2, the generator's test user. Synthetic
 data: not a GTEA-61 recording.
 """
-import argparse
 import os
 import sys
 
 from datasets.synthetic import class_names, render_video
 from datasets.video import VideoWriter
+from utils.cli import Parser
 from utils.io import atomic_write_csv
 
 
@@ -41,15 +41,15 @@ def write_long_video(path, seconds=60, fps=30, size=(320, 240), action_seconds=5
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m datasets.long_video", description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="python -m datasets.long_video", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="video file to write (.mp4)")
-    ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--fps", type=float, default=30)
+    ap.add_argument("--seconds", type=float, default=60, help="length of the video")
+    ap.add_argument("--fps", type=float, default=30, help="frames per second")
     ap.add_argument("--size", default="320x240", help="WxH, even numbers (H.264)")
     ap.add_argument("--actionSeconds", type=float, default=5, help="length of each action")
     ap.add_argument("--classes", type=int, default=8, help="cycle through the generator's first N classes")
     ap.add_argument("--user", type=int, default=1, help="user index of the look (1: S2, the test user)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seeds the scene and the motions")
     args = ap.parse_args(argv)
     try:
         w, h = (int(v) for v in args.size.lower().split("x"))

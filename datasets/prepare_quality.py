@@ -29,7 +29,6 @@ datasets.prepare decodes them (source size):
 `tvl1-default` is OpenCV's DualTVL1 with its default parameters, `tvl1` the tuned setting
 datasets.prepare uses (datasets.warpflow.TVL1_TUNED).
 """
-import argparse
 import json
 import os
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 from datasets import warpflow
 from datasets.transforms import MMAP_THRESHOLD, ClipTransform
 from datasets.video import read_frames
+from utils.cli import Parser
 
 METHODS = {"farneback": lambda: warpflow.OpenCVFlow("farneback"),
            "tvl1": lambda: warpflow.OpenCVFlow("tvl1", warpflow.TVL1_TUNED),
@@ -143,13 +143,15 @@ def table(results, camera, sizes):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m datasets.prepare_quality", description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="python -m datasets.prepare_quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="python -m datasets.synthetic --layout videos output")
     ap.add_argument("--videos", type=int, default=8, help="videos measured, drawn at random (0: all)")
     ap.add_argument("--seed", type=int, default=1, help="which videos are drawn (the parameters of "
                     "datasets.warpflow were chosen on seed 0's)")
-    ap.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=["farneback", "tvl1", "tvl1-default"])
-    ap.add_argument("--mapSizes", type=int, nargs="+", default=[7, 14, 28])
+    ap.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=["farneback", "tvl1", "tvl1-default"],
+                    help="flow methods measured, each without and with the warp")
+    ap.add_argument("--mapSizes", type=int, nargs="+", default=[7, 14, 28],
+                    help="motion-map sizes at which the IoU is measured (the loaders' resize)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data, "truth")):

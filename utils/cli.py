@@ -12,7 +12,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+        if (not action.option_strings or action.nargs == 0 or default is None or default == argparse.SUPPRESS
                 or "default" in text.lower()):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)

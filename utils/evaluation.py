@@ -68,9 +68,10 @@ def parse_args(argv):
     p.add_argument("--allowTrainUsers", action="store_true",
                    help="score users the checkpoint was trained on (its training data: not a test accuracy)")
     p.add_argument("--outDir", default=None, help="default: <checkpoint folder>/eval_<testUsers>")
-    p.add_argument("--batchSize", type=int, default=8)
-    p.add_argument("--numWorkers", type=int, default=default_workers())
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batchSize", type=int, default=8, help="test clips per forward pass")
+    p.add_argument("--numWorkers", type=int, default=default_workers(),
+                   help="DataLoader worker processes (default: one per core, up to 8; this machine: %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (default) reproduces the original's logits; bf16 is faster")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
