@@ -34,24 +34,27 @@ Videos, users and labels:
   * videos with fewer than 5 frames (flow: fewer than max(5, stackSize)) are skipped; they
     are counted in `num_skipped` and listed once in a warning printed to stderr.
 
-Frame choice (identical to Ego-RNN when frames are numbered 1..N without gaps):
-  * frames are the SORTED LIST of existing frame files, N = its length. RGB positions are
-    floor(linspace(1, N, seqLen, endpoint=False)), 1-based positions in that list. So a gap
-    in the numbering (say frame 7 missing) is simply skipped over: position k is the k-th
-    existing frame. (The original would crash opening the missing file.)
+Frame choice: by file NUMBER, as Ego-RNN's loaders open files (`image_%05d % floor(i)`):
+  * N = the number of frame files of the video. RGB frame t is the file whose number is
+    floor(i_t), i = linspace(1, N, seqLen, endpoint=False). A release numbered from 1 (the course
+    release, datasets.prepare) and one numbered from 0 (Ego-RNN's prepareGTEA61Dataset.py:
+    image_00000 ...) both give the original's frames; image_00000 is never shown.
+  * flow: the numbers present in both flow_x and flow_y, N_f = their count; a stack is the
+    files numbered p .. p + stackSize - 1 from a start number p:
+      test:     numSeg == 1: p = ceil((N_f - stackSize) / 2) (the original's centre stack);
+                numSeg > 1: p = int(linspace(1, N_f - stackSize + 1, numSeg, endpoint=False))
+                (the original makeDatasetFlow's evaluation stacks); N_f <= stackSize: p = 1;
+      training: a start drawn uniformly over every stack of consecutive files (the original's
+                randint(1, N_f - stackSize) never drew the last start); numSeg > 1 draws numSeg
+                independent starts, sorted.
+  * where a number the rule asks for does not exist (a gap in the numbering, or a numbering
+    that starts at neither 0 nor 1; the original would crash), that video falls back to the
+    position rule: the k-th frame is the k-th existing file in number order. Such videos are
+    counted in one warning. The choice is made once per video when the folder is scanned.
   * RGB always uses the RGB frame count, in every modality. (The original two-stream loader
     used the flow count for the RGB frames too; flow has one frame fewer, so its RGB frames
     differed slightly from the RGB-only model's. Here the RGB stream of the two-stream model
     sees exactly what the RGB model sees.)
-  * flow frames: the frame numbers present in both flow_x and flow_y, sorted; N_f = their
-    count. A stack is stackSize consecutive positions from a start p (1-based):
-      training: p uniform in 1 .. N_f - stackSize + 1 (the original's randint(1, N_f -
-                stackSize) never drew the last start; here all starts are possible);
-                numSeg > 1 draws numSeg independent starts, sorted;
-      test:     numSeg == 1: p = ceil((N_f - stackSize) / 2) (the original's centre stack);
-                numSeg > 1: p = int(linspace(1, N_f - stackSize + 1, numSeg, endpoint=False))
-                (the original makeDatasetFlow's evaluation stacks);
-      N_f <= stackSize: p = 1.
   * motion maps: map number = RGB frame number; a missing map number takes the nearest
     existing one (ties: the later one, as the course code searched forward first).
 """
@@ -224,25 +227,55 @@ def validation_split(keys, labels, fraction):
     return held
 
 
-def _positions(n, count):
-    """0-based list positions floor(linspace(1, n, count, endpoint=False)) - 1."""
-    return [int(np.floor(i)) - 1 for i in np.linspace(1, n, count, endpoint=False)]
+def clip_numbers(n, seq_len):
+    """The seqLen frame numbers floor(linspace(1, n, seqLen, endpoint=False)) the original opens
+    for a video of n frame files (every clip: RGB frames are never drawn at random)."""
+    return [int(np.floor(i)) for i in np.linspace(1, n, seq_len, endpoint=False)]
 
 
 def clip_positions(n, seq_len):
-    """0-based positions of the seqLen RGB frames of a clip of n frames (the test clip, and
-    every clip: RGB frames are never drawn at random). predict.py picks its frames with it."""
-    return _positions(n, seq_len)
+    """0-based positions of the clip's frames in a list of n frames numbered from 1 (the position
+    rule). predict.py picks its frames in a decoded video with it."""
+    return [k - 1 for k in clip_numbers(n, seq_len)]
 
 
 def eval_flow_starts(n, stack_size, num_seg):
-    """0-based start positions of the test-time flow stacks for n flow frames (module docstring)."""
+    """0-based start positions of the test-time flow stacks for n flow frames numbered from 1
+    (module docstring): the start numbers minus one."""
     k = stack_size
     if n <= k:
         return [0] * num_seg
     if num_seg == 1:
         return [int(math.ceil((n - k) / 2)) - 1]
     return [int(p) - 1 for p in np.linspace(1, n - k + 1, num_seg, endpoint=False)]
+
+
+def by_number(numbers, wanted):
+    """Indices in the sorted frame numbers `numbers` of the `wanted` numbers, or None when one of
+    them is missing."""
+    index = {num: i for i, num in enumerate(numbers)}
+    try:
+        return [index[w] for w in wanted]
+    except KeyError:
+        return None
+
+
+def rgb_choice(numbers, seq_len):
+    """(indices into the sorted frame numbers of the clip's frames, True when chosen by number,
+    False when by position because a number the rule asks for does not exist)."""
+    chosen = by_number(numbers, clip_numbers(len(numbers), seq_len))
+    return (chosen, True) if chosen is not None else (clip_positions(len(numbers), seq_len), False)
+
+
+def flow_choice(numbers, stack_size, num_seg):
+    """(indices of the test-time stack starts in the sorted flow numbers, by number?), as rgb_choice:
+    every number start .. start + stackSize - 1 of every stack must exist to go by number."""
+    starts = eval_flow_starts(len(numbers), stack_size, num_seg)
+    wanted = [p + 1 + j for p in starts for j in range(min(stack_size, len(numbers)))]
+    chosen = by_number(numbers, wanted)
+    if chosen is None:
+        return starts, False
+    return chosen[::min(stack_size, len(numbers))], True
 
 
 class GTEA61(Dataset):
@@ -282,6 +315,7 @@ class GTEA61(Dataset):
         self._needs_rgb = modality in ("rgb", "twostream", "rgb_mmaps")
         self._needs_flow = modality in ("flow", "twostream")
         self._needs_mmaps = modality == "rgb_mmaps"
+        self._by_position = []  # videos missing a frame number the rule asks for (_read_video)
         self._scan()
         if holdout is not None:
             self._keep_part(*holdout)
@@ -328,7 +362,7 @@ class GTEA61(Dataset):
                                f"user folder (users found there: {have})")
 
         self.video_ids, self.video_keys, self.labels, self.num_frames = [], [], [], []
-        self._videos = []  # per video: dict of frame lists
+        self._videos = []  # per video: dict of frame lists and the frames chosen
         skipped = []
         for u in self.users:
             for c in _subdirs(os.path.join(primary_dir, u)):
@@ -350,6 +384,13 @@ class GTEA61(Dataset):
         min_flow = max(MIN_FRAMES, self.stackSize)
         self.num_skipped = len(skipped)
         self.skipped = skipped
+        gone = {vid for vid, _ in skipped}
+        by_pos = self.by_position = [vid for vid in self._by_position if vid not in gone]
+        if by_pos:
+            listing = ", ".join(by_pos[:5]) + (f", ... {len(by_pos) - 5} more" if len(by_pos) > 5 else "")
+            print(f"warning: {len(by_pos)} video(s) lack a frame number the original's rule asks for (a gap, or "
+                  f"numbering from neither 0 nor 1): their frames are chosen by position in the sorted file list "
+                  f"instead (the original would fail to open them): {listing}", file=sys.stderr, flush=True)
         if skipped:
             need = f"{MIN_FRAMES}" if min_flow == MIN_FRAMES or not self._needs_flow \
                 else f"{MIN_FRAMES} (flow: {min_flow})"
@@ -379,12 +420,18 @@ class GTEA61(Dataset):
                 skipped.append((vid, len(files)))
                 return None
             v["rgb_dir"], v["rgb"] = d, files
+            v["rgb_pick"], ok = rgb_choice([num for num, _ in files], self.seqLen)
+            if not ok:
+                self._by_position.append(vid)
         if self._needs_flow:
             flow = self._flow_files(tops, rel, vid)
             if len(flow) < min_flow:
                 skipped.append((vid, len(flow)))
                 return None
             v["flow"] = flow
+            v["flow_eval"], ok = flow_choice([num for num, _, _ in flow], self.stackSize, self.numSeg)
+            if not ok and (not self._by_position or self._by_position[-1] != vid):
+                self._by_position.append(vid)
         if self._needs_mmaps:
             d = (os.path.join(root, primary, rel, L["mmaps_sub"]) if L["mmaps_sub"]
                  else os.path.join(root, L["mmaps_top"], rel))
@@ -427,16 +474,18 @@ class GTEA61(Dataset):
         return [(n, os.path.join(dx, fx[n]), os.path.join(dy, fy[n])) for n in nums]
 
     # ---- sampling -----------------------------------------------------------------------
-    def rgb_positions(self, n):
-        """0-based positions (in the sorted frame list) of the seqLen RGB frames."""
-        return clip_positions(n, self.seqLen)
+    def rgb_chosen(self, index):
+        """[(frame number, file name)] of the clip's seqLen RGB frames of video `index`."""
+        v = self._videos[index]
+        return [v["rgb"][p] for p in v["rgb_pick"]]
 
-    def flow_starts(self, n):
-        """0-based start positions of the flow stacks for a video with n flow frames."""
+    def flow_starts(self, n, v=None):
+        """0-based start positions (in the flow list) of the stacks of a video with n flow frames:
+        drawn in training, else the test starts chosen at scan time for video dict `v`."""
         k = self.stackSize
         if self.train and n > k:
             return sorted(random.randint(0, n - k) for _ in range(self.numSeg))
-        return eval_flow_starts(n, k, self.numSeg)
+        return v["flow_eval"] if v is not None else eval_flow_starts(n, k, self.numSeg)
 
     def __len__(self):
         return len(self._videos)
@@ -456,8 +505,7 @@ class GTEA61(Dataset):
         params = self.transform.draw()
         out = {}
         if self._needs_rgb:
-            files = v["rgb"]
-            chosen = [files[p] for p in self.rgb_positions(len(files))]
+            chosen = self.rgb_chosen(index)
             cache = {}
             imgs = []
             for _, name in chosen:
@@ -482,7 +530,7 @@ class GTEA61(Dataset):
             flow = v["flow"]
             stacks = []
             cache = {}
-            for start in self.flow_starts(len(flow)):
+            for start in self.flow_starts(len(flow), v):
                 xs, ys = [], []
                 for p in range(start, min(start + self.stackSize, len(flow))):
                     _, px, py = flow[p]

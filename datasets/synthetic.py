@@ -2,7 +2,7 @@
 
     python -m datasets.synthetic --out DIR [--layout course|egornn|videos|egtea|gtea61raw] [--classes N]
         [--instances K] [--users S1 S2 S3 S4] [--seed S] [--size WxH] [--if-missing]
-        [--no-short] [--no-quirks] [--fps F]
+        [--no-short] [--no-quirks] [--fps F] [--firstFrame 0|1]
 
 What is in a video (all sizes scale with the frame height; defaults 160x120, 3 instances per
 class and user, 4 users, 8 classes, lengths 10..28 frames):
@@ -56,6 +56,9 @@ every rule of the original's cutting (GTEA61RAW_RECORDINGS); grey frames between
 Quirks in the course layout (default on, --no-quirks to disable): one `rgb0003(1).png`
 duplicate, `.DS_Store` files and one missing motion-map index. Too-short videos (default on,
 --no-short to disable): two videos of 4 and 3 frames in the first and third user.
+Numbering: RGB frames and motion maps from --firstFrame (1, the default, as the course release
+and datasets.prepare; 0 as Ego-RNN's prepareGTEA61Dataset.py writes image_00000.jpg ...); flow
+always from 1, as both releases number it.
 
 Output is a pure function of the arguments (same bytes for the same seed). Generation goes to
 a temporary sibling folder that is renamed to DIR at the end, after writing DIR/.complete, so
@@ -523,8 +526,11 @@ def write_videos(out, rows, size, seed, fps, verbose=True):
 
 
 def generate(out, layout="course", classes=8, instances=3, users=DEFAULT_USERS, seed=0,
-             size=(160, 120), short=True, quirks=True, verbose=True, fps=VIDEO_FPS):
-    """Write a complete dataset to the new folder `out` (must not exist or be empty)."""
+             size=(160, 120), short=True, quirks=True, verbose=True, fps=VIDEO_FPS, first_frame=1):
+    """Write a complete dataset to the new folder `out` (must not exist or be empty).
+    first_frame: the number of each video's first RGB frame and motion map (1: the course release
+    and datasets.prepare; 0: Ego-RNN's prepareGTEA61Dataset.py, image_00000 ...). Flow is numbered
+    from 1 in both (Ego-RNN's flow release starts at flow_x_00001)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     names = class_names(classes)
@@ -555,10 +561,10 @@ def generate(out, layout="course", classes=8, instances=3, users=DEFAULT_USERS, 
             os.makedirs(d)
         for k in range(n):
             if layout == "course":
-                _save(vid["rgb"][k], os.path.join(d_rgb, f"rgb{k + 1:04d}.png"), layout)
-                _save(vid["mmaps"][k], os.path.join(d_map, f"map{k + 1:04d}.png"), layout)
+                _save(vid["rgb"][k], os.path.join(d_rgb, f"rgb{k + first_frame:04d}.png"), layout)
+                _save(vid["mmaps"][k], os.path.join(d_map, f"map{k + first_frame:04d}.png"), layout)
             else:
-                _save(vid["rgb"][k], os.path.join(d_rgb, f"image_{k + 1:05d}.jpg"), layout)
+                _save(vid["rgb"][k], os.path.join(d_rgb, f"image_{k + first_frame:05d}.jpg"), layout)
         for k in range(n - 1):
             _save(vid["flow_x"][k], os.path.join(d_fx, f"flow_x_{k + 1:05d}.{ext}"), layout)
             _save(vid["flow_y"][k], os.path.join(d_fy, f"flow_y_{k + 1:05d}.{ext}"), layout)
@@ -566,14 +572,14 @@ def generate(out, layout="course", classes=8, instances=3, users=DEFAULT_USERS, 
             print(f"  {n_done + 1}/{len(rows)} videos", file=sys.stderr, flush=True)
     if quirks and layout == "course":
         first = os.path.join(out, rgb_top, users[0], names[0], "1")
-        shutil.copyfile(os.path.join(first, "rgb", "rgb0003.png"),
-                        os.path.join(first, "rgb", "rgb0003(1).png"))
+        shutil.copyfile(os.path.join(first, "rgb", f"rgb{first_frame + 2:04d}.png"),
+                        os.path.join(first, "rgb", f"rgb{first_frame + 2:04d}(1).png"))
         for d in (os.path.join(out, rgb_top, users[0]), os.path.join(first, "rgb")):
             with open(os.path.join(d, ".DS_Store"), "wb") as f:
                 f.write(b"\x00\x00\x00\x01Bud1")
         second = os.path.join(out, rgb_top, users[0], names[1], "1", "mmaps")
         n = len(os.listdir(second))
-        os.remove(os.path.join(second, f"map{n // 2:04d}.png"))
+        os.remove(os.path.join(second, f"map{n // 2 + first_frame - 1:04d}.png"))
     if verbose:
         print(f"  {len(rows)} videos in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
 
@@ -582,6 +588,8 @@ def _params(args):
     params = {"version": FORMAT_VERSION, "layout": args.layout, "classes": args.classes,
               "instances": args.instances, "users": list(args.users), "seed": args.seed,
               "size": list(args.size), "short": args.short, "quirks": args.quirks}
+    if args.firstFrame != 1:  # recorded only when not the default: older datasets stay complete
+        params["firstFrame"] = args.firstFrame
     if args.layout == "videos":
         params["fps"] = args.fps
     if args.layout == "egtea":  # its own actions, sessions and frame rate
@@ -650,6 +658,9 @@ def main(argv=None):
                     help="do not add the two videos shorter than 5 frames")
     ap.add_argument("--no-quirks", dest="quirks", action="store_false",
                     help="do not add the duplicate / .DS_Store / missing-map quirks")
+    ap.add_argument("--firstFrame", type=int, choices=(0, 1), default=1,
+                    help="number of each video's first RGB frame (and motion map): 1 as the course release and "
+                         "datasets.prepare, 0 as Ego-RNN's prepareGTEA61Dataset.py (image_00000.jpg); flow from 1")
     args = ap.parse_args(argv)
     out = os.path.abspath(args.out)
     params = _params(args)
@@ -693,7 +704,7 @@ def main(argv=None):
     try:
         print(f"writing synthetic dataset ({args.layout} layout) to {out}", file=sys.stderr, flush=True)
         generate(tmp, args.layout, args.classes, args.instances, args.users, args.seed,
-                 args.size, args.short, args.quirks, fps=args.fps)
+                 args.size, args.short, args.quirks, fps=args.fps, first_frame=args.firstFrame)
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump(params, f, indent=1, sort_keys=True)
             f.write("\n")

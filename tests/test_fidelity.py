@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import utils.experiment as E
+from datasets.gtea61 import clip_numbers
 from utils import device
 from models import EgoRNN, MotionSegmentationHead, OrderPredictionHead, SAMSOPNet
 
@@ -69,8 +70,8 @@ def test_op_head_parameter_count_with_the_papers_fc6():
 
 
 def test_op_draw_shows_four_different_frames_of_a_short_video():
-    # a 5-frame video at seqLen 16: floor(linspace(1, 5, 16, endpoint=False)) repeats each of 1..4
-    numbers = torch.tensor([int(math.floor(v)) for v in np.linspace(1, 5, 16, endpoint=False)])
+    # a 5-frame video at seqLen 16: the loader's numbers floor(1 + k / 4), k = 0..15, repeat each of 1..4
+    numbers = torch.tensor(clip_numbers(5, 16))
     assert numbers.tolist() == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
     g = torch.Generator().manual_seed(0)
     frame_idx, order, target = OrderPredictionHead.sample(200, 16, g, numbers.expand(200, 16))

@@ -86,10 +86,10 @@ class DeviceLoader:
         else:
             self.batch_sampler = BatchSampler(self.sampler, batch_size, drop_last=False)
         frames, self.sizes = [], []
-        for v in tqdm(dataset._videos, desc=f"training frames to {device}", leave=False, dynamic_ncols=True):
-            files = v["rgb"]
-            arrays = [np.asarray(dataset._image(os.path.join(v["rgb_dir"], files[p][1]), "RGB"))
-                      for p in dataset.rgb_positions(len(files))]
+        for i, v in enumerate(tqdm(dataset._videos, desc=f"training frames to {device}", leave=False,
+                                   dynamic_ncols=True)):
+            arrays = [np.asarray(dataset._image(os.path.join(v["rgb_dir"], name), "RGB"))
+                      for _, name in dataset.rgb_chosen(i)]
             if any(a.shape != arrays[0].shape for a in arrays):
                 raise DatasetError(f"{v['rgb_dir']}: frames of different sizes; resize them to one size")
             frames.append(torch.from_numpy(np.stack(arrays)).to(device))
@@ -113,7 +113,7 @@ class DeviceLoader:
                     params = ds.transform.draw()
                 h, w = self.sizes[i]
                 specs.append(ds.transform.spec(w, h, params))
-                chosen = [v["rgb"][p][0] for p in ds.rgb_positions(len(v["rgb"]))]
+                chosen = [num for num, _ in ds.rgb_chosen(i)]
                 numbers.append(chosen)
                 if ds._needs_mmaps:
                     maps.append(ds._mmaps(v, chosen, params, self._map))

@@ -64,6 +64,17 @@ LOSS_TOL = 1e-5    # absolute, per step
 PARAM_TOL = 1e-5   # absolute, every parameter and buffer after one step (one Adam step moves a weight ~lr)
 SPREAD = 2         # later steps: this many times the spread one rounding of the input causes
 NOISE = 1e-7       # that rounding: the batch times (1 + NOISE N(0, 1)), about one float32 ulp
+MAX_SHARE = 0.05   # ... and that tolerance at most this share of how far the steps moved the parameters
+CAM_MARGIN = 2.0   # training seed: the CAM class's ImageNet logit this many logit ranges above the rest
+
+# --selfTest: differences planted on this project's side, and the checks that can see each (the
+# training batch comes from the original's transforms, so frame choice and crop reach the forward
+# checks only; the optimiser only the training checks; flow trains with SGD, which has no eps).
+PLANTS = {
+    "frames": ("RGB frames shifted by one (each clip frame the next file)", ("forward",)),
+    "crop": ("centre crop moved by one pixel to the right", ("forward",)),
+    "eps": ("Adam eps 1e-8 instead of 1e-4", ("training rgb",)),
+}
 
 PATCHES = [
     "`.cuda()` of tensors and modules returns them unchanged (CPU run)",
@@ -90,8 +101,10 @@ EXCLUDED = [
     "feed both sides one fixed batch made by the original test transforms",
     "two-stream RGB frames counted over the flow frames in the original loader (one fewer): the original two-stream "
     "model gets the original RGB test pipeline's clip (frames over the RGB count) with its loader's centre flow stack",
-    "files this project ignores (`*(1).*` duplicates, OS files): the original reads the test videos through a "
-    "folder in its own layout linking, in order, the frames this project lists",
+    "files this project ignores (`*(1).*` duplicates, OS files): the original reads the videos through a folder "
+    "in its own layout linking the frames this project lists under their own numbers (image_%05d.jpg), so it "
+    "opens by number what it would open in the release; videos whose numbering lacks a number it opens are left "
+    "out (it would crash on them)",
     "the MS and OP heads (SAMSOP-Net's additions) have no original counterpart: stage 2 is Ego-RNN's stage 2",
 ]
 
@@ -111,10 +124,17 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibrationClips", type=int, default=16,
                    help="without ImageNet weights: training clips that estimate the BatchNorm statistics")
+    p.add_argument("--videos", type=int, default=None, help="at most this many test videos (spread over the "
+                   "classes) and training videos: a quicker, weaker check (default: all)")
+    p.add_argument("--frameSize", type=int, default=224, help="crop side of both test pipelines (the original "
+                   "models pool a 7x7 map, so they need 224; smaller sizes serve stand-in trees)")
+    p.add_argument("--selfTest", action="store_true", help="then rerun the checks with three differences planted "
+                   "on this project's side (RGB frames shifted by one, centre crop moved by one pixel, Adam eps "
+                   "1e-8): exit 0 only when each is reported as a difference and the honest run agrees")
     p.add_argument("--workDir", default=None, help="keep the checkpoints and logs here (default: a temporary "
                    "folder, deleted at the end)")
     args = p.parse_args(argv)
-    for name in ("seqLen", "memSize", "steps", "batchSize"):
+    for name in ("seqLen", "memSize", "steps", "batchSize", "frameSize") + (("videos",) if args.videos else ()):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive (got {getattr(args, name)})")
     if args.steps > 20:
@@ -154,6 +174,7 @@ class Original:
         check_source(src)
         self.src = os.path.abspath(src)
         self.imagenet = None  # "cache" | "none", set when a pretrained model is built
+        self.frame_size = 224  # the test transforms' crop (--frameSize)
 
     @contextlib.contextmanager
     def runtime(self):
@@ -222,7 +243,9 @@ class Original:
         """eval-run-*.py's spatial transform."""
         st = self.module("spatial_transforms")
         normalize = st.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-        return st.Compose([st.Scale(256), st.CenterCrop(224), st.ToTensor(), normalize])
+        from datasets.transforms import resize_size
+        return st.Compose([st.Scale(resize_size(self.frame_size)), st.CenterCrop(self.frame_size), st.ToTensor(),
+                           normalize])
 
     def rgb_dataset(self, root, seq_len):
         return self.module("makeDatasetRGB").makeDataset(root, spatial_transform=self.test_transform(),
@@ -257,25 +280,64 @@ def dropout_off(model):
 
 # ----------------------------------------------------------------------------- data
 
-def original_layout(dataset_dir, users, out, seq_len):
-    """A folder in the original's layout (frames/, flow_x/, flow_y/ of `users`) linking, in order,
-    the frames this project lists for each video, numbered from 1. Returns (root, num_classes, classes)."""
+def original_layout(dataset_dir, users, out, seq_len, limit=None):
+    """A folder in the original's layout (frames/, flow_x/, flow_y/ of `users`) linking the files this
+    project lists for each video under the original's names and THEIR OWN numbers (image_%05d.jpg,
+    flow_x_%05d.jpg), so the original opens by number what it would open in the release. Videos whose
+    numbering lacks a number the original asks for (it would crash; this project falls back to
+    positions) are left out, and at most `limit` videos, spread over the classes, are linked.
+    Returns dict(root, num_classes, classes, keys (linked videos), dataset (the scan), kept (indices),
+    left_out (videos left out for their numbering))."""
     from datasets import GTEA61
     ds = GTEA61(dataset_dir, users, "twostream", train=False, seqLen=seq_len, stackSize=STACK)
-    for v, vid in zip(ds._videos, ds.video_ids):  # the scanned file lists of each video
-        key = video_key(vid)
-        links = [(os.path.join(out, "frames", key, f"image_{k:05d}.jpg"), os.path.join(v["rgb_dir"], name))
-                 for k, (_, name) in enumerate(v["rgb"], 1)]
-        for k, (_, px, py) in enumerate(v["flow"], 1):
-            links.append((os.path.join(out, "flow_x", key, f"flow_x_{k:05d}.jpg"), px))
-            links.append((os.path.join(out, "flow_y", key, f"flow_y_{k:05d}.jpg"), py))
+    by_position = set(ds.by_position)
+    kept = [i for i, vid in enumerate(ds.video_ids) if vid not in by_position]
+    if limit is not None and len(kept) > limit:
+        kept = [kept[j] for j in spread(len(kept), limit)]
+    for i in kept:
+        v, key = ds._videos[i], video_key(ds.video_ids[i])
+        links = [(os.path.join(out, "frames", key, f"image_{num:05d}.jpg"), os.path.join(v["rgb_dir"], name))
+                 for num, name in v["rgb"]]
+        for num, px, py in v["flow"]:
+            links.append((os.path.join(out, "flow_x", key, f"flow_x_{num:05d}.jpg"), px))
+            links.append((os.path.join(out, "flow_y", key, f"flow_y_{num:05d}.jpg"), py))
         for link, target in links:  # the original opens them by name; PIL reads PNG under .jpg
-            os.makedirs(os.path.dirname(link), exist_ok=True)
-            try:
-                os.symlink(os.path.abspath(target), link)
-            except OSError:
-                shutil.copyfile(target, link)
-    return out, ds.num_classes, ds.classes, len(ds)
+            _link(target, link)
+    return dict(root=out, num_classes=ds.num_classes, classes=ds.classes, dataset=ds, kept=kept,
+                keys=[video_key(ds.video_ids[i]) for i in kept], left_out=sorted(by_position))
+
+
+def _link(target, link):
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    try:
+        os.symlink(os.path.abspath(target), link)
+    except OSError:
+        if os.path.isdir(target):
+            shutil.copytree(target, link)
+        else:
+            shutil.copyfile(target, link)
+
+
+def project_subset(dataset_dir, layout, out):
+    """The videos of `layout` (original_layout's result) in the dataset's own layout, as links to their
+    folders, with every class folder present (empty where no video is linked) so the class ids stay
+    those of the whole dataset: what evaluate.py scores on this project's side."""
+    from datasets.gtea61 import _LAYOUTS, _top
+    ds = layout["dataset"]
+    L = _LAYOUTS[ds.layout]
+    tops = [t for t in (_top(dataset_dir, L[k]) for k in ("rgb", "flow_x", "flow_y")) if t]
+    for top in tops:
+        for u in ds.users:
+            for c in ds.classes:
+                os.makedirs(os.path.join(out, top, u, c), exist_ok=True)
+        for key in layout["keys"]:
+            if os.path.isdir(os.path.join(dataset_dir, top, key)):
+                _link(os.path.join(dataset_dir, top, key), os.path.join(out, top, key))
+    if L.get("mmaps_top") and os.path.isdir(os.path.join(dataset_dir, L["mmaps_top"])):
+        for key in layout["keys"]:
+            if os.path.isdir(os.path.join(dataset_dir, L["mmaps_top"], key)):
+                _link(os.path.join(dataset_dir, L["mmaps_top"], key), os.path.join(out, L["mmaps_top"], key))
+    return out
 
 
 def spread(n, k):
@@ -332,6 +394,21 @@ def moved(state, start):
     return max(_max_abs_diff(state[k], start[k]) for k in state if state[k].is_floating_point() and state[k].numel())
 
 
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def norm_diff(a, b):
+    """The L2 norm of a - b over every trainable-kind tensor of two state dicts (BatchNorm running
+    statistics left out: checked by their largest |diff| after step 1), taken together."""
+    total = 0.0
+    for k in a:
+        if k.endswith(BUFFERS):
+            continue
+        if a[k].is_floating_point() and a[k].numel() and not torch.equal(a[k], b[k]):
+            total += (a[k].double() - b[k].double()).pow(2).sum().item()
+    return total ** 0.5
+
+
 def optimizer_summary(opt, kind=None):
     """(optimiser class, trainable parameter count, hyper-parameters of each group)."""
     skip = {"params", "name", "initial_lr"}
@@ -347,7 +424,9 @@ def compare_training(ref, ours, noisy):
     After one step both codes must agree to float rounding (PARAM_TOL): same trainable set, lr,
     weight decay, eps, train/eval modes. Later steps amplify rounding (a ReLU that flips, batch
     statistics in the flow model), so the final state must agree within SPREAD times what a
-    change of one rounding in the input does to this project's own run, or PARAM_TOL if larger."""
+    change of one rounding in the input does to this project's own run, or PARAM_TOL if larger, both
+    as the L2 norm over all parameters and buffers; that tolerance must be at most MAX_SHARE of how far
+    the steps moved them (L2), else the check could not tell a real difference from rounding and fails."""
     if set(ref["final"]) != set(ours["final"]):
         only = sorted(set(ref["final"]) ^ set(ours["final"]))
         return False, f"different parameters and buffers, e.g. {only[0]}"
@@ -369,14 +448,24 @@ def compare_training(ref, ours, noisy):
     loss_diff = max(abs(a - b) for a, b in zip(ref["losses"], ours["losses"]))
     diff, worst = state_diff(ref["final"], ours["final"])
     spread_loss = max(abs(a - b) for a, b in zip(noisy["losses"], ours["losses"]))
-    spread, _ = state_diff(noisy["final"], ours["final"])
-    loss_tol, param_tol = max(LOSS_TOL, SPREAD * spread_loss), max(PARAM_TOL, SPREAD * spread)
-    okn = loss_diff <= loss_tol and diff <= param_tol
+    spread, spread_worst = state_diff(noisy["final"], ours["final"])
+    # Measured over all parameters together (L2): a largest |diff| is decided by the few weights behind a
+    # ReLU that flips under rounding, which Adam turns into a full step in the other direction.
+    diff2, spread2, went2 = (norm_diff(ref["final"], ours["final"]), norm_diff(noisy["final"], ours["final"]),
+                             norm_diff(ours["final"], ours["start"]))
+    loss_tol, tol2 = max(LOSS_TOL, SPREAD * spread_loss), max(PARAM_TOL, SPREAD * spread2)
+    share = tol2 / went2 if went2 > 0 else float("inf")
+    counters = [k for k in ours["final"] if not ours["final"][k].is_floating_point()
+                and not torch.equal(ref["final"][k], ours["final"][k])]  # step counts: exactly equal
+    okn = loss_diff <= loss_tol and diff2 <= tol2 and share <= MAX_SHARE and not counters
     n = len(ours["losses"])
     parts.append(f"after {n} steps: losses {'/'.join(f'{x:.5f}' for x in ours['losses'])}, |loss diff| <= "
-                 f"{loss_diff:.1e}, |diff| <= {diff:.1e} (rounding spread {spread_loss:.1e} / {spread:.1e}, tol "
-                 f"{loss_tol:.1e} / {param_tol:.1e}; moved up to {moved(ours['final'], ours['start']):.1e})"
-                 + ("" if diff <= param_tol else f", worst {worst}"))
+                 f"{loss_diff:.1e} (tol {loss_tol:.1e}); parameters, L2 over all: |diff| {diff2:.1e}, "
+                 f"rounding spread {spread2:.1e}, tol {tol2:.1e} = {100 * share:.2g} % of how far the steps moved "
+                 f"them ({went2:.1e}; limit {100 * MAX_SHARE:g} %); largest single |diff| {diff:.1e} ({worst}), "
+                 f"spread {spread:.1e} ({spread_worst})"
+                 + (f"; counters differ: {counters[0]}" if counters else "")
+                 + ("" if share <= MAX_SHARE else ": the check cannot tell a difference from rounding here"))
     return ok and ok1 and okn, "; ".join(parts)
 
 
@@ -463,7 +552,7 @@ def run_original_main(orig, script, factory_name, build, seed_path, batch, kwarg
                 optimizer=optimizer_summary(opt, type(opt).__bases__[0].__name__))
 
 
-def run_project(kind, stage, seed_path, batch, steps, args, num_classes, work):
+def run_project(kind, stage, seed_path, batch, steps, args, num_classes, work, classes=None):
     """This project's stage: model as the scripts build it from the seed file, its optimiser,
     train modes and training step (utils.train.train_step). Returns dict(losses, start, step1,
     final (state dicts of the EgoRNN / flow model), optimizer summary)."""
@@ -471,11 +560,12 @@ def run_project(kind, stage, seed_path, batch, steps, args, num_classes, work):
     from utils.experiment import Experiment, base_parser, build_stage_model, prepare_model
     from utils.train import train_step
     argv = ["--datasetDir", args.datasetDir, "--outDir", work, "--seqLen", str(args.seqLen), "--memSize",
-            str(args.memSize), "--stage", str(stage), "--device", "cpu", "--precision", "fp32", "--pretrained", "none"]
+            str(args.memSize), "--frameSize", str(getattr(args, "frameSize", 224)), "--stage", str(stage), "--device", "cpu", "--precision", "fp32", "--pretrained", "none"]
     if kind == "rgb":
         argv += ["--stage1Dict", seed_path]
     a = base_parser(kind, "").parse_args(argv)
-    exp = Experiment(kind, a, stage, torch.device("cpu"), "fp32", num_classes=num_classes, classes=None)
+    exp = Experiment(kind, a, stage, torch.device("cpu"), "fp32", num_classes=num_classes,
+                     classes=classes if classes is not None else [str(c) for c in range(num_classes)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random backbone": every weight comes from the seed file
         if stage == 2:
@@ -520,17 +610,28 @@ def in_project_keys(state, kind, num_classes, mem_size, path):
     return _clone(fresh.state_dict())
 
 
-def training_check(orig, kind, stage, script, factory_name, build, seed_path, batch, kwargs, args, C, work):
+def training_check(orig, kind, stage, script, factory_name, build, seed_path, batch, kwargs, args, C, work,
+                   classes=None):
     """-> (ok, text) of one training check: the original main_run, this project's step, and this
     project's step on the batch x (1 + NOISE N(0, 1)) (the rounding spread)."""
+    from utils.errors import NonFiniteLossError
+    try:
+        return _training_check(orig, kind, stage, script, factory_name, build, seed_path, batch, kwargs, args, C,
+                               work, classes)
+    except NonFiniteLossError as e:  # reported, and the other checks go on
+        return False, f"this project's run stopped: {str(e).split(';')[0]}"
+
+
+def _training_check(orig, kind, stage, script, factory_name, build, seed_path, batch, kwargs, args, C, work, classes):
     os.makedirs(work, exist_ok=True)
     ref = run_original_main(orig, script, factory_name, build, seed_path, batch, kwargs)
     for k in ("step1", "final"):
         ref[k] = in_project_keys(ref[k], kind, C, args.memSize, os.path.join(work, "trained.pth"))
-    ours = run_project(kind, stage, seed_path, batch, args.steps, args, C, os.path.join(work, "project"))
+    ours = run_project(kind, stage, seed_path, batch, args.steps, args, C, os.path.join(work, "project"), classes)
     g = torch.Generator().manual_seed(args.seed)
     noisy_batch = (batch[0] * (1 + NOISE * torch.randn(batch[0].shape, generator=g)), batch[1])
-    noisy = run_project(kind, stage, seed_path, noisy_batch, args.steps, args, C, os.path.join(work, "project_noisy"))
+    noisy = run_project(kind, stage, seed_path, noisy_batch, args.steps, args, C, os.path.join(work, "project_noisy"),
+                        classes)
     return compare_training(ref, ours, noisy)
 
 
@@ -541,7 +642,8 @@ def project_logits(model, dataset_dir, ckpt, args, out_dir):
     import evaluate
     argv = ["--model", model, "--datasetDir", dataset_dir, "--modelStateDict", ckpt, "--seqLen", str(args.seqLen),
             "--memSize", str(args.memSize), "--testUsers", *args.testUsers, "--outDir", out_dir, "--numWorkers", "0",
-            "--device", "cpu", "--batchSize", "4", "--stackSize", str(STACK), "--numSeg", str(FLOW_SEGS)]
+            "--device", "cpu", "--batchSize", "4", "--stackSize", str(STACK), "--numSeg", str(FLOW_SEGS),
+            "--frameSize", str(args.frameSize)]
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         evaluate.main(argv)
@@ -633,18 +735,174 @@ def _revision(src):
         return "no git metadata"
 
 
+@contextlib.contextmanager
+def planted(name):
+    """One of PLANTS on this project's side while the block runs (None: nothing planted)."""
+    import datasets.gtea61 as G
+    import utils.experiment as E
+    from datasets.transforms import _BILINEAR, TF, ClipTransform
+    saved = dict(choice=G.rgb_choice, frame=ClipTransform.frame, optimizer=E.Experiment.make_optimizer)
+    if name == "frames":
+        def rgb_choice(numbers, seq_len):
+            chosen, ok = saved["choice"](numbers, seq_len)
+            return [min(i + 1, len(numbers) - 1) for i in chosen], ok
+        G.rgb_choice = rgb_choice
+    elif name == "crop":
+        def frame(self, img, params):
+            if params is not None:
+                return saved["frame"](self, img, params)
+            img = TF.resize(img, self.short, interpolation=_BILINEAR)
+            w, h, f = *img.size, self.frameSize
+            return TF.crop(img, int(round((h - f) / 2.0)), int(round((w - f) / 2.0)) + 1, f, f)
+        ClipTransform.frame = frame
+    elif name == "eps":
+        def make_optimizer(self, model):
+            opt = saved["optimizer"](self, model)
+            for g in opt.param_groups:
+                if "eps" in g:
+                    g["eps"] = 1e-8
+            return opt
+        E.Experiment.make_optimizer = make_optimizer
+    try:
+        yield
+    finally:
+        G.rgb_choice, ClipTransform.frame = saved["choice"], saved["frame"]
+        E.Experiment.make_optimizer = saved["optimizer"]
+
+
+def dropout_layout(model, *inputs):
+    """[(p, the module that runs right after it)] of every dropout in a forward pass of `model`."""
+    calls, hooks = [], []
+    for m in model.modules():
+        if not list(m.children()):
+            hooks.append(m.register_forward_hook(lambda mod, i, o: calls.append(mod)))
+    try:
+        with torch.no_grad():
+            model.eval()(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for k, m in enumerate(calls):
+        if isinstance(m, nn.Dropout):
+            after = calls[k + 1] if k + 1 < len(calls) else None
+            out.append((m.p, f"{type(after).__name__}({after.in_features}, {after.out_features})"
+                        if isinstance(after, nn.Linear) else type(after).__name__))
+    return out
+
+
+def twostream_fits(orig, C, mem_size):
+    """Whether the original two-stream model's classifier reads 512 flow + mem_size RGB features."""
+    with orig.runtime():
+        last = [m for m in orig.twostream_model(C, mem_size).modules() if isinstance(m, nn.Linear)][-1]
+    return last.in_features == 512 + mem_size
+
+
+def compare_dropout(orig, C, args):
+    """(ok, text): dropout probabilities and positions of the original's models and this project's."""
+    import models
+    F_ = args.frameSize
+    clip, stack = torch.zeros(1, 1, 3, F_, F_), torch.zeros(1, 2 * STACK, F_, F_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = {"rgb": dropout_layout(models.EgoRNN(C, mem_size=args.memSize, pretrained="none"), clip),
+                "flow": dropout_layout(models.FlowResNet34(C, pretrained="none"), stack)}
+        rgb_ours = models.EgoRNN(C, mem_size=args.memSize, pretrained="none")
+        ours["twostream"] = dropout_layout(models.TwoStream(C, models.FlowResNet34(C, pretrained="none"), rgb_ours),
+                                           stack, clip)
+    with orig.runtime():
+        theirs = {"rgb": dropout_layout(orig.rgb_model(C, args.memSize), clip.permute(1, 0, 2, 3, 4)),
+                  "flow": dropout_layout(orig.flow_model(C, False), stack)}
+        if twostream_fits(orig, C, args.memSize):
+            theirs["twostream"] = dropout_layout(orig.twostream_model(C, args.memSize), stack,
+                                                 clip.permute(1, 0, 2, 3, 4))
+        else:
+            ours.pop("twostream")
+    ok = ours == theirs
+    text = "; ".join(f"{k} {theirs[k]}" + ("" if ours[k] == theirs[k] else f" / this project {ours[k]}")
+                     for k in theirs)
+    return ok, text
+
+
+class OpenedFrames:
+    """Records the RGB frame files the original opens (PIL.Image.open), per video."""
+
+    def __init__(self):
+        self.numbers = {}
+
+    @contextlib.contextmanager
+    def recording(self):
+        from PIL import Image
+        saved = Image.open
+
+        def opened(fp, *a, **k):
+            name = os.path.basename(str(fp))
+            m = re.match(r"image_(\d+)\.", name)
+            if m:
+                self.numbers.setdefault(video_key(os.path.dirname(str(fp))), []).append(int(m.group(1)))
+            return saved(fp, *a, **k)
+        Image.open = opened
+        try:
+            yield self
+        finally:
+            Image.open = saved
+
+
+def compare_frame_numbers(opened, test):
+    """(ok, text): the frame numbers this project's loader reads for each linked test video against the
+    file numbers the original opened for it."""
+    from datasets import GTEA61
+    ds = test["dataset"]
+    keys = set(test["keys"])
+    with contextlib.redirect_stderr(io.StringIO()):  # its scan warnings were printed once already
+        now = GTEA61(ds.root, ds.users, "rgb", train=False, seqLen=ds.seqLen)  # as chosen now (a plant changes it)
+    ours = {video_key(vid): [num for num, _ in now.rgb_chosen(i)] for i, vid in enumerate(now.video_ids)
+            if video_key(vid) in keys}
+    bad = sorted(k for k in keys if ours.get(k) != opened.get(k))
+    first = sorted(keys)[0]
+    return not bad, (f"{len(keys)} videos, e.g. {first}: the original opened image numbers {opened.get(first)}, this "
+                     f"project reads frame numbers {ours.get(first)}" + (f"; they differ on {len(bad)}" if bad else ""))
+
+
+def estimate_seconds(orig, args, C, clip):
+    """A rough time estimate from one timed original RGB forward of one clip."""
+    import time
+    with orig.runtime():
+        model = orig.rgb_model(C, args.memSize).train(False)
+        t = time.perf_counter()
+        with torch.no_grad():
+            model(clip.unsqueeze(1))
+        per_frame = (time.perf_counter() - t) / clip.shape[0]
+    forward = per_frame * (2 * args.seqLen + 2 * (FLOW_SEGS + 1) + 2 * args.seqLen) * args.n_test
+    training = per_frame * 3 * 3 * args.steps * args.batchSize * args.seqLen * 3  # 3 runs, fwd + bwd
+    honest = forward + training
+    return honest, honest + (2 * forward + training * 2 / 3 if args.selfTest else 0)
+
+
 def _main(args, orig, work):
     from utils.experiment import DEFAULTS
     from replicate import dataset_kind
     print(f"original Ego-RNN code: {orig.src} ({_revision(orig.src)}); torch {torch.__version__}, CPU, fp32")
-    test_root, C, classes, n_test = original_layout(args.datasetDir, args.testUsers, os.path.join(work, "test"),
-                                                    args.seqLen)
-    train_root, *_ = original_layout(args.datasetDir, args.trainUsers, os.path.join(work, "train"), args.seqLen)
+    orig.frame_size = args.frameSize
+    test = original_layout(args.datasetDir, args.testUsers, os.path.join(work, "test"), args.seqLen, args.videos)
+    train = original_layout(args.datasetDir, args.trainUsers, os.path.join(work, "train"), args.seqLen,
+                            None if args.videos is None else max(args.videos, args.batchSize, args.calibrationClips))
+    C, classes, test_root, train_root = test["num_classes"], test["classes"], test["root"], train["root"]
+    if not test["keys"] or not train["keys"]:
+        raise UserError(f"--datasetDir {args.datasetDir}: no video the original can read for the "
+                        f"{'test' if not test['keys'] else 'training'} users (numbering it cannot open)")
+    args.n_test = len(test["keys"])
+    subset = project_subset(args.datasetDir, test, os.path.join(work, "project_test"))
     data_kind, reason = dataset_kind(args.datasetDir)
     print(f"dataset {args.datasetDir} ({data_kind.upper() if data_kind == 'synthetic' else data_kind}: {reason}): "
-          f"{C} classes, test users "
-          f"{' '.join(args.testUsers)} ({n_test} videos); seqLen {args.seqLen}, memSize {args.memSize}, "
-          f"{args.steps} steps on {args.batchSize} training videos, seed {args.seed}")
+          f"{C} classes, test users {' '.join(args.testUsers)} ({args.n_test} videos"
+          f"{'' if args.videos is None else f', --videos {args.videos}'}); seqLen {args.seqLen}, memSize "
+          f"{args.memSize}, frameSize {args.frameSize}, {args.steps} steps on {args.batchSize} training videos, "
+          f"seed {args.seed}")
+    left_out = test["left_out"] + train["left_out"]
+    if left_out:
+        print(f"warning: {len(left_out)} video(s) left out: their numbering lacks a frame number the original "
+              f"opens (it would crash on them): {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}")
     print("run-time patches of the original code:")
     for p in PATCHES:
         print(f"  - {p}")
@@ -663,7 +921,7 @@ def _main(args, orig, work):
         flow = orig.flow_model(C, True)
         rgb_train = orig.rgb_dataset(train_root, args.seqLen)
         flow_train = orig.flow_dataset(train_root, 1)
-        if orig.imagenet == "none":
+        if orig.imagenet != "cache":
             idx = spread(len(rgb_train), args.calibrationClips)
             calibrate_batchnorm(rgb.resNet, [rgb_train[i][0] for i in idx])
             calibrate_batchnorm(flow, [torch.stack([flow_train[i][0] for i in idx])])
@@ -674,6 +932,7 @@ def _main(args, orig, work):
         idx = spread(len(rgb_train), args.batchSize)
         rgb_batch = (torch.stack([rgb_train[i][0] for i in idx]), torch.tensor([rgb_train[i][1] for i in idx]))
         flow_batch = (torch.stack([flow_train[i][0] for i in idx]), torch.tensor([flow_train[i][1] for i in idx]))
+        paths["rgb_train"] = pin_cam_class(rgb, rgb_batch[0], os.path.join(work, "model_rgb_train_seed.pth"))
     if orig.imagenet == "cache":
         print("weights: torchvision's ImageNet ResNet-34 file from the torch cache through the original's pretrained "
               "path (the original downloaded resnet34-333f7ec4.pth); the rest seeded")
@@ -681,45 +940,94 @@ def _main(args, orig, work):
         print(f"weights: no ImageNet ResNet-34 file in the torch cache: seeded random initialisation (the original's), "
               f"BatchNorm statistics estimated from {len(spread(len(rgb_train), args.calibrationClips))} training clips")
     print(f"state dicts saved with torch.save(model.state_dict()): {', '.join(os.path.basename(p) for p in paths.values())}")
+    print(f"RGB training seed: the ImageNet classifier's bias of class 0 raised by {CAM_MARGIN:g} x the range of its "
+          f"logits on the batch, so both sides attend with the same CAM class at every step (near-tied ImageNet logits "
+          f"would otherwise flip it under rounding); the forward checks use the unchanged seed")
+    honest, total = estimate_seconds(orig, args, C, rgb_batch[0][0])
+    print(f"estimated time: about {max(1, round(honest / 60))} min for the checks"
+          + (f", {max(1, round(total / 60))} min with --selfTest" if args.selfTest else "")
+          + " (from one timed forward; a busy machine takes longer)", flush=True)
 
+    ctx = dict(orig=orig, args=args, C=C, classes=classes, paths=paths, test_root=test_root, subset=subset,
+               test=test, rgb_batch=rgb_batch, flow_batch=flow_batch, work=work)
     report = Report()
-    # 2. forward: evaluate.py against the original test pipeline
-    for kind, what in (("rgb", f"{args.seqLen} frames at floor(linspace(1, N, {args.seqLen}))"),
-                       ("flow", f"mean logits of {FLOW_SEGS} stacks"), ("twostream", "centre flow stack")):
-        if kind == "twostream" and args.memSize != 512:
-            print(f"forward twostream: skipped, the original two-stream classifier is Linear(512 * 2, C), "
-                  f"so it needs --memSize 512 (got {args.memSize})")
-            continue
-        ref = original_logits(orig, kind, paths[kind], test_root, args, C)
-        ours = project_logits(kind, args.datasetDir, paths[kind], args, os.path.join(work, f"eval_{kind}"))
-        ok, text = compare_logits(ref, ours)
-        report.line(ok, f"forward {kind:9s} evaluate.py vs the original test pipeline ({what}): {text}")
-
-    # 3. training: the original main_run against this project's training step
-    for stage in (1, 2):
-        d = DEFAULTS["rgb"][stage]
-        kwargs = dict(dataset="gtea61", stage=stage, train_data_dir="train", val_data_dir=None,
-                      stage1_dict=paths["rgb"], seqLen=args.seqLen, trainBatchSize=args.batchSize,
-                      valBatchSize=args.batchSize, numEpochs=args.steps, lr1=d["lr"], decay_factor=d["decayRate"],
-                      decay_step=d["stepSize"], memSize=args.memSize, out_dir=os.path.join(work, "original"))
-        ok, text = training_check(orig, "rgb", stage, "main-run-rgb.py", "attentionModel",
-                                  lambda: orig.rgb_model(C, args.memSize), paths["rgb"], rgb_batch, kwargs, args, C,
-                                  os.path.join(work, f"rgb_stage{stage}"))
-        report.line(ok, f"training rgb stage {stage} (main-run-rgb.py main_run vs utils.train.train_step, Adam lr "
-                        f"{d['lr']:g}, {args.steps} steps): {text}")
-    d = DEFAULTS["flow"][1]
-    kwargs = dict(dataset="gtea61", trainDir="train", valDir="val", stackSize=STACK, trainBatchSize=args.batchSize,
-                  valBatchSize=args.batchSize, numEpochs=args.steps, lr1=d["lr"], decay_factor=d["decayRate"],
-                  decay_step=d["stepSize"], outDir=os.path.join(work, "original"))
-    ok, text = training_check(orig, "flow", 1, "main-run-flow.py", "flow_resnet34", lambda: orig.flow_model(C, False),
-                              paths["flow"], flow_batch, kwargs, args, C, os.path.join(work, "flow"))
-    report.line(ok, f"training flow (main-run-flow.py main_run vs utils.train.train_step, SGD lr {d['lr']:g}, "
-                    f"BatchNorm in train mode, {args.steps} steps): {text}")
-
+    ok, text = compare_dropout(orig, C, args)
+    report.line(ok, f"dropout probabilities and positions (off in the training checks): {text}")
+    run_checks(ctx, report, "honest")
     print(f"{'all checks agree' if report.ok else 'DIFFERENCES FOUND'} (tolerances: logits {LOGIT_TOL:g} x "
           f"the largest |logit|; training, step 1: losses {LOSS_TOL:g}, parameters and buffers {PARAM_TOL:g}; "
-          f"after the last step: {SPREAD} x the rounding spread, at least those)")
-    return 0 if report.ok else 1
+          f"after the last step: {SPREAD} x the rounding spread, at least those, at most {100 * MAX_SHARE:g} % of how "
+          f"far the steps moved the parameters)")
+    if not args.selfTest:
+        return 0 if report.ok else 1
+    caught = []
+    for name, (what, reaches) in PLANTS.items():
+        print(f"self-test, planted on this project's side: {what} (rerun: the {' and '.join(reaches)} checks, "
+              f"the ones it can reach)", flush=True)
+        planted_report = Report()
+        with planted(name):
+            run_checks(ctx, planted_report, name, reaches)
+        caught.append(not planted_report.ok)
+        print(f"self-test {name}: {'CAUGHT (reported as a difference)' if caught[-1] else 'MISSED'}")
+    print(f"self-test: {sum(caught)} of {len(caught)} planted differences caught; honest run "
+          f"{'agrees' if report.ok else 'DIFFERS'}")
+    return 0 if report.ok and all(caught) else 1
+
+
+def pin_cam_class(model, clips, path):
+    """The RGB seed with the ImageNet classifier's class-0 bias raised CAM_MARGIN x the range of its logits
+    on `clips` (B, T, 3, H, W) above the rest, saved to `path`."""
+    with torch.no_grad():
+        model.train(False)
+        logits = model.resNet(clips.flatten(0, 1))[0]  # the ImageNet logits of every frame
+        state = _clone(model.state_dict())
+    state["resNet.fc.bias"][0] += CAM_MARGIN * (logits.max() - logits.min()).item() + 1.0
+    torch.save(state, path)
+    return path
+
+
+def run_checks(ctx, report, label, reaches=("forward", "training rgb", "training flow")):
+    """The forward and training checks (those named in `reaches`), reported into `report`."""
+    from utils.experiment import DEFAULTS
+    orig, args, C, paths, work = ctx["orig"], ctx["args"], ctx["C"], ctx["paths"], os.path.join(ctx["work"], label)
+    if "forward" in reaches:
+        for kind, what in (("rgb", f"{args.seqLen} frames at floor(linspace(1, N, {args.seqLen})) by file number"),
+                           ("flow", f"mean logits of {FLOW_SEGS} stacks"), ("twostream", "centre flow stack")):
+            if kind == "twostream" and not twostream_fits(orig, C, args.memSize):
+                print(f"forward twostream: skipped, the original two-stream classifier does not take 512 + "
+                      f"--memSize {args.memSize} features (Ego-RNN's is Linear(512 * 2, C): --memSize 512)")
+                continue
+            opened = OpenedFrames()
+            with opened.recording():
+                ref = original_logits(orig, kind, paths[kind], ctx["test_root"], args, C)
+            ours = project_logits(kind, ctx["subset"], paths[kind], args, os.path.join(work, f"eval_{kind}"))
+            ok, text = compare_logits(ref, ours)
+            report.line(ok, f"forward {kind:9s} evaluate.py vs the original test pipeline ({what}): {text}")
+            if kind == "rgb":
+                ok, text = compare_frame_numbers(opened.numbers, ctx["test"])
+                report.line(ok, f"frame numbers: the files the original opens vs the frames this project reads: {text}")
+    if "training rgb" in reaches:
+        for stage in (1, 2):
+            d = DEFAULTS["rgb"][stage]
+            kwargs = dict(dataset="gtea61", stage=stage, train_data_dir="train", val_data_dir=None,
+                          stage1_dict=paths["rgb_train"], seqLen=args.seqLen, trainBatchSize=args.batchSize,
+                          valBatchSize=args.batchSize, numEpochs=args.steps, lr1=d["lr"], decay_factor=d["decayRate"],
+                          decay_step=d["stepSize"], memSize=args.memSize, out_dir=os.path.join(work, "original"))
+            ok, text = training_check(orig, "rgb", stage, "main-run-rgb.py", "attentionModel",
+                                      lambda: orig.rgb_model(C, args.memSize), paths["rgb_train"], ctx["rgb_batch"],
+                                      kwargs, args, C, os.path.join(work, f"rgb_stage{stage}"), ctx["classes"])
+            report.line(ok, f"training rgb stage {stage} (main-run-rgb.py main_run vs utils.train.train_step, Adam lr "
+                            f"{d['lr']:g}, {args.steps} steps, CAM class pinned): {text}")
+    if "training flow" in reaches:
+        d = DEFAULTS["flow"][1]
+        kwargs = dict(dataset="gtea61", trainDir="train", valDir="val", stackSize=STACK, trainBatchSize=args.batchSize,
+                      valBatchSize=args.batchSize, numEpochs=args.steps, lr1=d["lr"], decay_factor=d["decayRate"],
+                      decay_step=d["stepSize"], outDir=os.path.join(work, "original"))
+        ok, text = training_check(orig, "flow", 1, "main-run-flow.py", "flow_resnet34",
+                                  lambda: orig.flow_model(C, False), paths["flow"], ctx["flow_batch"], kwargs, args, C,
+                                  os.path.join(work, "flow"), ctx["classes"])
+        report.line(ok, f"training flow (main-run-flow.py main_run vs utils.train.train_step, SGD lr {d['lr']:g}, "
+                        f"BatchNorm in train mode, {args.steps} steps): {text}")
 
 
 if __name__ == "__main__":
