@@ -88,7 +88,7 @@ def parse_args(argv=None):
 
 
 def ensure_synthetic(path=SYNTHETIC_DIR):
-    subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", path, "--if-missing"],
+    subprocess.run([sys.executable, "-m", "datasets.synthetic", "--outDir", path, "--ifMissing"],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return path
 

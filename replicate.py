@@ -64,6 +64,7 @@ import signal
 import statistics
 import sys
 
+from datasets.synthetic import SYNTHETIC_MARKER, dataset_kind  # noqa: F401  (re-exported)
 from utils.cli import HelpFormatter
 from utils.defaults import default_dataset_dir
 from utils.errors import UserError
@@ -75,8 +76,6 @@ from utils.replicate_plan import (  # noqa: F401  (the plan's names, re-exported
 
 
 # The file datasets/synthetic.py writes last into a finished dataset: a JSON object of its settings.
-SYNTHETIC_MARKER = ".complete"
-SYNTHETIC_MARKER_KEYS = ("layout", "classes", "instances", "users")
 
 TABLE1_ROWS = [("convlstm", "ConvLSTM"), ("attention", "ConvLSTM-attention"),
                ("flow", "Temporal-warp flow"), ("twostream", "Two stream (joint train)")]
@@ -95,31 +94,6 @@ PAPER_TEST_VIDEOS = 116
 
 
 # ----------------------------------------------------------------------------- dataset and tables
-
-def dataset_kind(dataset_dir):
-    """('synthetic' | 'GTEA-61', reason). The rule is in the module docstring."""
-    base = os.path.basename(os.path.normpath(dataset_dir))
-    try:
-        entries = os.listdir(dataset_dir)
-    except OSError:
-        entries = []
-    if SYNTHETIC_MARKER in entries:
-        try:
-            with open(os.path.join(dataset_dir, SYNTHETIC_MARKER)) as f:
-                params = json.load(f)
-        except (OSError, ValueError):
-            params = None
-        if isinstance(params, dict) and all(k in params for k in SYNTHETIC_MARKER_KEYS):
-            desc = ", ".join(f"{k} {params[k] if not isinstance(params[k], list) else ' '.join(map(str, params[k]))}"
-                             for k in ("classes", "instances", "users", "size", "seed") if k in params)
-            return "synthetic", f"marker {SYNTHETIC_MARKER} of datasets.synthetic: {desc}"
-    for e in sorted(entries):
-        if e.lower().startswith("synthetic"):
-            return "synthetic", f"file {e}"
-    if base.lower().startswith("synthetic"):
-        return "synthetic", f"folder name {base}"
-    return "GTEA-61", "no synthetic marker in the folder"
-
 
 def _read_summary(cell):
     return cell.summary() if cell is not None and cell.finished() else None

@@ -10,7 +10,7 @@ The release, as its users have it:
   train_split1.txt .. train_split3.txt  "<clip> <action> <verb> <noun> [<noun2> ...]" a line, all
   test_split1.txt .. test_split3.txt    1-based; an action naming two nouns has a fifth column
 
-`python -m datasets.prepare --egtea DIR --out ROOT` turns it into a prepared root: the frames,
+`python -m datasets.prepare --egtea DIR --outDir ROOT` turns it into a prepared root: the frames,
 warp flow and motion maps of every listed clip in the course layout, one folder per clip
 (processed_frames2/<session>/<clip>/rgb/rgbNNNN.png, flow_x_processed/<session>/<clip>/...), with
 copies of the index and split files next to them. `EGTEA(ROOT, ["train_split1"], ...)` reads it:
@@ -193,7 +193,7 @@ class EGTEA(GTEA61):
         if os.path.isdir(os.path.join(root, CLIPS)) and not any(
                 os.path.isdir(os.path.join(root, top)) for layout in _LAYOUTS.values() for top in layout["rgb"]):
             raise DatasetError(f"{root} is a release of video clips ({CLIPS}/), not a prepared root: run "
-                               f"python -m datasets.prepare --egtea {root} --out ROOT and pass --datasetDir ROOT")
+                               f"python -m datasets.prepare --egtea {root} --outDir ROOT and pass --datasetDir ROOT")
         super().__init__(root, *args, **kwargs)
 
     def _scan(self):
@@ -214,7 +214,7 @@ class EGTEA(GTEA61):
         tops = {k: _top(self.root, L[k]) for k in ("rgb", "flow_x", "flow_y")}
         if self._needs_rgb and tops["rgb"] is None:
             raise DatasetError(f"{self.root} has no {L['rgb'][0]}/ folder: prepare the release first "
-                               f"(python -m datasets.prepare --egtea RELEASE --out {self.root})")
+                               f"(python -m datasets.prepare --egtea RELEASE --outDir {self.root})")
         if self._needs_flow and (tops["flow_x"] is None or tops["flow_y"] is None):
             raise DatasetError(f"modality {self.modality} needs optical flow but {self.root} has none: "
                                f"python -m datasets.prepare --frames {self.root} --only flow")

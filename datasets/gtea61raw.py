@@ -1,5 +1,5 @@
 """The raw GTEA-61 release (videos and label files) cut into action instances, as Ego-RNN's
-prepareGTEA61Dataset.py cuts it; `python -m datasets.prepare --gtea61 RAW --out DATASET` then
+prepareGTEA61Dataset.py cuts it; `python -m datasets.prepare --gtea61 RAW --outDir DATASET` then
 writes each instance's frames, warp flow and motion maps (datasets/prepare.py).
 
 RAW holds, anywhere below it (e.g. labels/ and videos/ or png/):

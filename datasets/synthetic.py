@@ -1,8 +1,8 @@
 """Synthetic GTEA-61-like dataset, written in the real on-disk layouts.
 
-    python -m datasets.synthetic --out DIR [--layout course|egornn|videos|egtea|gtea61raw] [--classes N]
-        [--instances K] [--users S1 S2 S3 S4] [--seed S] [--size WxH] [--if-missing]
-        [--no-short] [--no-quirks] [--fps F] [--firstFrame 0|1]
+    python -m datasets.synthetic --outDir DIR [--layout course|egornn|videos|egtea|gtea61raw] [--classes N]
+        [--instances K] [--users S1 S2 S3 S4] [--seed S] [--size WxH] [--ifMissing]
+        [--noShort] [--noQuirks] [--fps F] [--firstFrame 0|1]
 
 What is in a video (all sizes scale with the frame height; defaults 160x120, 3 instances per
 class and user, 4 users, 8 classes, lengths 10..28 frames):
@@ -53,9 +53,9 @@ The gtea61raw layout writes a small raw GTEA-61 release (the input of python -m 
 --gtea61, see datasets/gtea61raw.py): labels/<stem>.txt ("<verb><noun(s)> (start-end)" lines,
 1-based inclusive, and one line without "><"), videos/<stem>.mp4 or png/<stem>/NNNNNNNNNN.png, with
 every rule of the original's cutting (GTEA61RAW_RECORDINGS); grey frames between the instances.
-Quirks in the course layout (default on, --no-quirks to disable): one `rgb0003(1).png`
+Quirks in the course layout (default on, --noQuirks to disable): one `rgb0003(1).png`
 duplicate, `.DS_Store` files and one missing motion-map index. Too-short videos (default on,
---no-short to disable): two videos of 4 and 3 frames in the first and third user.
+--noShort to disable): two videos of 4 and 3 frames in the first and third user.
 Numbering: RGB frames and motion maps from --firstFrame (1, the default, as the course release
 and datasets.prepare; 0 as Ego-RNN's prepareGTEA61Dataset.py writes image_00000.jpg ...); flow
 always from 1, as both releases number it.
@@ -78,7 +78,12 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from datasets.video import write_video
+from utils.cli import Parser, hidden_alias
+
 MARKER = ".complete"
+SYNTHETIC_MARKER = MARKER  # its name for readers of other datasets
+SYNTHETIC_MARKER_KEYS = ("layout", "classes", "instances", "users")
 FORMAT_VERSION = 1
 FLOW_SCALE = 6.0  # 8-bit flow value per pixel of displacement
 DEFAULT_USERS = ("S1", "S2", "S3", "S4")
@@ -395,7 +400,6 @@ def egtea_plan(instances, seed):
 
 def write_egtea(out, instances, size, seed, verbose=True):
     """The egtea layout (see the module docstring)."""
-    from datasets.video import write_video
     verbs = list(dict.fromkeys(a[1] for a in EGTEA_ACTIONS))
     nouns = list(dict.fromkeys(n for a in EGTEA_ACTIONS for n in a[2]))
     for fname, names in (("action_idx.txt", [a[0] for a in EGTEA_ACTIONS]), ("verb_idx.txt", verbs),
@@ -448,7 +452,6 @@ GTEA61RAW_GAP = 3  # grey frames before each instance: a cut one frame off shows
 
 def write_gtea61raw(out, size, seed, fps, verbose=True):
     """The gtea61raw layout: labels/<stem>.txt, videos/<stem>.mp4 or png/<stem>/NNNNNNNNNN.png."""
-    from datasets.video import write_video
     rng = np.random.default_rng([seed, 61])
     W, H = size
     os.makedirs(os.path.join(out, "labels"))
@@ -506,7 +509,6 @@ def _save(arr, path, layout):
 
 def write_videos(out, rows, size, seed, fps, verbose=True):
     """The videos layout: each video as an H.264 mp4 plus the generator's truth for it."""
-    from datasets.video import write_video  # PyAV: only this layout needs it
     t0 = time.time()
     for n_done, (ui, user, cls, inst, n) in enumerate(rows):
         vid = render_video(cls, ui, n, size, seed, int(inst))
@@ -607,6 +609,33 @@ def is_complete(path):
     return os.path.isfile(os.path.join(path, MARKER))
 
 
+def dataset_kind(dataset_dir):
+    """('synthetic' | 'GTEA-61', reason): synthetic when the folder holds this generator's marker
+    (with its settings), a file whose name starts with "synthetic", or is itself named so;
+    replicate.py's captions and the verifier say which."""
+    base = os.path.basename(os.path.normpath(dataset_dir))
+    try:
+        entries = os.listdir(dataset_dir)
+    except OSError:
+        entries = []
+    if SYNTHETIC_MARKER in entries:
+        try:
+            with open(os.path.join(dataset_dir, SYNTHETIC_MARKER)) as f:
+                params = json.load(f)
+        except (OSError, ValueError):
+            params = None
+        if isinstance(params, dict) and all(k in params for k in SYNTHETIC_MARKER_KEYS):
+            desc = ", ".join(f"{k} {params[k] if not isinstance(params[k], list) else ' '.join(map(str, params[k]))}"
+                             for k in ("classes", "instances", "users", "size", "seed") if k in params)
+            return "synthetic", f"marker {SYNTHETIC_MARKER} of datasets.synthetic: {desc}"
+    for e in sorted(entries):
+        if e.lower().startswith("synthetic"):
+            return "synthetic", f"file {e}"
+    if base.lower().startswith("synthetic"):
+        return "synthetic", f"folder name {base}"
+    return "GTEA-61", "no synthetic marker in the folder"
+
+
 def _size(text):
     try:
         w, h = (int(x) for x in text.lower().split("x"))
@@ -637,9 +666,11 @@ def remove_stale_work(parent, name):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m datasets.synthetic",
-                                 description="Write a small synthetic GTEA-61-like dataset.")
-    ap.add_argument("--out", required=True, help="dataset folder to create")
+    ap = Parser(prog="python -m datasets.synthetic", description="Write a small synthetic GTEA-61-like dataset.\n\n"
+                "    python -m datasets.synthetic --outDir data/synthetic_gtea61\n"
+                "    python -m datasets.synthetic --layout videos --outDir data/synthetic_videos")
+    ap.add_argument("--outDir", dest="out", metavar="DIR", required=True, help="dataset folder to create")
+    hidden_alias(ap, "--out", "out")
     ap.add_argument("--layout", choices=LAYOUTS, default="course",
                     help="course / egornn: frames, flow (and maps) as images; videos: mp4 files plus the "
                          "true flow and motion masks, the input of python -m datasets.prepare; egtea: a small "
@@ -649,15 +680,18 @@ def main(argv=None):
     ap.add_argument("--classes", type=int, default=8, help=f"number of classes (2..{MAX_CLASSES}; beyond "
                     f"{len(class_pool())}, repeats of the first ones under new names)")
     ap.add_argument("--instances", type=int, default=3, help="videos per class and user")
-    ap.add_argument("--users", nargs="+", default=list(DEFAULT_USERS))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=_size, default=(160, 120), help="frame size WxH (default 160x120)")
-    ap.add_argument("--if-missing", action="store_true",
-                    help="do nothing if OUT already holds a complete dataset")
-    ap.add_argument("--no-short", dest="short", action="store_false",
+    ap.add_argument("--users", nargs="+", default=list(DEFAULT_USERS), help="user folders to write")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the scenes, motions and lengths")
+    ap.add_argument("--size", type=_size, default=(160, 120), help="frame size WxH (default: 160x120)")
+    ap.add_argument("--ifMissing", dest="if_missing", action="store_true",
+                    help="do nothing if --outDir already holds a complete dataset")
+    hidden_alias(ap, "--ifMissing", "if_missing", action="store_true")
+    ap.add_argument("--noShort", dest="short", action="store_false",
                     help="do not add the two videos shorter than 5 frames")
-    ap.add_argument("--no-quirks", dest="quirks", action="store_false",
+    hidden_alias(ap, "--no-short", "short", action="store_false")
+    ap.add_argument("--noQuirks", dest="quirks", action="store_false",
                     help="do not add the duplicate / .DS_Store / missing-map quirks")
+    hidden_alias(ap, "--no-quirks", "quirks", action="store_false")
     ap.add_argument("--firstFrame", type=int, choices=(0, 1), default=1,
                     help="number of each video's first RGB frame (and motion map): 1 as the course release and "
                          "datasets.prepare, 0 as Ego-RNN's prepareGTEA61Dataset.py (image_00000.jpg); flow from 1")
@@ -695,7 +729,7 @@ def main(argv=None):
                 return 0
         elif not os.path.isdir(out) or os.listdir(out):
             return fail(f"{out} exists and is not a complete synthetic dataset (no {MARKER}); "
-                        "remove it or choose another --out")
+                        "remove it or choose another --outDir")
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)

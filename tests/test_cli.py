@@ -57,3 +57,39 @@ def test_parser_error_is_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "see x --help" in err
+
+
+class _Parsed(Exception):
+    pass
+
+
+def parser_of(module, monkeypatch):
+    """The argparse parser a tool's parse_args / main builds (caught before it parses)."""
+    def grab(self, *args, **kwargs):
+        raise _Parsed(self)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", grab)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", grab)
+    mod = importlib.import_module(module)
+    with pytest.raises(_Parsed) as caught:
+        (getattr(mod, "parse_args", None) or mod.main)([])
+    return caught.value.args[0]
+
+
+TOOLS = ["utils.evaluation", "predict", "replicate", "bench", "datasets.prepare", "datasets.synthetic",
+         "datasets.long_video", "datasets.prepare_quality", "utils.verify_original"]
+
+
+@pytest.mark.parametrize("module", TOOLS)
+def test_every_tool_explains_every_flag_and_shows_defaults_once(module, monkeypatch):
+    parser = parser_of(module, monkeypatch)
+    assert isinstance(parser.formatter_class(prog="x"), HelpFormatter), f"{module}: utils.cli's help layout"
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        name = action.option_strings[0]
+        text = formatter._get_help_string(action)
+        assert action.help, f"{module} {name} has no help text"
+        assert text.count("default:") <= 1, f"{module} {name}: {text}"
+        if action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
+            assert "default" in text, f"{module} {name} hides its default {action.default!r}"

@@ -140,7 +140,7 @@ def check_dataset_args(args):
                             f"split file: use --split 1|2|3")
         if args.datasetDir is None:
             raise UserError("--dataset egtea needs --datasetDir: a root prepared by "
-                            "python -m datasets.prepare --egtea RELEASE --out ROOT")
+                            "python -m datasets.prepare --egtea RELEASE --outDir ROOT")
         args.split = args.split or 1
         train, test = split_names(args.split)
         args.trainUsers, args.testUsers = [train], [test]

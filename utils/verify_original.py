@@ -24,15 +24,18 @@ It targets torch 0.3 on a GPU, so a few run-time patches are applied to it, and 
 
 Exit status 0 when every check agrees within its tolerance, 1 otherwise, 2 for a wrong argument.
 """
-import argparse
 import contextlib
+import csv
+import importlib
 import io
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import types
 import warnings
 
@@ -40,11 +43,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # evaluate.py lives at the repository root
-    sys.path.insert(0, ROOT)
-
-from utils.errors import UserError, run_cli  # noqa: E402
+import datasets.gtea61 as G
+import models
+import utils.experiment as E
+from datasets import GTEA61, DatasetError
+from datasets.gtea61 import _LAYOUTS, _top
+from datasets.synthetic import dataset_kind
+from datasets.transforms import _BILINEAR, TF, ClipTransform, resize_size
+from models.backbone import imagenet_cache_path
+from models.checkpoints import load_checkpoint
+from models.recipe import DEFAULTS
+from utils import evaluation
+from utils.cli import Parser
+from utils.defaults import default_dataset_dir
+from utils.errors import NonFiniteLossError, UserError, run_cli
+from utils.experiment import Experiment, base_parser, build_stage_model, prepare_model
+from utils.train import train_step
 
 ORIGINAL_URL = "https://github.com/swathikirans/ego-rnn"
 # What the checks import or run from the checkout.
@@ -93,7 +107,7 @@ PATCHES = [
 ]
 
 EXCLUDED = [
-    "scheduler stepped before each epoch in the original (README Deviations): --steps stays below the first lr "
+    "scheduler stepped before each epoch in the original (docs/deviations.md): --steps stays below the first lr "
     "milestone, so both run at a constant lr",
     "class ids counted per user in the original: the logits are compared video by video (matched by user, class "
     "and instance) and the training batch gives both sides the same labels",
@@ -110,18 +124,17 @@ EXCLUDED = [
 
 
 def parse_args(argv):
-    from utils.experiment import Parser
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--egornnSrc", required=True, help=f"a plain checkout of {ORIGINAL_URL}")
     p.add_argument("--datasetDir", default=None, help="any dataset this project reads, with optical flow "
                    "(default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61)")
-    p.add_argument("--seqLen", type=int, default=7)
-    p.add_argument("--memSize", type=int, default=512)
+    p.add_argument("--seqLen", type=int, default=7, help="frames per RGB clip on both sides")
+    p.add_argument("--memSize", type=int, default=512, help="ConvLSTM memory channels on both sides")
     p.add_argument("--steps", type=int, default=3, help="optimiser steps per training check (at most 20)")
     p.add_argument("--batchSize", type=int, default=4, help="training videos in the fixed batch")
-    p.add_argument("--trainUsers", nargs="+", default=["S1", "S3", "S4"])
-    p.add_argument("--testUsers", nargs="+", default=["S2"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trainUsers", nargs="+", default=["S1", "S3", "S4"], help="users whose videos make the training batch")
+    p.add_argument("--testUsers", nargs="+", default=["S2"], help="users whose videos the forward checks score")
+    p.add_argument("--seed", type=int, default=0, help="seeds the models both sides start from")
     p.add_argument("--calibrationClips", type=int, default=16,
                    help="without ImageNet weights: training clips that estimate the BatchNorm statistics")
     p.add_argument("--videos", type=int, default=None, help="at most this many test videos (spread over the "
@@ -142,7 +155,6 @@ def parse_args(argv):
                         f"early scheduler step (a listed deviation) would change the lr one step before ours")
     check_source(args.egornnSrc)
     if args.datasetDir is None:
-        from utils.defaults import default_dataset_dir
         args.datasetDir = default_dataset_dir()
     return args
 
@@ -204,7 +216,6 @@ class Original:
                     sys.modules[name] = module
 
     def _load_url(self, url, *args, **kwargs):
-        from models.backbone import imagenet_cache_path
         path = imagenet_cache_path()
         if "resnet34" in url and os.path.isfile(path):
             self.imagenet = "cache"
@@ -213,7 +224,6 @@ class Original:
         return {}
 
     def module(self, name):
-        import importlib
         return importlib.import_module(name)
 
     def main_script(self, filename):
@@ -243,7 +253,6 @@ class Original:
         """eval-run-*.py's spatial transform."""
         st = self.module("spatial_transforms")
         normalize = st.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-        from datasets.transforms import resize_size
         return st.Compose([st.Scale(resize_size(self.frame_size)), st.CenterCrop(self.frame_size), st.ToTensor(),
                            normalize])
 
@@ -288,7 +297,6 @@ def original_layout(dataset_dir, users, out, seq_len, limit=None):
     positions) are left out, and at most `limit` videos, spread over the classes, are linked.
     Returns dict(root, num_classes, classes, keys (linked videos), dataset (the scan), kept (indices),
     left_out (videos left out for their numbering))."""
-    from datasets import GTEA61
     ds = GTEA61(dataset_dir, users, "twostream", train=False, seqLen=seq_len, stackSize=STACK)
     by_position = set(ds.by_position)
     kept = [i for i, vid in enumerate(ds.video_ids) if vid not in by_position]
@@ -322,7 +330,6 @@ def project_subset(dataset_dir, layout, out):
     """The videos of `layout` (original_layout's result) in the dataset's own layout, as links to their
     folders, with every class folder present (empty where no video is linked) so the class ids stay
     those of the whole dataset: what evaluate.py scores on this project's side."""
-    from datasets.gtea61 import _LAYOUTS, _top
     ds = layout["dataset"]
     L = _LAYOUTS[ds.layout]
     tops = [t for t in (_top(dataset_dir, L[k]) for k in ("rgb", "flow_x", "flow_y")) if t]
@@ -556,9 +563,6 @@ def run_project(kind, stage, seed_path, batch, steps, args, num_classes, work, c
     """This project's stage: model as the scripts build it from the seed file, its optimiser,
     train modes and training step (utils.train.train_step). Returns dict(losses, start, step1,
     final (state dicts of the EgoRNN / flow model), optimizer summary)."""
-    from models.checkpoints import load_checkpoint
-    from utils.experiment import Experiment, base_parser, build_stage_model, prepare_model
-    from utils.train import train_step
     argv = ["--datasetDir", args.datasetDir, "--outDir", work, "--seqLen", str(args.seqLen), "--memSize",
             str(args.memSize), "--frameSize", str(getattr(args, "frameSize", 224)), "--stage", str(stage), "--device", "cpu", "--precision", "fp32", "--pretrained", "none"]
     if kind == "rgb":
@@ -599,8 +603,6 @@ def _core(model):
 def in_project_keys(state, kind, num_classes, mem_size, path):
     """An original state dict, saved as the original does and read by this project's checkpoint
     loader into a fresh model: that model's state dict (this project's keys)."""
-    import models
-    from models.checkpoints import load_checkpoint
     torch.save(state, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -614,7 +616,6 @@ def training_check(orig, kind, stage, script, factory_name, build, seed_path, ba
                    classes=None):
     """-> (ok, text) of one training check: the original main_run, this project's step, and this
     project's step on the batch x (1 + NOISE N(0, 1)) (the rounding spread)."""
-    from utils.errors import NonFiniteLossError
     try:
         return _training_check(orig, kind, stage, script, factory_name, build, seed_path, batch, kwargs, args, C,
                                work, classes)
@@ -637,16 +638,14 @@ def _training_check(orig, kind, stage, script, factory_name, build, seed_path, b
 
 def project_logits(model, dataset_dir, ckpt, args, out_dir):
     """evaluate.py on a checkpoint -> {video key: logits} read back from its predictions.csv."""
-    import csv
 
-    import evaluate
     argv = ["--model", model, "--datasetDir", dataset_dir, "--modelStateDict", ckpt, "--seqLen", str(args.seqLen),
             "--memSize", str(args.memSize), "--testUsers", *args.testUsers, "--outDir", out_dir, "--numWorkers", "0",
             "--device", "cpu", "--batchSize", "4", "--stackSize", str(STACK), "--numSeg", str(FLOW_SEGS),
             "--frameSize", str(args.frameSize)]
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        evaluate.main(argv)
+        evaluation.main(argv)
     with open(os.path.join(out_dir, "predictions.csv"), newline="") as f:
         return {video_key(r["video"]): torch.tensor([float(v) for k, v in r.items() if k.startswith("logit_")])
                 for r in csv.DictReader(f)}
@@ -710,7 +709,6 @@ def calibrate_batchnorm(model, clips):
 def main(argv=None):
     args = parse_args(argv)
     orig = Original(args.egornnSrc)
-    from datasets import DatasetError
     torch.set_flush_denormal(True)
     keep = args.workDir is not None
     if keep and os.path.isdir(args.workDir) and os.listdir(args.workDir):
@@ -738,9 +736,6 @@ def _revision(src):
 @contextlib.contextmanager
 def planted(name):
     """One of PLANTS on this project's side while the block runs (None: nothing planted)."""
-    import datasets.gtea61 as G
-    import utils.experiment as E
-    from datasets.transforms import _BILINEAR, TF, ClipTransform
     saved = dict(choice=G.rgb_choice, frame=ClipTransform.frame, optimizer=E.Experiment.make_optimizer)
     if name == "frames":
         def rgb_choice(numbers, seq_len):
@@ -800,7 +795,6 @@ def twostream_fits(orig, C, mem_size):
 
 def compare_dropout(orig, C, args):
     """(ok, text): dropout probabilities and positions of the original's models and this project's."""
-    import models
     F_ = args.frameSize
     clip, stack = torch.zeros(1, 1, 3, F_, F_), torch.zeros(1, 2 * STACK, F_, F_)
     with warnings.catch_warnings():
@@ -851,7 +845,6 @@ class OpenedFrames:
 def compare_frame_numbers(opened, test):
     """(ok, text): the frame numbers this project's loader reads for each linked test video against the
     file numbers the original opened for it."""
-    from datasets import GTEA61
     ds = test["dataset"]
     keys = set(test["keys"])
     with contextlib.redirect_stderr(io.StringIO()):  # its scan warnings were printed once already
@@ -866,7 +859,6 @@ def compare_frame_numbers(opened, test):
 
 def estimate_seconds(orig, args, C, clip):
     """A rough time estimate from one timed original RGB forward of one clip."""
-    import time
     with orig.runtime():
         model = orig.rgb_model(C, args.memSize).train(False)
         t = time.perf_counter()
@@ -880,8 +872,6 @@ def estimate_seconds(orig, args, C, clip):
 
 
 def _main(args, orig, work):
-    from utils.experiment import DEFAULTS
-    from replicate import dataset_kind
     print(f"original Ego-RNN code: {orig.src} ({_revision(orig.src)}); torch {torch.__version__}, CPU, fp32")
     orig.frame_size = args.frameSize
     test = original_layout(args.datasetDir, args.testUsers, os.path.join(work, "test"), args.seqLen, args.videos)
@@ -906,14 +896,13 @@ def _main(args, orig, work):
     print("run-time patches of the original code:")
     for p in PATCHES:
         print(f"  - {p}")
-    print("deviations of this project excluded from the comparison (README \"Deviations\"):")
+    print("deviations of this project excluded from the comparison (docs/deviations.md):")
     for e in EXCLUDED:
         print(f"  - {e}")
 
     # 1. the original models from one seed, saved as the original does
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    import random
     random.seed(args.seed)
     paths = {k: os.path.join(work, f"model_{k}_state_dict.pth") for k in ("rgb", "flow", "twostream")}
     with orig.runtime():
@@ -988,7 +977,6 @@ def pin_cam_class(model, clips, path):
 
 def run_checks(ctx, report, label, reaches=("forward", "training rgb", "training flow")):
     """The forward and training checks (those named in `reaches`), reported into `report`."""
-    from utils.experiment import DEFAULTS
     orig, args, C, paths, work = ctx["orig"], ctx["args"], ctx["C"], ctx["paths"], os.path.join(ctx["work"], label)
     if "forward" in reaches:
         for kind, what in (("rgb", f"{args.seqLen} frames at floor(linspace(1, N, {args.seqLen})) by file number"),
