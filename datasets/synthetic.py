@@ -669,7 +669,7 @@ def main(argv=None):
     ap = Parser(prog="python -m datasets.synthetic", description="Write a small synthetic GTEA-61-like dataset.\n\n"
                 "    python -m datasets.synthetic --outDir data/synthetic_gtea61\n"
                 "    python -m datasets.synthetic --layout videos --outDir data/synthetic_videos")
-    ap.add_argument("--outDir", dest="out", metavar="DIR", required=True, help="dataset folder to create")
+    ap.add_argument("--outDir", dest="out", metavar="DIR", help="dataset folder to create (required)")
     hidden_alias(ap, "--out", "out")
     ap.add_argument("--layout", choices=LAYOUTS, default="course",
                     help="course / egornn: frames, flow (and maps) as images; videos: mp4 files plus the "
@@ -685,7 +685,7 @@ def main(argv=None):
     ap.add_argument("--size", type=_size, default=(160, 120), help="frame size WxH (default: 160x120)")
     ap.add_argument("--ifMissing", dest="if_missing", action="store_true",
                     help="do nothing if --outDir already holds a complete dataset")
-    hidden_alias(ap, "--ifMissing", "if_missing", action="store_true")
+    hidden_alias(ap, "--if-missing", "if_missing", action="store_true")
     ap.add_argument("--noShort", dest="short", action="store_false",
                     help="do not add the two videos shorter than 5 frames")
     hidden_alias(ap, "--no-short", "short", action="store_false")
@@ -696,6 +696,8 @@ def main(argv=None):
                     help="number of each video's first RGB frame (and motion map): 1 as the course release and "
                          "datasets.prepare, 0 as Ego-RNN's prepareGTEA61Dataset.py (image_00000.jpg); flow from 1")
     args = ap.parse_args(argv)
+    if args.out is None:  # not argparse's required=True: the old spelling --out must do too
+        ap.error("the following arguments are required: --outDir")
     out = os.path.abspath(args.out)
     params = _params(args)
 

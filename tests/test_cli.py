@@ -93,3 +93,21 @@ def test_every_tool_explains_every_flag_and_shows_defaults_once(module, monkeypa
         assert text.count("default:") <= 1, f"{module} {name}: {text}"
         if action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
             assert "default" in text, f"{module} {name} hides its default {action.default!r}"
+
+
+@pytest.mark.parametrize("module, argv, expected", [
+    ("datasets.synthetic", ["--out", "D", "--if-missing", "--no-short", "--no-quirks"],
+     dict(out="D", if_missing=True, short=False, quirks=False)),
+    ("datasets.synthetic", ["--outDir", "D", "--ifMissing", "--noShort", "--noQuirks"],
+     dict(out="D", if_missing=True, short=False, quirks=False)),
+    ("datasets.synthetic", ["--outDir", "D"], dict(out="D", if_missing=False, short=True, quirks=True)),
+    ("datasets.prepare", ["--videos", "V", "--out", "D", "--workers", "3"], dict(out="D", workers=3)),
+    ("datasets.prepare", ["--videos", "V", "--outDir", "D", "--numWorkers", "3"], dict(out="D", workers=3)),
+])
+def test_old_flag_spellings_still_work(module, argv, expected, monkeypatch):
+    """One name per concept (--outDir, --numWorkers, camelCase); the earlier spellings stay hidden aliases."""
+    parser = parser_of(module, monkeypatch)
+    monkeypatch.undo()
+    args = parser.parse_args(argv)
+    assert {k: getattr(args, k) for k in expected} == expected
+    assert "--if-missing" not in parser.format_help() and "--workers" not in parser.format_help()
