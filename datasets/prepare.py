@@ -45,7 +45,7 @@ GTEA-61's releases and the synthetic generator). Motion map k (datasets/warpflow
 flow k; the last frame, which has no next frame, repeats map N-1.
 
 Disk space: before writing, the output of the videos to do is estimated from their frame counts
-and output sizes at the bytes per pixel in BYTES_PER_PIXEL (README "EGTEA Gaze+"); a run whose
+and output sizes at the bytes per pixel in BYTES_PER_PIXEL (docs/egtea.md, "Disk space"); a run whose
 estimate exceeds the free space of DATASET's disk stops there with a one-line error
 (--noSpaceCheck skips the check).
 
@@ -100,7 +100,7 @@ JPEG_QUALITY = 95
 # Bytes per output pixel and frame, all parts together (RGB + flow x, y + motion map), for the
 # disk-space check. RGB at what a photograph costs (matplotlib's grace_hopper.jpg at short side
 # 256: PNG level 1 1.82 B/px, JPEG 95 0.50 B/px); the synthetic videos' flat colours cost a
-# fifth to a half of these (README "EGTEA Gaze+"), camera video more.
+# fifth to a half of these (docs/egtea.md, "Disk space"), camera video more.
 BYTES_PER_PIXEL = {"course": 2.0 + 2 * 0.5 + 0.05, "egornn": 0.5 + 2 * 0.15 + 0.05}
 FILE_SLACK = 2048  # bytes per file beyond its size: half of a 4 KB file-system block on average
 _OS_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}

@@ -49,7 +49,7 @@ TVL1_DEFAULT = dict(tau=0.25, lambda_=0.15, theta=0.3, nscales=5, warps=5, epsil
 # Fewer, coarser steps: the scales halve (scaleStep 0.5: the 5th is 1/16 of the frame, where
 # the default 0.8 stops at 0.41, and fast hands need the coarse levels), 3 warps, 10 x 2
 # iterations, epsilon 0.02. Chosen among about 30 settings on synthetic videos for speed,
-# end-point error and motion-map IoU (README, "Your own videos").
+# end-point error and motion-map IoU (docs/benchmarks.md, "Video preparation").
 TVL1_TUNED = dict(TVL1_DEFAULT, nscales=5, warps=3, epsilon=0.02, innnerIterations=10,
                   outerIterations=2, scaleStep=0.5)
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)

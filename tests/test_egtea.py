@@ -343,7 +343,7 @@ def test_prepare_train_both_stages_and_evaluate(prepared, tmp_path):
 def test_gtea71_sized_dataset_in_the_gtea_layout(tmp_path, classes=71, users=("S1", "P6")):
     """A GTEA 71-sized dataset (71 classes; users named as GTEA Gaze+'s may be) in GTEA-61's folder
     layout: the loader takes the classes from the folder names of all users, whatever their number
-    (README "EGTEA Gaze+" has the full-size check of GTEA 71 and GTEA Gaze+)."""
+    (docs/data.md, "GTEA 71 and GTEA Gaze+", has the full-size check)."""
     from datasets import GTEA61
     out = tmp_path / "d"
     assert syn.main(["--out", str(out), "--classes", str(classes), "--instances", "1", "--users", *users,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU speed check of README "Speed", in one go (a few minutes on one GPU):
+# The GPU speed check of docs/speed.md, in one go (a few minutes on one GPU):
 #   bash utils/bench_gpu.sh [OUTDIR]            (default experiments/bench_gpu)
 # For each configuration, bench.py on CUDA (bf16, channels_last, cudnn.benchmark, uint8 clips
 # normalised on the GPU) with --limit: the plain ResNet-34 training step on as many images, the

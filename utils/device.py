@@ -16,7 +16,7 @@ def pick_device(name):
 def cpu_has_native_bf16(cpuinfo=None):
     """True on CPUs with bf16 matrix instructions: AMX (Intel Xeon 4th gen on) or AVX512_BF16
     (AMD Zen 4 on, Intel Cooper Lake). On both, bf16 training runs about 2x (Zen 4) to 4x (AMX)
-    faster than fp32 (README "Speed"); elsewhere bf16 is emulated and slower than fp32."""
+    faster than fp32 (docs/speed.md); elsewhere bf16 is emulated and slower than fp32."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
