@@ -21,6 +21,8 @@ datasets.prepare decodes them (source size):
   IoU s x s   both maps through the loaders' test transform (datasets.transforms.
               ClipTransform: resize, centre crop, s x s bilinear), then > 0.4: what the MS
               head is trained on.
+  H refused   frame pairs whose camera homography was refused (datasets.warpflow: not more
+              than 50 matches or 25 RANSAC inliers; the identity is used), of all pairs;
   frames/s    video frames per second through datasets.warpflow.flows_and_maps, all of
               datasets.prepare's work except decoding and writing: per frame the flow, or
               flow + homography + warp + flow, plus the backward flow of the maps; one OpenCV
@@ -72,7 +74,7 @@ class Score:
         self.bg, self.epe_mov, self.epe_all = [], [], []
         self.inter = {s: 0 for s in ["full", *sizes]}
         self.union = {s: 0 for s in ["full", *sizes]}
-        self.seconds, self.frames = 0.0, 0
+        self.seconds, self.frames, self.pairs, self.refused = 0.0, 0, 0, 0
 
     def iou(self, key, pred, truth):
         self.inter[key] += int((pred & truth).sum())
@@ -81,7 +83,8 @@ class Score:
     def result(self):
         bg = np.concatenate(self.bg)
         out = {"bg_median": float(np.median(bg)), "epe_moving": float(np.concatenate(self.epe_mov).mean()),
-               "epe_all": float(np.mean(self.epe_all)), "fps": self.frames / self.seconds, "frames": self.frames}
+               "epe_all": float(np.mean(self.epe_all)), "fps": self.frames / self.seconds, "frames": self.frames,
+               "pairs": self.pairs, "refused": self.refused}
         for k in self.inter:
             out[f"iou_{k}"] = self.inter[k] / max(self.union[k], 1)
         return out
@@ -110,9 +113,12 @@ def measure(root, vids, methods, sizes, log=print):
             for warp in (False, True):
                 sc = scores[m, warp]
                 t0 = time.perf_counter()
-                out = list(warpflow.flows_and_maps(frames, flows[m], warp))
+                stats = {}
+                out = list(warpflow.flows_and_maps(frames, flows[m], warp, stats=stats))
                 sc.seconds += time.perf_counter() - t0
+                sc.refused += stats["refused"]
                 sc.frames += len(frames)
+                sc.pairs += len(frames) - 1
                 maps = np.stack([mm for _, _, _, mm in out])
                 for k, _, flow, _ in out[:-1]:
                     true = truth["scene_flow"][k] if warp else truth["flow"][k]
@@ -130,13 +136,14 @@ def measure(root, vids, methods, sizes, log=print):
 
 def table(results, camera, sizes):
     head = ["method", "bg |flow| (px)", "removed", "EPE moving (px)", "EPE all (px)", "IoU full",
-            *[f"IoU {s}x{s}" for s in sizes], "frames/s"]
+            *[f"IoU {s}x{s}" for s in sizes], "frames/s", "H refused"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         plain = results.get(name.replace(" + warp", ""))
         removed = f"{100 * (1 - r['bg_median'] / plain['bg_median']):.0f} %" if name.endswith("warp") else ""
         cells = [name, f"{r['bg_median']:.3f}", removed, f"{r['epe_moving']:.2f}", f"{r['epe_all']:.3f}",
-                 f"{r['iou_full']:.3f}", *[f"{r[f'iou_{s}']:.3f}" for s in sizes], f"{r['fps']:.1f}"]
+                 f"{r['iou_full']:.3f}", *[f"{r[f'iou_{s}']:.3f}" for s in sizes], f"{r['fps']:.1f}",
+                 f"{r['refused']}/{r['pairs']}" if name.endswith("warp") else ""]
         rows.append("| " + " | ".join(cells) + " |")
     rows.append(f"\ncamera: median true |flow| on static pixels without compensation {camera:.3f} px")
     return "\n".join(rows)
