@@ -30,7 +30,7 @@ v = round(255 * (f + 20) / 40), so zero motion is 127.5, written 128, and one le
 `decode_flow` inverts it: f = 40 v / 255 - 20 (128 -> +0.078 px, half a level).
 
 Motion maps (`motion_map`, `flows_and_maps`): a pixel of frame k moves when its compensated
-flow exceeds MOVING (1/120 of the frame's short side per frame: 1 px at 160x120, 2 px at
+flow exceeds MOVING (1/240 of the frame's short side per frame: 0.5 px at 160x120, 1 px at
 320x240, so the maps do not change with the resolution) both towards frame k+1 and back towards frame k-1
 (one of them at the ends of a video). Why both: where an object moves over a plain surface,
 the surface it is about to cover has no match in the next frame, and flow methods give it the
@@ -38,9 +38,10 @@ object's motion, a band as wide as the step in front of the object; towards the 
 frame the same happens behind it, so the band shows in only one of the two. Then the mask is
 smoothed by a guided filter with the frame as guide (radius 8 px at a 120 px short side), so
 its edges follow the image's, and cut at 0.5: maps are 0 or 255 (the loaders' 0.4 threshold
-keeps them as they are). Pixels the warp brings in from outside the frame are 0. 1 px at
-120 px is above what the camera compensation leaves on the static background (median 0.1-0.2
-px on the synthetic videos) and below the hands' motion; datasets/prepare_quality.py measures the maps
+keeps them as they are). Pixels the warp brings in from outside the frame are 0. 0.5 px at
+120 px is above what the camera compensation leaves on the static background (median 0.07 px
+on the synthetic videos) and below the hands' motion; 1/240 gave higher IoU than 1/120 at
+both 160x120 and 320x240 (docs/benchmarks.md); datasets/prepare_quality.py measures the maps
 against ground truth.
 """
 import os
@@ -49,7 +50,7 @@ import numpy as np
 
 BOUND = 20.0
 FLOW_LEVELS = 255.0 / (2 * BOUND)  # 8-bit levels per pixel of flow
-MOVING = 1.0 / 120  # compensated flow above this fraction of the short side per frame is motion
+MOVING = 1.0 / 240  # compensated flow above this fraction of the short side per frame is motion
 GUIDE_RADIUS = 8    # guided filter radius in px at a 120 px short side (scaled with the frame)
 GUIDE_EPS = 1e-2    # guided filter regularisation (colours in 0..1)
 METHODS = ("tvl1", "farneback", "raft")

@@ -308,10 +308,10 @@ def test_still_video_gives_flow_128_in_both_layouts(tmp_path):
 
 
 def test_motion_threshold_is_a_fraction_of_the_short_side():
-    """A uniform compensated flow of 1.5 px: moving at a 120 px short side (threshold 1 px),
-    still at 240 px (threshold 2 px); 2.5 px moves at 240. The guided filter keeps a uniform
-    mask as it is."""
-    for (h, w), speed, want in (((120, 160), 1.5, 255), ((240, 320), 1.5, 0), ((240, 320), 2.5, 255)):
+    """A uniform compensated flow of 0.75 px: moving at a 120 px short side (threshold 120 / 240
+    = 0.5 px), still at 240 px (threshold 1 px); 1.25 px moves at 240. The guided filter keeps
+    a uniform mask as it is."""
+    for (h, w), speed, want in (((120, 160), 0.75, 255), ((240, 320), 0.75, 0), ((240, 320), 1.25, 255)):
         flow = np.zeros((h, w, 2), np.float32)
         flow[..., 0] = speed
         mmap = warpflow.motion_map(_textured(h, w), [flow])
