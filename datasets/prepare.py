@@ -2,7 +2,8 @@
 camera-compensated warp flow and motion maps, in either layout the loaders read.
 
     python -m datasets.prepare --videos DIR --outDir DATASET [--layout course|egornn]
-        [--flow tvl1|farneback|raft] [--noWarp] [--fps N] [--shortSide 256] [--numWorkers N]
+        [--flow tvl1|farneback|raft] [--noWarp] [--flowScale output|source] [--maps flow]
+        [--fps N] [--shortSide 256] [--numWorkers N]
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
     python -m datasets.prepare --frames DATASET [--outDir DIR] [--only flow|mmaps ...] ...
     python -m datasets.prepare --egtea RELEASE --outDir DATASET ...   (EGTEA Gaze+, datasets/egtea.py)
@@ -42,7 +43,10 @@ What is written per video (N frames), numbered as the loaders read them (dataset
            flow_x/<u>/<c>/<i>/flow_x_00001.jpg .. N-1             (and flow_y)
 Flow k goes from frame k to frame k+1, so there is one flow image fewer than RGB frames (as in
 GTEA-61's releases and the synthetic generator). Motion map k (datasets/warpflow.py) comes from
-flow k; the last frame, which has no next frame, repeats map N-1.
+the compensated flow towards frame k+1 and back towards frame k-1; the first frame's from the
+forward flow only, the last frame's (it has no next frame) from the backward flow only.
+Flow values are in pixels of the written frames (--flowScale output) or, as dense_flow wrote
+them, of the source video (--flowScale source: x source / written short side).
 
 Disk space: before writing, the output of the videos to do is estimated from their frame counts
 and output sizes at the bytes per pixel in BYTES_PER_PIXEL (README "EGTEA Gaze+"); a run whose
@@ -53,7 +57,10 @@ Resilience:
   * every part of a video (rgb, mmaps, flow_x, flow_y folders) is written into
     DATASET/.prepare/tmp/ and renamed into place when complete (flow_y, flow_x, mmaps, then rgb:
     once a video's rgb folder is there, so is everything else), then a completion marker
-    DATASET/.prepare/done/<part>/<u>/<c>/<i>.json records the settings. A rerun skips the
+    DATASET/.prepare/done/<part>/<u>/<c>/<i>.json records the settings (method, warp,
+    flowScale, maps kind, VERSION, source, fps, shortSide) and what the run found (source and
+    output frame sizes, refused homographies); `preparation` summarises them for the checkpoints
+    (utils/experiment.py). A rerun skips the
     videos whose markers match, and redoes a video interrupted between its renames (a journal
     lists what it had started to place). Markers from other settings stop the run unless
     --overwrite. One run at a time per DATASET (a lock file).
@@ -563,7 +570,7 @@ def plan(args, opts):
     out, layout = opts["out"], opts["layout"]
     method = {"flow": args.flow, "warp": not args.noWarp, "version": VERSION}
     common = {"flow": dict(method, flowScale=args.flowScale), "mmaps": dict(method, maps=args.maps),
-              "frames": {"version": VERSION}}
+              "frames": {}}  # frames are the same bytes in every version: no conflict over it
     spans = opts.get("_spans") or {}
     if args.videos or args.egtea or args.list or args.gtea61:
         items = []

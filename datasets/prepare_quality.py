@@ -30,6 +30,13 @@ datasets.prepare decodes them (source size):
               machine load touches them alike.
 `tvl1-default` is OpenCV's DualTVL1 with its default parameters, `tvl1` the tuned setting
 datasets.prepare uses (datasets.warpflow.TVL1_TUNED).
+
+    python -m datasets.prepare_quality --data DIR --flowScaleError 2
+
+measures only the 8-bit writing of flow at the two --flowScale choices, on the true scene flow
+of every video, for frames written at 1/FACTOR of the source's size: the mean end-point error
+of the decoded flow, in written pixels, over all and over moving pixels, and the share of
+pixels clipped at +-20 px.
 """
 import argparse
 import json
@@ -134,6 +141,25 @@ def measure(root, vids, methods, sizes, log=print):
         float(np.median(np.concatenate(camera)))
 
 
+def flow_scale_error(root, factor):
+    """{scale: (mean error all, mean error moving, clipped share)} of encode_flow at the two
+    --flowScale choices, on the true scene flow (source pixels), frames 1/factor of the source."""
+    err = {s: [0.0, 0.0, 0] for s in warpflow.FLOW_SCALES}
+    n_all = n_moving = 0
+    for u, c, i in videos_of(root, 0):
+        truth = np.load(os.path.join(root, "truth", u, c, i, "truth.npz"))
+        for flow, moving in zip(truth["scene_flow"].astype(np.float64), truth["moving"]):
+            out = flow / factor  # the same motion in pixels of the written frames
+            for scale, values, back in (("source", flow, factor), ("output", out, 1.0)):
+                e = np.linalg.norm(warpflow.decode_flow(*warpflow.encode_flow(values)) / back - out, axis=-1)
+                err[scale][0] += e.sum()
+                err[scale][1] += e[moving].sum()
+                err[scale][2] += int((np.abs(values) > warpflow.BOUND).any(-1).sum())
+            n_all += moving.size
+            n_moving += int(moving.sum())
+    return {s: (a / n_all, m / max(n_moving, 1), c / n_all) for s, (a, m, c) in err.items()}
+
+
 def table(results, camera, sizes):
     head = ["method", "bg |flow| (px)", "removed", "EPE moving (px)", "EPE all (px)", "IoU full",
             *[f"IoU {s}x{s}" for s in sizes], "frames/s", "H refused"]
@@ -158,11 +184,18 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=["farneback", "tvl1", "tvl1-default"])
     ap.add_argument("--mapSizes", type=int, nargs="+", default=[7, 14, 28])
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--flowScaleError", type=float, default=None, metavar="FACTOR",
+                    help="only the 8-bit error of --flowScale source / output for frames 1/FACTOR of the source")
     args = ap.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data, "truth")):
         print(f"error: {args.data} is not a synthetic videos dataset (no truth/ folder): make one with "
               f"python -m datasets.synthetic --layout videos --out {args.data}", file=sys.stderr)
         return 2
+    if args.flowScaleError:
+        for scale, (a, m, c) in flow_scale_error(args.data, args.flowScaleError).items():
+            print(f"--flowScale {scale}: mean |decoded - true| {a:.4f} written px, on moving pixels {m:.4f}; "
+                  f"clipped {100 * c:.3f} % of pixels")
+        return 0
     import cv2
     vids = videos_of(args.data, args.videos, args.seed)
     first = next(read_frames(os.path.join(args.data, "videos", *vids[0][:2], vids[0][2] + ".mp4")))

@@ -557,3 +557,22 @@ def test_raft_needs_weights_and_runs_on_the_cpu(tmp_path, monkeypatch, videos):
         assert flow.shape == (h, w, 2) and flow.dtype == np.float32 and whole.shape == (ph, pw, 2)
         assert np.allclose(flow, whole[:h, :w], atol=1e-4), np.abs(flow - whole[:h, :w]).max()
         assert np.abs(flow - whole[-h:, -w:]).max() > 1e-2  # the comparison can tell the corners apart
+
+
+def test_flow_scale_error_by_hand(tmp_path):
+    """One frame pair of two pixels: (30, 0) px moving, (0, 0) px still, in source pixels;
+    frames written at half size (true written flow (15, 0) and 0). Source scale: 30 clips to 20,
+    written 255 -> 20 -> /2 = 10, error 5 in x, and 0 -> 128 -> 0.0784 -> /2 = 0.0392 per axis.
+    Output scale: 15 -> round(223.125) = 223 -> 14.9804 (error 0.0196), 0 -> 0.0784 per axis."""
+    from datasets import prepare_quality
+    os.makedirs(tmp_path / "videos" / "S1" / "c")
+    (tmp_path / "videos" / "S1" / "c" / "1.mp4").write_bytes(b"")
+    os.makedirs(tmp_path / "truth" / "S1" / "c" / "1")
+    np.savez(tmp_path / "truth" / "S1" / "c" / "1" / "truth.npz", scene_flow=np.float32([[[[30, 0], [0, 0]]]]),
+             moving=np.array([[[True, False]]]))
+    got = prepare_quality.flow_scale_error(str(tmp_path), 2)
+    half, level = 0.0784314 / 2, 0.0784314
+    src_moving, src_still = np.hypot(5, half), np.hypot(half, half)
+    out_moving, out_still = np.hypot(15 - 14.9803922, level), np.hypot(level, level)
+    assert np.allclose(got["source"], ((src_moving + src_still) / 2, src_moving, 0.5), atol=1e-5)
+    assert np.allclose(got["output"], ((out_moving + out_still) / 2, out_moving, 0.0), atol=1e-5)
