@@ -133,9 +133,14 @@ def flow_settings(args, spec):
     """(method, warp, flowScale) for the flow: the checkpoint's data's unless the command line
     says otherwise, which is a warning naming both."""
     prep, where = spec["preparation"]
-    used = {"flow": args.flow or prep.get("flow") or "tvl1",
-            "warp": False if args.noWarp else prep.get("warp", True),
-            "flowScale": args.flowScale or prep.get("flowScale") or "source"}
+
+    def recorded(key, default):  # a dataset whose videos differ records a list: its first value
+        value = prep.get(key, default)
+        return (value[0] if value else default) if isinstance(value, list) else value
+
+    used = {"flow": args.flow or recorded("flow", "tvl1"),
+            "warp": False if args.noWarp else recorded("warp", True),
+            "flowScale": args.flowScale or recorded("flowScale", "source")}
     for key, had, now in preparation_differences(prep, used, ("flow", "warp", "flowScale")):
         option = {"flow": f"--flow {now}", "warp": "--noWarp", "flowScale": f"--flowScale {now}"}[key]
         print(f"warning: {option}: {args.modelStateDict}'s training data had {key} {had} ({where}); "
