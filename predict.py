@@ -14,9 +14,13 @@ short side scaled down to 256; --fps resamples), the frames are the seqLen at
 floor(linspace(1, N, seqLen, endpoint=False)), resized and centre-cropped by the test
 transform; flow is computed from those frames with the preparation code (datasets/warpflow.py),
 stacks as evaluate.py takes them (flow model: the mean logits of --numSeg stacks; two-stream:
-the centre stack). So a video prepared into a dataset and scored by evaluate.py gets the same
-logits here (tests/test_predict.py). --flow defaults to Farneback, the fastest method; pass the
-method the model was trained on (datasets.prepare's default is tvl1) for its best accuracy.
+the centre stack). So a video prepared into a dataset (PNG, the course layout) and scored by
+evaluate.py gets the same logits here (tests/test_predict.py); JPEG frames differ a little.
+The flow method, warp and flow scale are the ones the checkpoint's data were prepared with (its
+"preparation" record; an original Ego-RNN file: TV-L1 + warp, source scale as dense_flow);
+--flow, --flowScale or --noWarp override them with a warning naming both. A video shorter than
+seqLen is taken as the loaders take it (frames repeated), down to their minimum of 5 frames (a
+flow model: 5 flow frames, or stackSize if more).
 
 Writes to --outDir: prediction.json (top-k, logits, the frames used); for models with attention
 cam.mp4 (the frames the model saw, the CAM on top, the predicted action on each frame) and
@@ -37,12 +41,12 @@ from tqdm import tqdm
 from datasets.gtea61 import MIN_FRAMES, clip_positions, eval_flow_starts
 from datasets.prepare import read_rgb
 from datasets.transforms import ClipTransform
-from datasets.video import VideoError, VideoWriter, frame_times, natural_key, read_frames
-from datasets.warpflow import RaftWeightsError, encode_flow, flow_method, warp_flow
+from datasets.video import VideoError, VideoWriter, frame_times, natural_key, read_frames, resized
+from datasets.warpflow import FLOW_SCALES, RaftWeightsError, encode_flow, flow_factor, flow_method, warp_flow
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_from_checkpoint, forward
 from utils.cli import Parser
-from utils.config import saved_config
+from utils.config import checkpoint_preparation, preparation_differences, saved_config
 from utils.device import pick_device
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json
@@ -68,8 +72,11 @@ def parse_args(argv):
                    help="video: resample to this rate, as datasets.prepare --fps; frame folder: its frame rate")
     p.add_argument("--shortSide", type=int, default=256,
                    help="scale video frames down to this short side first, as datasets.prepare does (0: keep)")
-    p.add_argument("--flow", default="farneback", choices=["farneback", "tvl1", "raft"],
-                   help="optical flow for flow and two-stream models (default farneback: the fastest)")
+    p.add_argument("--flow", default=None, choices=["farneback", "tvl1", "raft"],
+                   help="optical flow for flow and two-stream models (default: the checkpoint's data's)")
+    p.add_argument("--flowScale", default=None, choices=list(FLOW_SCALES),
+                   help="flow values in pixels of the source video or of the frames read (default: the "
+                   "checkpoint's data's)")
     p.add_argument("--noWarp", action="store_true", help="plain flow, without the camera compensation")
     p.add_argument("--raftWeights", default=None, help="torchvision RAFT state dict (--flow raft)")
     p.add_argument("--numSeg", type=int, default=5, help="flow stacks averaged per clip (flow model), as evaluate.py")
@@ -119,7 +126,26 @@ def resolve_model(args):
     return dict(kind=kind, name=name, classes=classes, attention=attention, seqLen=seq_len,
                 frameSize=config.get("frameSize") or 224, memSize=info["mem_size"] or 512,
                 stackSize=info["stack_size"] or 5, numSeg=args.numSeg if kind == "flow" else 1,
-                recorded=bool(config))
+                recorded=bool(config), preparation=checkpoint_preparation(config))
+
+
+def flow_settings(args, spec):
+    """(method, warp, flowScale) for the flow: the checkpoint's data's unless the command line
+    says otherwise, which is a warning naming both."""
+    prep, where = spec["preparation"]
+
+    def recorded(key, default):  # a dataset whose videos differ records a list: its first value
+        value = prep.get(key, default)
+        return (value[0] if value else default) if isinstance(value, list) else value
+
+    used = {"flow": args.flow or recorded("flow", "tvl1"),
+            "warp": False if args.noWarp else recorded("warp", True),
+            "flowScale": args.flowScale or recorded("flowScale", "source")}
+    for key, had, now in preparation_differences(prep, used, ("flow", "warp", "flowScale")):
+        option = {"flow": f"--flow {now}", "warp": "--noWarp", "flowScale": f"--flowScale {now}"}[key]
+        print(f"warning: {option}: {args.modelStateDict}'s training data had {key} {had} ({where}); "
+              f"this run uses {key} {now}, so its inputs differ from the training data", file=sys.stderr)
+    return used["flow"], used["warp"], used["flowScale"]
 
 
 def load_model(path, device):
@@ -136,6 +162,7 @@ class Source:
 
     def __init__(self, path, fps, short_side):
         self.path, self.fps, self.short_side = path, fps, short_side
+        self.sizes = {}  # the frames' size as decoded and as read (datasets.video.resized)
         if os.path.isdir(path):
             names = sorted((n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")),
                            key=natural_key)
@@ -166,7 +193,7 @@ class Source:
                 for f in self.files:
                     yield read_rgb(f)
             else:
-                yield from read_frames(self.path, self.fps, self.short_side)
+                yield from resized(read_frames(self.path, self.fps), self.short_side, self.sizes)
         except VideoError as e:
             raise UserError(str(e)) from None
 
@@ -189,13 +216,13 @@ def plan_clip(first, n, spec, name, start, end):
 
 
 def min_frames(spec):
-    """(frames a clip needs, why): seqLen distinct RGB frames, stackSize flow frames (one RGB
-    frame more), and at least the loaders' minimum (datasets/gtea61.py MIN_FRAMES)."""
+    """(frames a clip needs, why): the loaders' minimum (datasets/gtea61.py): MIN_FRAMES RGB
+    frames (fewer than seqLen are repeated), and for flow max(MIN_FRAMES, stackSize) flow frames,
+    one RGB frame more."""
     needs = [(MIN_FRAMES, f"the loaders' minimum of {MIN_FRAMES}")]
-    if spec["kind"] in ("rgb", "twostream"):
-        needs.append((spec["seqLen"], f"seqLen {spec['seqLen']}"))
     if spec["kind"] in ("flow", "twostream"):
-        needs.append((spec["stackSize"] + 1, f"stacks of {spec['stackSize']} flow frames"))
+        k = max(MIN_FRAMES, spec["stackSize"])
+        needs.append((k + 1, f"the loaders' minimum of {k} flow frames"))
     return max(needs, key=lambda n: n[0])
 
 
@@ -234,10 +261,11 @@ class ClipMaker:
     normalize=False) as soon as their last frame is decoded; keeps only the frames clips still
     need, each already resized and centre-cropped (the test transform is per frame)."""
 
-    def __init__(self, clips, spec, flow_method=None, warp=True):
+    def __init__(self, clips, spec, flow_method=None, warp=True, flow_scale="output", sizes=None):
         self.clips = sorted(clips, key=lambda c: c["ready"])
         self.transform = ClipTransform(False, spec["frameSize"])
         self.flow_method, self.warp = flow_method, warp
+        self.flow_scale, self.sizes = flow_scale, sizes if sizes is not None else {}
         self.refs = {}
         for c in clips:
             for i in c["rgb"]:
@@ -255,7 +283,8 @@ class ClipMaker:
             if ("rgb", i) in self.refs:
                 self.store[("rgb", i)] = self._crop(rgb)
             if ("flow", i - 1) in self.refs:
-                flow, _, _ = warp_flow(prev, rgb, self.flow_method, self.warp)
+                flow, _, _, _ = warp_flow(prev, rgb, self.flow_method, self.warp)
+                flow = flow * flow_factor(self.flow_scale, self.sizes)
                 self.store[("flow", i - 1)] = tuple(self._crop(a) for a in encode_flow(flow))
             prev = rgb
             while pending and pending[0]["ready"] <= i:
@@ -379,10 +408,11 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     model = load_model(args.modelStateDict, device)
-    method = None
+    method, flow_name, warp, flow_scale = None, None, False, None
     if spec["kind"] in ("flow", "twostream"):
+        flow_name, warp, flow_scale = flow_settings(args, spec)
         try:
-            method = flow_method(args.flow, args.raftWeights)
+            method = flow_method(flow_name, args.raftWeights)
         except RaftWeightsError as e:
             raise UserError(str(e)) from None
 
@@ -396,7 +426,7 @@ def main(argv=None):
     classes, C, k = spec["classes"], len(spec["classes"]), min(args.topk, len(spec["classes"]))
     print(f"{args.video}: {len(source.times)} frames" + (f", {source.duration:.2f} s" if source.rate else "")
           + f"; {spec['name']} model ({C} classes, seqLen {spec['seqLen']}, {spec['frameSize']} px"
-          + (f", {'warp ' if not args.noWarp else ''}{args.flow} flow" if method else "")
+          + (f", {'warp ' if warp else ''}{flow_name} flow at {flow_scale} scale" if method else "")
           + ("" if spec["recorded"] else "; no configuration in the file: the original's settings")
           + f") on {device.type}",
           file=sys.stderr, flush=True)
@@ -436,7 +466,7 @@ def main(argv=None):
 
     batch = []
     try:
-        for item in ClipMaker(clips, spec, method, not args.noWarp)(source.frames()):
+        for item in ClipMaker(clips, spec, method, warp, flow_scale, source.sizes)(source.frames()):
             batch.append(item)
             if len(batch) == args.batchSize:
                 run(batch)
@@ -460,7 +490,7 @@ def main(argv=None):
         "video": args.video, "checkpoint": args.modelStateDict, "model": spec["name"], "classes": classes,
         "seqLen": spec["seqLen"], "frameSize": spec["frameSize"], "num_frames": len(source.times),
         "duration_s": round(source.duration, 4) if source.rate else None, "fps": args.fps, "shortSide": args.shortSide,
-        "flow": (args.flow + ("" if args.noWarp else " + warp")) if method else None,
+        "flow": (flow_name + (" + warp" if warp else "")) if method else None, "flowScale": flow_scale,
         "precision": args.precision, "device": device.type,
         "top": top, "logits": [round(float(v), 7) for v in logits],
         "frame_numbers": frame_numbers, "frame_times_s": [round(source.times[i], 4) for i in clip["rgb"]],

@@ -2,7 +2,8 @@
 camera-compensated warp flow and motion maps, in either layout the loaders read.
 
     python -m datasets.prepare --videos DIR --outDir DATASET [--layout course|egornn]
-        [--flow tvl1|farneback|raft] [--noWarp] [--fps N] [--shortSide 256] [--numWorkers N]
+        [--flow tvl1|farneback|raft] [--noWarp] [--flowScale output|source] [--maps flow]
+        [--fps N] [--shortSide 256] [--numWorkers N]
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
     python -m datasets.prepare --frames DATASET [--outDir DIR] [--only flow|mmaps ...] ...
     python -m datasets.prepare --egtea RELEASE --outDir DATASET ...   (EGTEA Gaze+, datasets/egtea.py)
@@ -42,7 +43,10 @@ What is written per video (N frames), numbered as the loaders read them (dataset
            flow_x/<u>/<c>/<i>/flow_x_00001.jpg .. N-1             (and flow_y)
 Flow k goes from frame k to frame k+1, so there is one flow image fewer than RGB frames (as in
 GTEA-61's releases and the synthetic generator). Motion map k (datasets/warpflow.py) comes from
-flow k; the last frame, which has no next frame, repeats map N-1.
+the compensated flow towards frame k+1 and back towards frame k-1; the first frame's from the
+forward flow only, the last frame's (it has no next frame) from the backward flow only.
+Flow values are in pixels of the written frames (--flowScale output) or, as dense_flow wrote
+them, of the source video (--flowScale source: x source / written short side).
 
 Disk space: before writing, the output of the videos to do is estimated from their frame counts
 and output sizes at the bytes per pixel in BYTES_PER_PIXEL (docs/egtea.md, "Disk space"); a run whose
@@ -53,7 +57,10 @@ Resilience:
   * every part of a video (rgb, mmaps, flow_x, flow_y folders) is written into
     DATASET/.prepare/tmp/ and renamed into place when complete (flow_y, flow_x, mmaps, then rgb:
     once a video's rgb folder is there, so is everything else), then a completion marker
-    DATASET/.prepare/done/<part>/<u>/<c>/<i>.json records the settings. A rerun skips the
+    DATASET/.prepare/done/<part>/<u>/<c>/<i>.json records the settings (method, warp,
+    flowScale, maps kind, VERSION, source, fps, shortSide) and what the run found (source and
+    output frame sizes, refused homographies); `preparation` summarises them for the checkpoints
+    (utils/experiment.py). A rerun skips the
     videos whose markers match, and redoes a video interrupted between its renames (a journal
     lists what it had started to place). Markers from other settings stop the run unless
     --overwrite. One run at a time per DATASET (a lock file).
@@ -75,14 +82,20 @@ import numpy as np
 
 from datasets import gtea61raw, warpflow
 from datasets.gtea61raw import frame_files
-from datasets.video import (VIDEO_EXTS, VideoError, _resize, estimated_frames, output_size, probe,
-                            read_frames)
+from datasets.video import (VIDEO_EXTS, VideoError, estimated_frames, output_size, probe,
+                            read_frames, resized)
 from datasets.warpflow import RaftWeightsError, find_raft_weights
 from utils.cli import Parser, hidden_alias
 from utils.errors import UserError, run_cli
 
 PARTS = ("frames", "flow", "mmaps")
 STATE = ".prepare"
+# Version of what is written: 2 = dense_flow's 8-bit mapping, warp border and homography rule,
+# --flowScale, motion-map threshold relative to the frame size (1: before). In every marker.
+VERSION = 2
+FOUND = ("sourceSize", "outputSize", "refused")  # marker entries the run found (not settings)
+FLOW_SCALES = warpflow.FLOW_SCALES
+DEFAULT_FLOW_SCALE = "output"  # docs/data.md, "Flow scale": fewer clipped values at hand speeds
 # per layout and folder kind: (folder pattern relative to the root, file name pattern)
 LAYOUTS = {
     "course": {"rgb": ("processed_frames2/{rel}/rgb", "rgb{:04d}.png"),
@@ -164,23 +177,26 @@ class Job:
         self.frame_numbers = frame_numbers  # --frames: the frames' own numbers
 
 
-def _frames_of(job, opts):
+def _frames_of(job, opts, sizes):
+    """The video's frames scaled to --shortSide (sizes: datasets.video.resized)."""
     if job.span is not None:
-        return _span_frames(job.span, opts["shortSide"])
-    if isinstance(job.source, str):
-        return read_frames(job.source, opts["fps"], opts["shortSide"])
-    return (read_rgb(p) for p in job.source)
+        frames = _span_frames(job.span)
+    elif isinstance(job.source, str):
+        frames = read_frames(job.source, opts["fps"])
+    else:
+        frames = (read_rgb(p) for p in job.source)
+    return resized(frames, opts["shortSide"], sizes)
 
 
-def _span_frames(inst, short_side):
+def _span_frames(inst):
     """Frames start..end (1-based, inclusive) of a --gtea61 recording (a video is decoded up to
     the end only; a frame folder's length was checked when the labels were read)."""
     if os.path.isdir(inst.source):
         for path in frame_files(inst.source)[inst.start - 1:inst.end]:
-            yield _resize(read_rgb(path), short_side)
+            yield read_rgb(path)
         return
     n = 0
-    for n, rgb in enumerate(read_frames(inst.source, None, short_side), 1):
+    for n, rgb in enumerate(read_frames(inst.source, None), 1):
         if n >= inst.start:
             yield rgb
         if n == inst.end:
@@ -189,7 +205,9 @@ def _span_frames(inst, short_side):
 
 
 def _run_job(job, opts, progress):
-    """Write one video's parts into a fresh staging folder; returns (staging, frame count)."""
+    """Write one video's parts into a fresh staging folder; returns (staging, frame count,
+    what the marker adds to the settings: sizes and the frame pairs whose homography was
+    refused)."""
     cv2 = _cv2()
     cv2.setNumThreads(1)  # one process per core instead (--numWorkers)
     layout = opts["layout"]
@@ -203,9 +221,11 @@ def _run_job(job, opts, progress):
         write_image(os.path.join(staging, kind, filename(layout, kind, number)), arr)
 
     want_flow, want_maps = "flow" in job.parts, "mmaps" in job.parts
-    frames = _frames_of(job, opts)
+    sizes = {}
+    frames = _frames_of(job, opts, sizes)
+    stats = {"refused": 0}
     if want_flow or want_maps:
-        frames = warpflow.flows_and_maps(frames, opts["_method"], opts["warp"], want_flow, want_maps)
+        frames = warpflow.flows_and_maps(frames, opts["_method"], opts["warp"], want_flow, want_maps, stats)
     else:
         frames = ((k, rgb, None, None) for k, rgb in enumerate(frames))
     numbers = job.frame_numbers
@@ -220,7 +240,7 @@ def _run_job(job, opts, progress):
                 src = job.source[k]
                 shutil.copyfile(src, os.path.join(staging, "rgb", os.path.basename(src)))
         if flow is not None:
-            x, y = warpflow.encode_flow(flow)
+            x, y = warpflow.encode_flow(flow * warpflow.flow_factor(opts["flowScale"], sizes))
             put("flow_x", k + 1, x)
             put("flow_y", k + 1, y)
         if mmap is not None:
@@ -231,11 +251,12 @@ def _run_job(job, opts, progress):
             pending = 0
     if progress is not None and pending:
         progress(pending)
-    return staging, n
+    return staging, n, dict(sizes, refused=stats["refused"])
 
 
-def _place(job, opts, staging):
-    """Move the staged folders into the dataset, then write the completion markers."""
+def _place(job, opts, staging, found):
+    """Move the staged folders into the dataset, then write the completion markers: the
+    settings, and what the run found (`found`: sizes, refused homographies)."""
     out, layout = opts["out"], opts["layout"]
     kinds = [k for k in PLACE_ORDER if any(k in KINDS[p] for p in job.parts)]
     targets = [folder(out, layout, k, job.rel) for k in kinds]
@@ -246,7 +267,7 @@ def _place(job, opts, staging):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.rename(os.path.join(staging, kind), target)
     for p in job.parts:
-        _write_json(_state(out, "done/" + p, job.rel), job.settings[p])
+        _write_json(_state(out, "done/" + p, job.rel), dict(job.settings[p], **found))
     os.remove(journal)
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -286,19 +307,52 @@ def _read_json(path):
 
 
 def process(job, opts, progress=None):
-    """Prepare one video; returns (job.rel, frames, error message or None)."""
+    """Prepare one video; returns (job.rel, frames, error message or None, frame pairs whose
+    homography was refused)."""
     try:
-        staging, n = _run_job(job, opts, progress)
+        staging, n, found = _run_job(job, opts, progress)
     except OSError:
         raise  # a full or read-only disk stops the run (main() says so in one line)
     except Exception as e:  # noqa: BLE001 - one strange video must not stop a long run
         shutil.rmtree(_staging(opts["out"], job.rel), ignore_errors=True)
         if isinstance(e, VideoError):
-            return job.rel, 0, str(e)
+            return job.rel, 0, str(e), 0
         msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
-        return job.rel, 0, f"{job.source if isinstance(job.source, str) else job.rel}: {type(e).__name__}: {msg}"
-    _place(job, opts, staging)
-    return job.rel, n, None
+        return job.rel, 0, f"{job.source if isinstance(job.source, str) else job.rel}: {type(e).__name__}: {msg}", 0
+    _place(job, opts, staging, found)
+    return job.rel, n, None, found["refused"]
+
+
+# ---- the record ----------------------------------------------------------------------------
+RECORD = ("flow", "warp", "flowScale", "maps", "version", "sourceSize", "outputSize")
+BEFORE_V2 = {"flowScale": "output", "maps": "flow", "version": 1}  # what markers without the keys had
+
+
+def preparation(root):
+    """What datasets.prepare recorded for the dataset at `root`, from its markers: {key: value}
+    for RECORD's keys (a sorted list of the values when the videos differ) and "videos"; None
+    when nothing there was made by it (the synthetic generator, a release made elsewhere)."""
+    seen, videos = {}, set()
+    for part in ("flow", "mmaps"):
+        base = os.path.join(root, STATE, "done", part)
+        for dirpath, _, names in os.walk(base):
+            for name in names:
+                marker = _read_json(os.path.join(dirpath, name)) if name.endswith(".json") else None
+                if not isinstance(marker, dict):
+                    continue
+                videos.add(os.path.relpath(os.path.join(dirpath, name), base))
+                for key in RECORD:
+                    if key == "flowScale" and part != "flow" or key == "maps" and part != "mmaps":
+                        continue
+                    value = marker.get(key, BEFORE_V2.get(key))
+                    if value is not None:
+                        seen.setdefault(key, set()).add(json.dumps(value))
+    if not videos:
+        return None
+    out = {k: [json.loads(v) for v in sorted(seen[k])] for k in RECORD if k in seen}
+    out = {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+    out["videos"] = len(videos)
+    return out
 
 
 # ---- worker processes -----------------------------------------------------------------------
@@ -514,8 +568,9 @@ def _has_files(path):
 def plan(args, opts):
     """The jobs of this run, and how many videos are already done."""
     out, layout = opts["out"], opts["layout"]
-    common = {"flow": {"flow": args.flow, "warp": not args.noWarp},
-              "mmaps": {"flow": args.flow, "warp": not args.noWarp}, "frames": {}}
+    method = {"flow": args.flow, "warp": not args.noWarp, "version": VERSION}
+    common = {"flow": dict(method, flowScale=args.flowScale), "mmaps": dict(method, maps=args.maps),
+              "frames": {}}  # frames are the same bytes in every version: no conflict over it
     spans = opts.get("_spans") or {}
     if args.videos or args.egtea or args.list or args.gtea61:
         items = []
@@ -541,7 +596,7 @@ def plan(args, opts):
             marker = _read_json(_state(out, "done/" + p, rel))
             present = all(_has_files(folder(out, layout, k, rel)) for k in KINDS[p])
             if not args.overwrite and present:
-                if marker == settings[p]:
+                if marker is not None and {k: v for k, v in marker.items() if k not in FOUND} == settings[p]:
                     continue  # done
                 if marker is not None:
                     conflicts.append((rel, p))
@@ -588,6 +643,11 @@ def parse_args(argv):
     p.add_argument("--flow", choices=("tvl1", "farneback", "raft"), default="tvl1",
                    help="optical flow method (default tvl1; farneback: fast on a CPU; raft: GPU)")
     p.add_argument("--noWarp", action="store_true", help="plain flow, without the camera compensation")
+    p.add_argument("--flowScale", choices=FLOW_SCALES, default=DEFAULT_FLOW_SCALE,
+                   help="flow values in pixels of the written frames (output, the default) or of the source "
+                   "video as dense_flow wrote them (source: x source/output short side)")
+    p.add_argument("--maps", choices=("flow",), default="flow",
+                   help="motion maps from the compensated flow (datasets/warpflow.py)")
     p.add_argument("--fps", type=float, default=None,
                    help="resample the videos to this rate: at each j / fps the nearest frame "
                    "(datasets/video.py; default: every frame)")
@@ -706,7 +766,7 @@ def _drain(q, bar):
 
 
 def _report(result, bar):
-    rel, n, err = result
+    rel, n, err, _ = result
     if err:
         bar.write(f"error: {err}", file=sys.stderr)
     return result
@@ -740,6 +800,7 @@ def main(argv=None):
     only = [p for p in PARTS if p in only]
     opts = {"_spans": spans, "out": args.out, "layout": layout, "flow": args.flow, "warp": not args.noWarp, "fps": args.fps,
             "shortSide": args.shortSide, "raftWeights": args.raftWeights, "only": only, "_frames": frames,
+            "flowScale": args.flowScale,
             "_needs_method": "flow" in only or "mmaps" in only, "_videos": None if args.frames else videos}
     lock = _Lock(args.out)
     try:
@@ -765,11 +826,16 @@ def main(argv=None):
                             "fix the permissions, then rerun: finished videos are kept)") from None
     finally:
         lock.release()
-    bad = [(rel, err) for rel, _, err in results if err] + [(err.split(":")[0], err) for err in label_errors]
-    frames_done = sum(n for _, n, _ in results)
+    bad = [(rel, err) for rel, _, err, _ in results if err] + [(err.split(":")[0], err) for err in label_errors]
+    frames_done = sum(n for _, n, _, _ in results)
     secs = time.time() - t0
     print(f"done: {len(results) - len(bad)} video(s), {frames_done} frames in {secs:.1f} s "
           f"({frames_done / max(secs, 1e-9):.1f} frames/s) -> {args.out}", file=sys.stderr)
+    refused = sorted((rel, r) for rel, _, _, r in results if r)
+    if refused:  # dense_flow's rule: no homography from <= 50 matches or <= 25 inliers
+        listing = ", ".join(f"{rel} {r}" for rel, r in refused[:10]) + (", ..." if len(refused) > 10 else "")
+        print(f"camera homography refused (identity used) on {sum(r for _, r in refused)} frame pair(s) in "
+              f"{len(refused)} video(s): {listing}", file=sys.stderr)
     if bad:
         listing = "; ".join(f"{rel}" for rel, _ in bad)
         msg = (f"{len(bad)} video(s) could not be read and were skipped: {listing} (errors above; fix or "

@@ -21,6 +21,8 @@ datasets.prepare decodes them (source size):
   IoU s x s   both maps through the loaders' test transform (datasets.transforms.
               ClipTransform: resize, centre crop, s x s bilinear), then > 0.4: what the MS
               head is trained on.
+  H refused   frame pairs whose camera homography was refused (datasets.warpflow: not more
+              than 50 matches or 25 RANSAC inliers; the identity is used), of all pairs;
   frames/s    video frames per second through datasets.warpflow.flows_and_maps, all of
               datasets.prepare's work except decoding and writing: per frame the flow, or
               flow + homography + warp + flow, plus the backward flow of the maps; one OpenCV
@@ -28,6 +30,13 @@ datasets.prepare decodes them (source size):
               machine load touches them alike.
 `tvl1-default` is OpenCV's DualTVL1 with its default parameters, `tvl1` the tuned setting
 datasets.prepare uses (datasets.warpflow.TVL1_TUNED).
+
+    python -m datasets.prepare_quality --data DIR --flowScaleError 2
+
+measures only the 8-bit writing of flow at the two --flowScale choices, on the true scene flow
+of every video, for frames written at 1/FACTOR of the source's size: the mean end-point error
+of the decoded flow, in written pixels, over all and over moving pixels, and the share of
+pixels clipped at +-20 px.
 """
 import json
 import os
@@ -72,7 +81,7 @@ class Score:
         self.bg, self.epe_mov, self.epe_all = [], [], []
         self.inter = {s: 0 for s in ["full", *sizes]}
         self.union = {s: 0 for s in ["full", *sizes]}
-        self.seconds, self.frames = 0.0, 0
+        self.seconds, self.frames, self.pairs, self.refused = 0.0, 0, 0, 0
 
     def iou(self, key, pred, truth):
         self.inter[key] += int((pred & truth).sum())
@@ -81,7 +90,8 @@ class Score:
     def result(self):
         bg = np.concatenate(self.bg)
         out = {"bg_median": float(np.median(bg)), "epe_moving": float(np.concatenate(self.epe_mov).mean()),
-               "epe_all": float(np.mean(self.epe_all)), "fps": self.frames / self.seconds, "frames": self.frames}
+               "epe_all": float(np.mean(self.epe_all)), "fps": self.frames / self.seconds, "frames": self.frames,
+               "pairs": self.pairs, "refused": self.refused}
         for k in self.inter:
             out[f"iou_{k}"] = self.inter[k] / max(self.union[k], 1)
         return out
@@ -110,9 +120,12 @@ def measure(root, vids, methods, sizes, log=print):
             for warp in (False, True):
                 sc = scores[m, warp]
                 t0 = time.perf_counter()
-                out = list(warpflow.flows_and_maps(frames, flows[m], warp))
+                stats = {}
+                out = list(warpflow.flows_and_maps(frames, flows[m], warp, stats=stats))
                 sc.seconds += time.perf_counter() - t0
+                sc.refused += stats["refused"]
                 sc.frames += len(frames)
+                sc.pairs += len(frames) - 1
                 maps = np.stack([mm for _, _, _, mm in out])
                 for k, _, flow, _ in out[:-1]:
                     true = truth["scene_flow"][k] if warp else truth["flow"][k]
@@ -128,15 +141,35 @@ def measure(root, vids, methods, sizes, log=print):
         float(np.median(np.concatenate(camera)))
 
 
+def flow_scale_error(root, factor):
+    """{scale: (mean error all, mean error moving, clipped share)} of encode_flow at the two
+    --flowScale choices, on the true scene flow (source pixels), frames 1/factor of the source."""
+    err = {s: [0.0, 0.0, 0] for s in warpflow.FLOW_SCALES}
+    n_all = n_moving = 0
+    for u, c, i in videos_of(root, 0):
+        truth = np.load(os.path.join(root, "truth", u, c, i, "truth.npz"))
+        for flow, moving in zip(truth["scene_flow"].astype(np.float64), truth["moving"]):
+            out = flow / factor  # the same motion in pixels of the written frames
+            for scale, values, back in (("source", flow, factor), ("output", out, 1.0)):
+                e = np.linalg.norm(warpflow.decode_flow(*warpflow.encode_flow(values)) / back - out, axis=-1)
+                err[scale][0] += e.sum()
+                err[scale][1] += e[moving].sum()
+                err[scale][2] += int((np.abs(values) > warpflow.BOUND).any(-1).sum())
+            n_all += moving.size
+            n_moving += int(moving.sum())
+    return {s: (a / n_all, m / max(n_moving, 1), c / n_all) for s, (a, m, c) in err.items()}
+
+
 def table(results, camera, sizes):
     head = ["method", "bg |flow| (px)", "removed", "EPE moving (px)", "EPE all (px)", "IoU full",
-            *[f"IoU {s}x{s}" for s in sizes], "frames/s"]
+            *[f"IoU {s}x{s}" for s in sizes], "frames/s", "H refused"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         plain = results.get(name.replace(" + warp", ""))
         removed = f"{100 * (1 - r['bg_median'] / plain['bg_median']):.0f} %" if name.endswith("warp") else ""
         cells = [name, f"{r['bg_median']:.3f}", removed, f"{r['epe_moving']:.2f}", f"{r['epe_all']:.3f}",
-                 f"{r['iou_full']:.3f}", *[f"{r[f'iou_{s}']:.3f}" for s in sizes], f"{r['fps']:.1f}"]
+                 f"{r['iou_full']:.3f}", *[f"{r[f'iou_{s}']:.3f}" for s in sizes], f"{r['fps']:.1f}",
+                 f"{r['refused']}/{r['pairs']}" if name.endswith("warp") else ""]
         rows.append("| " + " | ".join(cells) + " |")
     rows.append(f"\ncamera: median true |flow| on static pixels without compensation {camera:.3f} px")
     return "\n".join(rows)
@@ -153,11 +186,18 @@ def main(argv=None):
     ap.add_argument("--mapSizes", type=int, nargs="+", default=[7, 14, 28],
                     help="motion-map sizes at which the IoU is measured (the loaders' resize)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--flowScaleError", type=float, default=None, metavar="FACTOR",
+                    help="only the 8-bit error of --flowScale source / output for frames 1/FACTOR of the source")
     args = ap.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data, "truth")):
         print(f"error: {args.data} is not a synthetic videos dataset (no truth/ folder): make one with "
               f"python -m datasets.synthetic --layout videos --out {args.data}", file=sys.stderr)
         return 2
+    if args.flowScaleError:
+        for scale, (a, m, c) in flow_scale_error(args.data, args.flowScaleError).items():
+            print(f"--flowScale {scale}: mean |decoded - true| {a:.4f} written px, on moving pixels {m:.4f}; "
+                  f"clipped {100 * c:.3f} % of pixels")
+        return 0
     import cv2
     vids = videos_of(args.data, args.videos, args.seed)
     first = next(read_frames(os.path.join(args.data, "videos", *vids[0][:2], vids[0][2] + ".mp4")))

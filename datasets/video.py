@@ -176,6 +176,16 @@ def read_timed_frames(path, fps=None, short_side=0):
         yield t, _resize(rgb, short_side)
 
 
+def resized(frames, short_side, sizes):
+    """The frames scaled down to short_side (0: as they are); sizes["sourceSize"] and
+    sizes["outputSize"] get the first frame's (width, height) before and after."""
+    for rgb in frames:
+        out = _resize(rgb, short_side or 0)
+        if not sizes:
+            sizes["sourceSize"], sizes["outputSize"] = list(rgb.shape[1::-1]), list(out.shape[1::-1])
+        yield out
+
+
 def read_frames(path, fps=None, short_side=0):
     """Yield the RGB frames of a video, (H, W, 3) uint8 (see the module docstring)."""
     for _, rgb in read_timed_frames(path, fps, short_side):

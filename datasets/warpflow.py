@@ -13,21 +13,35 @@ frames (a table, a wall, the synthetic scenes) ORB finds few points and many of 
 moving hand, so the fit can follow the hand; the flow grid covers the whole frame, where the
 background is the majority that RANSAC keeps.
 
-Encoding (dense_flow's, but with zero exactly at 128): each axis clipped to +-20 px and
-mapped linearly, v = round(128 + f * 255 / 40) clipped to 0..255, so 128 = no motion and
-one level is 0.157 px. `decode_flow` inverts it.
+The warp follows dense_flow's warp tool: the homography is used only when there are more than
+MIN_MATCHES matches and more than MIN_INLIERS of them are RANSAC inliers (else the identity:
+no compensation, counted by `flows_and_maps`); pixels of the warped frame whose source lies
+outside the frame take the previous frame's pixels, so their flow is zero, and the written flow
+is set to zero there. Where we differ on purpose (docs/deviations.md, with the measured effects):
+the matches are a grid of flow samples plus ORB keypoint matches between the two frames
+(dense_flow: SURF matches against the video's first frame, and flow samples read with a wrong
+vertical component); and dense_flow also fills a 5 px band inside the frame's edges from the
+previous frame, which erases the motion of hands entering the frame there; we fill only the
+pixels whose source is outside.
+
+Encoding (dense_flow's exactly): each axis clipped to +-20 px and mapped linearly,
+v = round(255 * (f + 20) / 40), so zero motion is 127.5, written 128, and one level is
+0.157 px. The loaders' horizontal flip 255 - v is then exactly the flow -f.
+`decode_flow` inverts it: f = 40 v / 255 - 20 (128 -> +0.078 px, half a level).
 
 Motion maps (`motion_map`, `flows_and_maps`): a pixel of frame k moves when its compensated
-flow exceeds MOVING_PX (1 px per frame) both towards frame k+1 and back towards frame k-1
+flow exceeds MOVING (1/240 of the frame's short side per frame: 0.5 px at 160x120, 1 px at
+320x240, so the maps do not change with the resolution) both towards frame k+1 and back towards frame k-1
 (one of them at the ends of a video). Why both: where an object moves over a plain surface,
 the surface it is about to cover has no match in the next frame, and flow methods give it the
 object's motion, a band as wide as the step in front of the object; towards the previous
 frame the same happens behind it, so the band shows in only one of the two. Then the mask is
 smoothed by a guided filter with the frame as guide (radius 8 px at a 120 px short side), so
 its edges follow the image's, and cut at 0.5: maps are 0 or 255 (the loaders' 0.4 threshold
-keeps them as they are). Pixels the warp brings in from outside the frame are 0. 1 px is
-above what the camera compensation leaves on the static background (median 0.1-0.2 px on the
-synthetic videos) and below the hands' motion; datasets/prepare_quality.py measures the maps
+keeps them as they are). Pixels the warp brings in from outside the frame are 0. 0.5 px at
+120 px is above what the camera compensation leaves on the static background (median 0.07 px
+on the synthetic videos) and below the hands' motion; 1/240 gave higher IoU than 1/120 at
+both 160x120 and 320x240 (docs/benchmarks.md); datasets/prepare_quality.py measures the maps
 against ground truth.
 """
 import os
@@ -36,7 +50,7 @@ import numpy as np
 
 BOUND = 20.0
 FLOW_LEVELS = 255.0 / (2 * BOUND)  # 8-bit levels per pixel of flow
-MOVING_PX = 1.0     # compensated flow above this (px per frame) is motion
+MOVING = 1.0 / 240  # compensated flow above this fraction of the short side per frame is motion
 GUIDE_RADIUS = 8    # guided filter radius in px at a 120 px short side (scaled with the frame)
 GUIDE_EPS = 1e-2    # guided filter regularisation (colours in 0..1)
 METHODS = ("tvl1", "farneback", "raft")
@@ -61,14 +75,31 @@ def _cv2():
 
 
 def encode_flow(flow):
-    """(H, W, 2) float flow in pixels -> (x, y) uint8 images, 128 = zero, clipped at +-BOUND."""
-    v = np.clip(np.rint(128.0 + np.asarray(flow, np.float32) * FLOW_LEVELS), 0, 255).astype(np.uint8)
+    """(H, W, 2) float flow in pixels -> (x, y) uint8 images: round(255 (clip(f) + 20) / 40),
+    dense_flow's mapping (zero motion 127.5 -> 128)."""
+    f = np.clip(np.asarray(flow, np.float64), -BOUND, BOUND)
+    v = np.rint((f + BOUND) * FLOW_LEVELS).astype(np.uint8)
     return np.ascontiguousarray(v[..., 0]), np.ascontiguousarray(v[..., 1])
 
 
 def decode_flow(x, y):
     """Inverse of encode_flow (up to the rounding): (H, W, 2) float32 pixels."""
-    return (np.stack([x, y], -1).astype(np.float32) - 128.0) / FLOW_LEVELS
+    return np.stack([x, y], -1).astype(np.float32) / np.float32(FLOW_LEVELS) - np.float32(BOUND)
+
+
+FLOW_SCALES = ("source", "output")
+
+
+def flow_factor(flow_scale, sizes):
+    """What flow in pixels of the frames it was computed on is multiplied by before it is
+    written: 1 for "output"; source short side / output short side for "source" (dense_flow
+    computed flow on the frames as decoded, so its values are in the source's pixels). sizes:
+    datasets.video.resized's."""
+    if flow_scale == "output" or not sizes:
+        return 1.0
+    if flow_scale != "source":
+        raise ValueError(f"flow scale must be one of {', '.join(FLOW_SCALES)}, got {flow_scale!r}")
+    return min(sizes["sourceSize"]) / min(sizes["outputSize"])
 
 
 def gray(rgb):
@@ -178,6 +209,8 @@ def flow_method(name, raft_weights=None, tvl1_params=None):
 # ---- camera motion ---------------------------------------------------------------------------
 GRID = 16          # flow samples: one every GRID/2 .. GRID px (about 300 on a 320x240 frame)
 RANSAC_PX = 1.0    # reprojection error of an inlier
+MIN_MATCHES = 50   # dense_flow: a homography only from more than 50 matches ...
+MIN_INLIERS = 25   # ... of which more than 25 RANSAC inliers, else the identity
 
 
 def _orb_matches(a, b, n=1000):
@@ -194,8 +227,9 @@ def _orb_matches(a, b, n=1000):
 
 
 def camera_homography(prev_rgb, cur_rgb, flow, keypoints=True):
-    """3x3 homography H mapping a pixel of `prev` to where the static scene shows it in `cur`
-    (identity when the fit fails)."""
+    """(H, ok): the 3x3 homography H mapping a pixel of `prev` to where the static scene shows
+    it in `cur`; the identity and ok=False when the fit is refused (too few matches or inliers,
+    or degenerate)."""
     cv2 = _cv2()
     h, w = flow.shape[:2]
     step = max(4, min(GRID, min(h, w) // 12))
@@ -205,19 +239,13 @@ def camera_homography(prev_rgb, cur_rgb, flow, keypoints=True):
     if keypoints:
         ks, kd = _orb_matches(gray(prev_rgb), gray(cur_rgb))
         src, dst = np.concatenate([src, ks]), np.concatenate([dst, kd])
-    if len(src) < 8:
-        return np.eye(3)
-    H, _ = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX, maxIters=2000, confidence=0.995)
-    if H is None or not np.all(np.isfinite(H)) or abs(np.linalg.det(H[:2, :2]) - 1) > 0.5:
-        return np.eye(3)  # degenerate fit: better no compensation than a wild one
-    return H
-
-
-def _warp(img, H, size):
-    """img seen through the homography H: out(x) = img(H x)."""
-    cv2 = _cv2()
-    return cv2.warpPerspective(img, H, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REPLICATE)
+    if len(src) <= MIN_MATCHES:
+        return np.eye(3), False
+    H, inliers = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX, maxIters=2000, confidence=0.995)
+    if H is None or int(inliers.sum()) <= MIN_INLIERS or not np.all(np.isfinite(H)) \
+            or abs(np.linalg.det(H[:2, :2]) - 1) > 0.5:
+        return np.eye(3), False  # weak or degenerate fit: better no compensation than a wild one
+    return H, True
 
 
 def _inside(H, w, h):
@@ -228,16 +256,35 @@ def _inside(H, w, h):
     return (p[..., 0] >= 0) & (p[..., 0] <= w - 1) & (p[..., 1] >= 0) & (p[..., 1] <= h - 1)
 
 
+def warp_onto(img, H, base):
+    """(out, valid): img seen through the homography H, out(x) = img(H x), where H x lies inside
+    the frame (`valid`), and `base`'s pixels elsewhere (dense_flow: no stretched edge stripes,
+    and zero flow there)."""
+    cv2 = _cv2()
+    h, w = img.shape[:2]
+    out = cv2.warpPerspective(img, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+    valid = _inside(H, w, h)
+    out[~valid] = base[~valid]
+    return out, valid
+
+
 def warp_flow(prev_rgb, cur_rgb, method, warp=True, keypoints=True):
-    """(flow, H, valid): the camera-compensated flow from prev to cur (plain flow and the
-    identity when warp=False), and the pixels whose warped counterpart lies inside `cur`."""
+    """(flow, H, valid, ok): the camera-compensated flow from prev to cur (plain flow and the
+    identity when warp=False), zero where the warp had no source (~valid); ok=False when the
+    homography was refused (the identity is used)."""
     flow = method(prev_rgb, cur_rgb)
     h, w = flow.shape[:2]
     if not warp:
-        return flow, np.eye(3), np.ones((h, w), bool)
-    H = camera_homography(prev_rgb, cur_rgb, flow, keypoints)
+        return flow, np.eye(3), np.ones((h, w), bool), True
+    H, ok = camera_homography(prev_rgb, cur_rgb, flow, keypoints)
+    if not ok:
+        return flow, H, np.ones((h, w), bool), False
     # cur_w(x) = cur(H x): the second frame seen from the first frame's camera
-    return method(prev_rgb, _warp(cur_rgb, H, (w, h))), H, _inside(H, w, h)
+    cur_w, valid = warp_onto(cur_rgb, H, prev_rgb)
+    flow = method(prev_rgb, cur_w)
+    flow[~valid] = 0
+    return flow, H, valid, True
 
 
 def backward_flow(prev_rgb, cur_rgb, method, H):
@@ -247,7 +294,10 @@ def backward_flow(prev_rgb, cur_rgb, method, H):
     Hi = np.linalg.inv(H)
     if np.allclose(Hi, np.eye(3)):
         return method(cur_rgb, prev_rgb), np.ones((h, w), bool)
-    return method(cur_rgb, _warp(prev_rgb, Hi, (w, h))), _inside(Hi, w, h)
+    prev_w, valid = warp_onto(prev_rgb, Hi, cur_rgb)
+    flow = method(cur_rgb, prev_w)
+    flow[~valid] = 0
+    return flow, valid
 
 
 def motion_map(rgb, flows, valids=()):
@@ -255,25 +305,30 @@ def motion_map(rgb, flows, valids=()):
     frame) and backward (to the previous one), whichever exist (see the module docstring)."""
     cv2 = _cv2()
     speed = np.min([np.sqrt((f.astype(np.float32) ** 2).sum(-1)) for f in flows], axis=0)
-    moving = (speed > MOVING_PX).astype(np.float32)
+    h, w = speed.shape
+    moving = (speed > MOVING * min(h, w)).astype(np.float32)
     for v in valids:
         moving[~v] = 0
-    h, w = moving.shape
     radius = max(1, round(GUIDE_RADIUS * min(h, w) / 120))
     smooth = cv2.ximgproc.guidedFilter(np.ascontiguousarray(rgb, np.float32) / 255, moving, radius, GUIDE_EPS)
     return np.where(smooth > 0.5, 255, 0).astype(np.uint8)
 
 
-def flows_and_maps(frames, method, warp=True, flow=True, maps=True):
+def flows_and_maps(frames, method, warp=True, flow=True, maps=True, stats=None):
     """Run over a video's frames once. Yields (k, rgb_k, flow_k, map_k) for k = 0 .. N-1 in
     order, one frame behind the input (map k needs frame k+1): flow_k is the (compensated)
     flow from frame k to k+1 (None for the last frame or when flow=False), map_k the motion
-    map of frame k (None when maps=False)."""
+    map of frame k (None when maps=False). stats["refused"] (if a dict is given) counts the
+    frame pairs whose homography was refused."""
     prev = back = back_valid = None
     k = 0
+    if stats is not None:
+        stats.setdefault("refused", 0)
     for rgb in frames:
         if prev is not None:
-            fwd, H, valid = warp_flow(prev, rgb, method, warp) if (flow or maps) else (None, None, None)
+            fwd, H, valid, ok = warp_flow(prev, rgb, method, warp) if (flow or maps) else (None, None, None, True)
+            if stats is not None and not ok:
+                stats["refused"] += 1
             m = None
             if maps:
                 fl, vs = [fwd], [valid]

@@ -113,6 +113,8 @@ def test_prediction_equals_evaluate_on_the_prepared_video(setup, tmp_path, capsy
     assert got["num_frames"] == n
     if model != "flow":
         assert got["frame_numbers"] == expected_frames(n)
+    if model != "rgb":  # the flow the checkpoint's data were prepared with (the setup's: Farneback + warp)
+        assert got["flow"] == "farneback + warp" and got["flowScale"] == "output"
     if model == "flow":  # 5 stacks of 5 flow frames at int(linspace(1, N_f - 4, 5, endpoint=False))
         nf = n - 1
         assert got["flow_stacks"] == [[int(s) + j for j in range(5)] for s in np.linspace(1, nf - 4, 5, endpoint=False)]
@@ -122,7 +124,9 @@ def test_prediction_equals_evaluate_on_the_prepared_video(setup, tmp_path, capsy
     out = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(out) if line.split()[:3] == ["rank", "action", "probability"])
     for r in range(2):  # the printed table: rank, action, probability
-        assert out[head + 1 + r].split() == [str(r + 1), CLASSES[order[r]], f"{p[order[r]]:.4f}"]
+        rank, action, prob = out[head + 1 + r].split()
+        # 4 decimals of a probability equal up to 1e-5: one rounding step either way
+        assert (rank, action) == (str(r + 1), CLASSES[order[r]]) and abs(float(prob) - p[order[r]]) <= 6e-5
     assert "clips/s" in out[-1]
 
 
@@ -132,6 +136,48 @@ def test_a_folder_of_frames_is_a_video(setup, tmp_path):
     want = evaluate_logits(setup, "rgb", ckpt, tmp_path)
     got = predict(tmp_path, setup / "data" / "processed_frames2" / "S2" / "take_cup" / "1" / "rgb", ckpt)
     assert_same_logits(got["logits"], want["S2/take_cup/1"])
+
+
+def test_training_records_the_preparation_and_predict_and_evaluate_follow_it(setup, tmp_path, capsys):
+    """The RGB run copied the dataset's markers into its config; a flow model run with another
+    flow scale, or evaluated on data prepared otherwise, is a warning naming both."""
+    import evaluate
+    prep = torch.load(setup / "rgb" / "stage1" / "best_model.pth", weights_only=True)["config"]["preparation"]
+    assert {k: prep[k] for k in ("flow", "warp", "flowScale", "version")} == \
+        {"flow": "farneback", "warp": True, "flowScale": "output", "version": prepare.VERSION}
+    video = setup / "syn" / "videos" / "S2" / "put_cup" / "1.mp4"
+    capsys.readouterr()
+    got = predict(tmp_path, video, setup / "flow.pth", "--flowScale", "source")
+    err = capsys.readouterr().err
+    assert got["flowScale"] == "source" and "--flowScale source" in err and "flowScale output" in err, err
+    ck = torch.load(setup / "flow.pth", weights_only=True)
+    ck["config"]["preparation"] = dict(ck["config"]["preparation"], flow="tvl1")
+    torch.save(ck, tmp_path / "tvl1.pth")
+    assert cli(evaluate.main, "--model", "flow", "--datasetDir", setup / "data", "--modelStateDict",
+               tmp_path / "tvl1.pth", "--outDir", tmp_path / "ev", "--numWorkers", "0") == 0
+    warning = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1 and "flow farneback" in warning[0] and "flow tvl1" in warning[0], warning
+
+
+def test_an_original_flow_file_is_taken_as_tvl1_at_source_scale(setup, tmp_path):
+    bare = tmp_path / "flow_state_dict.pth"  # weights only, as the original code saves them
+    torch.save(torch.load(setup / "flow.pth", weights_only=True)["model"], bare)
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(CLASSES) + "\n")
+    got = predict(tmp_path, setup / "syn" / "videos" / "S2" / "put_cup" / "1.mp4", bare, "--classNames", names)
+    assert got["flow"] == "tvl1 + warp" and got["flowScale"] == "source"
+
+
+def test_a_video_shorter_than_seqlen_repeats_frames_as_the_loaders(setup, tmp_path):
+    """6 frames, seqLen 8: floor(linspace(1, 6, 8, endpoint=False)) = floor(1, 1.625, 2.25,
+    2.875, 3.5, 4.125, 4.75, 5.375) = 1 1 2 2 3 4 4 5."""
+    frames = setup / "data" / "processed_frames2" / "S2" / "take_cup" / "1" / "rgb"
+    short = tmp_path / "six"
+    short.mkdir()
+    for name in sorted(os.listdir(frames))[:6]:
+        (short / name).write_bytes((frames / name).read_bytes())
+    got = predict(tmp_path, short, setup / "rgb" / "stage1" / "best_model.pth", "--seqLen", "8")
+    assert got["frame_numbers"] == [1, 1, 2, 2, 3, 4, 4, 5]
 
 
 # A 10 frames/s video of 20 frames: frame k (from 0) at k / 10 s, 2.0 s long. Windows of 0.6 s every
@@ -266,7 +312,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00" * 100)
     assert_one_line_error(run("--video", video, "--modelStateDict", junk), capsys, "junk.pth")
-    short = tmp_path / "short.mp4"  # 3 frames; the model's clip is 4 (seqLen), and at least 5
+    short = tmp_path / "short.mp4"  # 3 frames; the loaders' minimum is 5
     write_video(short, np.zeros((3, 48, 64, 3), np.uint8), FPS)
     assert_one_line_error(run("--video", short, "--modelStateDict", ckpt), capsys, "short.mp4", "3 frames",
                           "needs 5")

@@ -3,6 +3,7 @@ motion, the flow encoding, datasets.prepare into both layouts and the loaders, t
 result, bad videos, and a run killed mid-video then resumed."""
 import fractions
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -177,13 +178,15 @@ def test_camera_translation_is_removed_and_object_motion_kept(method):
     a[40:64, 60:84] = square  # an object that moves 4 px right in the scene between a and b
     b[40 - dy:64 - dy, 64 - dx:88 - dx] = square
     m = warpflow.flow_method(method)
-    plain, _, _ = warpflow.warp_flow(a, b, m, warp=False)
+    plain, _, _, _ = warpflow.warp_flow(a, b, m, warp=False)
     bg = np.ones(a.shape[:2], bool)
     bg[30:75, 50:100] = False
     bg[:8], bg[-8:], bg[:, :8], bg[:, -8:] = False, False, False, False
     assert np.allclose(np.median(plain[bg], 0), (-dx, -dy), atol=0.3)
-    flow, H, valid = warpflow.warp_flow(a, b, m)
-    assert np.allclose(H[:2, 2], (-dx, -dy), atol=0.3) and np.allclose(H[:2, :2], np.eye(2), atol=0.02)
+    flow, H, valid, ok = warpflow.warp_flow(a, b, m)
+    assert ok and np.allclose(H[:2, 2], (-dx, -dy), atol=0.3) and np.allclose(H[:2, :2], np.eye(2), atol=0.02)
+    # no source for the warp: zero flow (dense_flow), not the flow of stretched edge stripes
+    assert (flow[~valid] == 0).all() and 0 < (~valid).mean() < 0.2
     mag = np.linalg.norm(flow[bg & valid], axis=-1)
     assert np.median(mag) < 0.1 and np.percentile(mag, 95) < 0.4
     assert np.allclose(np.median(flow[44:60, 64:80], axis=(0, 1)), (4, 0), atol=1.0)
@@ -213,16 +216,78 @@ def test_motion_map_needs_motion_both_ways_so_occlusion_bands_stay_out():
     assert moving[:30].mean() < 0.02 and moving[66:].mean() < 0.02  # the still scene
 
 
-def test_flow_encoding_has_zero_at_128_in_png_and_jpeg(tmp_path):
-    # hand computation: v = round(128 + f * 255 / 40), clipped
-    x, y = warpflow.encode_flow(np.array([[[0.0, 1.0], [20.0, -20.0], [-1.0, 50.0]]], np.float32))
-    assert x.tolist() == [[128, 255, 122]] and y.tolist() == [[134, 0, 255]]
-    assert warpflow.decode_flow(np.uint8([128]), np.uint8([128])).tolist() == [[0.0, 0.0]]
+def test_flow_encoding_is_dense_flows_and_the_loaders_flip_is_exact(tmp_path):
+    # hand computation: v = round(255 * (clip(f, -20, 20) + 20) / 40); 0 -> 127.5 -> 128,
+    # 1 -> 133.875 -> 134, -1 -> 121.125 -> 121, 0.3 -> 129.4125 -> 129, -0.3 -> 125.5875 -> 126
+    x, y = warpflow.encode_flow(np.array([[[0.0, 1.0], [20.0, -20.0], [-1.0, 50.0], [0.3, -0.3]]], np.float32))
+    assert x.tolist() == [[128, 255, 121, 129]] and y.tolist() == [[134, 0, 255, 126]]
+    # the loaders' flip (255 - v) of f's level is -f's level (the old 128 + 6.375 f was one off)
+    assert 255 - 134 == 121 and 255 - 129 == 126
+    # decoding: f = 40 v / 255 - 20
+    # 0 -> -20, 121 -> -1.0196, 128 -> 0.0784, 134 -> 1.0196, 255 -> 20, 127 -> -0.0784
+    got = warpflow.decode_flow(np.uint8([0, 128, 255]), np.uint8([121, 134, 127]))
+    assert np.allclose(got, [[-20.0, -1.0196], [0.0784, 1.0196], [20.0, -0.0784]], atol=1e-4)
     zero_x, _ = warpflow.encode_flow(np.zeros((48, 64, 2), np.float32))
     for ext in ("png", "jpg"):
         p = str(tmp_path / f"f.{ext}")
         prepare.write_image(p, zero_x)
         assert (np.asarray(Image.open(p)) == 128).all()
+
+
+def test_warp_fills_pixels_without_source_from_the_previous_frame():
+    """An exact translation H (a pixel x of prev is at x + (-3, 2) in cur). Hand computation:
+    0 <= x - 3 <= W - 1 -> columns 3 .. W-1; 0 <= y + 2 <= H - 1 -> rows 0 .. H-3. Inside,
+    out(x, y) = cur(x - 3, y + 2); outside, prev."""
+    h, w = 40, 50
+    prev, cur = _textured(h, w, seed=3), _textured(h, w, seed=4)
+    H = np.array([[1.0, 0, -3], [0, 1, 2], [0, 0, 1]])
+    out, valid = warpflow.warp_onto(cur, H, prev)
+    want = np.zeros((h, w), bool)
+    want[0:h - 2, 3:w] = True
+    assert (valid == want).all()
+    assert (out[~want] == prev[~want]).all()
+    assert (out[0:h - 2, 3:w] == cur[2:h, 0:w - 3]).all()
+
+
+def _grid_matches(h, w, consistent, seed=0):
+    """A flow field whose grid samples (step 4 from 2 on these small frames) follow the
+    translation (1.5, -0.5) for the first `consistent` samples and point 5-15 px elsewhere for
+    the others."""
+    rng = np.random.default_rng(seed)
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[...] = (1.5, -0.5)
+    ys, xs = np.mgrid[2:h:4, 2:w:4]
+    for n, (y, x) in enumerate(zip(ys.ravel(), xs.ravel())):
+        if n >= consistent:
+            r, t = rng.uniform(5, 15), rng.uniform(0, 2 * np.pi)
+            flow[y, x] += (r * np.cos(t), r * np.sin(t))
+    return flow, ys.size
+
+
+@pytest.mark.parametrize("h, w, consistent, accepted", [
+    (20, 40, 50, False),   # 5 x 10 = 50 samples, all on the translation: not more than 50 matches
+    (16, 54, 52, True),    # 4 x 13 = 52 samples, all inliers
+    (16, 54, 25, False),   # 52 samples, 25 inliers: not more than 25
+    (16, 54, 26, True)])   # 52 samples, 26 inliers
+def test_homography_needs_more_than_50_matches_and_25_inliers(h, w, consistent, accepted):
+    flow, samples = _grid_matches(h, w, consistent)
+    assert samples == (50 if h == 20 else 52)
+    frame = np.zeros((h, w, 3), np.uint8)
+    H, ok = warpflow.camera_homography(frame, frame, flow, keypoints=False)
+    assert ok == accepted
+    if accepted:
+        assert np.allclose(H[:2, 2], (1.5, -0.5), atol=1e-3) and np.allclose(H[:2, :2], np.eye(2), atol=1e-4)
+    else:
+        assert (H == np.eye(3)).all()
+
+
+def test_refused_homographies_are_counted_per_video():
+    # 24 x 24 frames: 6 x 6 = 36 grid samples and no ORB keypoints (ORB keeps 31 px from the
+    # edges): every one of the 3 frame pairs is refused
+    frames = [_textured(24, 24, seed=k) for k in range(4)]
+    stats = {}
+    out = list(warpflow.flows_and_maps(frames, warpflow.flow_method("farneback"), stats=stats))
+    assert len(out) == 4 and stats == {"refused": 3}
 
 
 def test_still_video_gives_flow_128_in_both_layouts(tmp_path):
@@ -240,6 +305,45 @@ def test_still_video_gives_flow_128_in_both_layouts(tmp_path):
             assert len(files) == 5
             for f in files:
                 assert (np.asarray(Image.open(folder / f)) == 128).all(), (layout, f)
+
+
+def test_motion_threshold_is_a_fraction_of_the_short_side():
+    """A uniform compensated flow of 0.75 px: moving at a 120 px short side (threshold 120 / 240
+    = 0.5 px), still at 240 px (threshold 1 px); 1.25 px moves at 240. The guided filter keeps
+    a uniform mask as it is."""
+    for (h, w), speed, want in (((120, 160), 0.75, 255), ((240, 320), 0.75, 0), ((240, 320), 1.25, 255)):
+        flow = np.zeros((h, w, 2), np.float32)
+        flow[..., 0] = speed
+        mmap = warpflow.motion_map(_textured(h, w), [flow])
+        assert (mmap == want).all(), (h, speed)
+
+
+def test_flow_scale_source_or_output_and_the_marker_records_the_preparation(tmp_path):
+    """A 64 x 48 video whose content moves 3 px left per frame, prepared at --shortSide 32
+    (43 x 32: a factor 48 / 32 = 1.5) without the warp: the flow written is -2 px (output
+    pixels) or -3 px (source pixels). The markers hold the settings and the sizes."""
+    scene = _textured(48, 100, seed=7)
+    frames = np.stack([scene[:, 3 * k:3 * k + 64] for k in range(5)])
+    os.makedirs(tmp_path / "v" / "S1" / "c")
+    write_video(str(tmp_path / "v" / "S1" / "c" / "1.mkv"), frames, 25, "ffv1", pix_fmt="yuv444p")
+    for scale, want in (("output", -2.0), ("source", -3.0)):
+        out = tmp_path / scale
+        assert prepare.main(["--videos", str(tmp_path / "v"), "--outDir", str(out), "--noWarp", "--shortSide", "32",
+                             "--flowScale", scale, "--only", "flow", *FAST]) == 0
+        fx = [np.asarray(Image.open(out / "flow_x_processed" / "S1" / "c" / "1" / f"flow_x_{k:05d}.png"))
+              for k in range(1, 5)]
+        fy = [np.asarray(Image.open(out / "flow_y_processed" / "S1" / "c" / "1" / f"flow_y_{k:05d}.png"))
+              for k in range(1, 5)]
+        flow = warpflow.decode_flow(np.stack(fx), np.stack(fy))[:, 6:-6, 6:-6]  # away from the edges
+        assert abs(np.median(flow[..., 0]) - want) < 0.3 and abs(np.median(flow[..., 1])) < 0.2, (scale, np.median(flow, (0, 1, 2)))
+        with open(out / ".prepare" / "done" / "flow" / "S1" / "c" / "1.json") as f:
+            marker = json.load(f)
+        assert {k: marker[k] for k in ("flow", "warp", "flowScale", "version", "sourceSize", "outputSize", "refused")} \
+            == {"flow": "farneback", "warp": False, "flowScale": scale, "version": 2, "sourceSize": [64, 48],
+                "outputSize": [43, 32], "refused": 0}
+        assert prepare.preparation(str(out)) == {"flow": "farneback", "warp": False, "flowScale": scale, "version": 2,
+                                                 "sourceSize": [64, 48], "outputSize": [43, 32], "videos": 1}
+    assert prepare.preparation(str(tmp_path / "v")) is None  # not made by datasets.prepare
 
 
 # ---- datasets.prepare -----------------------------------------------------------------------
@@ -453,3 +557,22 @@ def test_raft_needs_weights_and_runs_on_the_cpu(tmp_path, monkeypatch, videos):
         assert flow.shape == (h, w, 2) and flow.dtype == np.float32 and whole.shape == (ph, pw, 2)
         assert np.allclose(flow, whole[:h, :w], atol=1e-4), np.abs(flow - whole[:h, :w]).max()
         assert np.abs(flow - whole[-h:, -w:]).max() > 1e-2  # the comparison can tell the corners apart
+
+
+def test_flow_scale_error_by_hand(tmp_path):
+    """One frame pair of two pixels: (30, 0) px moving, (0, 0) px still, in source pixels;
+    frames written at half size (true written flow (15, 0) and 0). Source scale: 30 clips to 20,
+    written 255 -> 20 -> /2 = 10, error 5 in x, and 0 -> 128 -> 0.0784 -> /2 = 0.0392 per axis.
+    Output scale: 15 -> round(223.125) = 223 -> 14.9804 (error 0.0196), 0 -> 0.0784 per axis."""
+    from datasets import prepare_quality
+    os.makedirs(tmp_path / "videos" / "S1" / "c")
+    (tmp_path / "videos" / "S1" / "c" / "1.mp4").write_bytes(b"")
+    os.makedirs(tmp_path / "truth" / "S1" / "c" / "1")
+    np.savez(tmp_path / "truth" / "S1" / "c" / "1" / "truth.npz", scene_flow=np.float32([[[[30, 0], [0, 0]]]]),
+             moving=np.array([[[True, False]]]))
+    got = prepare_quality.flow_scale_error(str(tmp_path), 2)
+    half, level = 0.0784314 / 2, 0.0784314
+    src_moving, src_still = np.hypot(5, half), np.hypot(half, half)
+    out_moving, out_still = np.hypot(15 - 14.9803922, level), np.hypot(level, level)
+    assert np.allclose(got["source"], ((src_moving + src_still) / 2, src_moving, 0.5), atol=1e-5)
+    assert np.allclose(got["output"], ((out_moving + out_still) / 2, out_moving, 0.0), atol=1e-5)

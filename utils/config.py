@@ -54,3 +54,37 @@ def check_config(path, saved, expected, what):
                                 f"use the dataset it was trained on")
             raise UserError(f"{what} {path} was trained with {_show(key, have)}, this run has "
                             f"{_show(key, want)}: use the same setting, or a checkpoint trained with it")
+
+
+# What the data of a checkpoint were prepared with (the "preparation" record, datasets.prepare):
+# files without a record are the original Ego-RNN release's, whose flow dense_flow made (TV-L1 +
+# warp, values in pixels of the decoded source frames); this project's files from before the
+# record had datasets.prepare's settings of then (TV-L1 + warp on the frames as written).
+EGORNN_PREPARATION = {"flow": "tvl1", "warp": True, "flowScale": "source"}
+EARLIER_PREPARATION = {"flow": "tvl1", "warp": True, "flowScale": "output", "maps": "flow"}
+
+
+def checkpoint_preparation(config):
+    """(preparation, where it comes from) of a checkpoint's data, from saved_config's dict."""
+    if not config:
+        return dict(EGORNN_PREPARATION), "an original Ego-RNN file: taken as dense_flow's TV-L1 + warp, source scale"
+    if "preparation" not in config:
+        return dict(EARLIER_PREPARATION), "no preparation recorded: taken as datasets.prepare's earlier defaults"
+    if config["preparation"] is None:
+        return dict(EGORNN_PREPARATION), ("trained on data datasets.prepare did not make: taken as dense_flow's "
+                                          "TV-L1 + warp, source scale")
+    return dict(config["preparation"]), "recorded"
+
+
+def describe_preparation(prep, keys=("flow", "warp", "flowScale")):
+    """One phrase for a preparation: 'tvl1 + warp, flowScale source'."""
+    parts = [str(prep.get("flow", "?")) + (" + warp" if prep.get("warp") else "")] if "flow" in keys else []
+    parts += [f"{k} {prep[k]}" for k in keys if k not in ("flow", "warp") and k in prep]
+    return ", ".join(parts)
+
+
+def preparation_differences(recorded, used, keys):
+    """[(key, recorded value, used value)] where the two preparations disagree on `keys`
+    (keys either side lacks are not compared)."""
+    return [(k, recorded[k], used[k]) for k in keys
+            if recorded.get(k) is not None and used.get(k) is not None and recorded[k] != used[k]]

@@ -22,6 +22,7 @@ quote (also verb and noun accuracy), into splits_mean.json next to the first.
 import argparse
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -29,11 +30,12 @@ import torch
 from tqdm import tqdm
 
 from datasets.egtea import derived_accuracy, split_names, verb_noun_of
+from datasets.prepare import preparation
 from models import feature_map_size
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_model, forward
 from utils.cli import Parser
-from utils.config import saved_config
+from utils.config import EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config
 from utils.data import make_loader
 from utils.defaults import default_dataset_dir
 from utils.device import pick_device
@@ -149,6 +151,17 @@ def topk_accuracy(logits, labels, k):
     return 100.0 * (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
 
 
+def check_preparation(path, config, root):
+    """A warning naming both when the dataset's flow was prepared otherwise than the checkpoint's
+    training data (method, warp, flow scale): its accuracy there is not the model's."""
+    trained, where = checkpoint_preparation(config)
+    here = preparation(root) or dict(EGORNN_PREPARATION)
+    for key, had, now in preparation_differences(trained, here, ("flow", "warp", "flowScale")):
+        print(f"warning: {root}'s flow has {key} {now}, {path}'s training data had {key} {had} ({where}): "
+              "prepare the dataset as the training data were (python -m datasets.prepare --flow / --flowScale "
+              "/ --noWarp)", file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.splitMean:
@@ -218,6 +231,9 @@ def main(argv=None):
                         f"evaluate it on the dataset it was trained on")
     if meta.get("classes") and list(meta["classes"]) != list(test_set.classes):
         raise UserError(f"{args.modelStateDict} was trained on other class names than those in {args.datasetDir}")
+
+    if family in ("flow", "twostream"):
+        check_preparation(args.modelStateDict, config, args.datasetDir)
 
     out_dir = args.outDir or os.path.join(os.path.dirname(os.path.abspath(args.modelStateDict)),
                                           "eval_" + "_".join(test_users))

@@ -19,6 +19,7 @@ import torch
 from datasets import GTEA61
 from datasets.cache import _writable_dir, default_cache_dir
 from datasets.egtea import EGTEA, INDEX_FILES, split_names
+from datasets.prepare import preparation
 from models.batch_share import share_dropouts
 from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
 from models.recipe import DEFAULTS, FAMILY, OP_FRAMES, STAGES, Recipe, build_model  # noqa: F401  (re-exported)
@@ -212,7 +213,15 @@ class Experiment(Recipe):
                 "msKind": self.ms if self.heads_on else None, "trainUsers": list(a.trainUsers),
                 "testUsers": list(a.testUsers), "select": a.select,
                 "valFraction": a.valFraction if a.select == "val" else None,
-                "dataset": getattr(a, "dataset", "gtea61"), "split": getattr(a, "split", None)}
+                "dataset": getattr(a, "dataset", "gtea61"), "split": getattr(a, "split", None),
+                "preparation": self.preparation()}
+
+    def preparation(self):
+        """The dataset's preparation as datasets.prepare recorded it (None: made elsewhere), read
+        once: predict.py and evaluate.py follow it (utils/config.py checkpoint_preparation)."""
+        if not hasattr(self, "_preparation"):
+            self._preparation = preparation(self.args.datasetDir) if self.args.datasetDir else None
+        return self._preparation
 
     def checkpoint(self, model, epoch, test_acc):
         return {"model": model.state_dict(), "experiment": self.kind, "family": self.family,
