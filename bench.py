@@ -42,6 +42,7 @@ from utils.experiment import (Experiment, base_parser, build_stage_model, check_
                               stage_datasets, stage_loaders)
 from utils.data import set_epoch
 from utils.train import autocast, to_device, train_step
+from models import fastconv
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(ROOT, "data", "bench_synthetic")
@@ -75,6 +76,11 @@ def parse_args(argv=None):
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
     p.add_argument("--datasetDir", default=None, help=f"default: synthetic data in {SYNTHETIC_DIR}")
     p.add_argument("--opInput", choices=("flat", "pooled"), default="flat", help="ms_op: the OP head's input")
+    p.add_argument("--plainToo", action="store_true",
+                   help="fp32 on the CPU: also time compute with the fused frozen trunk off (the plain definition), "
+                        "interleaved with the fused one, for the gain (compute_plain_clips_per_s)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile this many compute steps (torch.profiler) and print the top ops by self CPU time")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.model == "flow" and a.stage != 1:
@@ -152,6 +158,17 @@ def measure_train(exp, model, optimizer, loader, generator, steps, warmup):
     losses["loss"].item()
     sync(exp.device)
     return rate(clips, time.perf_counter() - t0)
+
+
+def profile_table(exp, model, optimizer, batch, generator, steps, rows=15):
+    """torch.profiler over `steps` training steps on the batch in memory: top ops by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    exp.set_train_mode(model)
+    train_step(exp, model, batch, optimizer, generator)  # warm-up outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(exp, model, batch, optimizer, generator)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 @torch.no_grad()
@@ -261,15 +278,23 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         batch = to_device(dict(batch_cpu), device)  # transformed and normalised as in training
-        samples = {"compute": [], "train": [], "infer": []}
+        samples = {"compute": [], "train": [], "infer": []} | ({"compute_plain": []} if a.plainToo else {})
         for _ in range(a.repeats):
             samples["compute"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup))
+            if a.plainToo:
+                fastconv.FUSE_FROZEN_FP32 = False
+                samples["compute_plain"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps,
+                                                                a.warmup))
+                fastconv.FUSE_FROZEN_FP32 = True
             samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps, a.warmup))
             samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
         compute, train, infer = (max(samples[k]) for k in ("compute", "train", "infer"))
+        if a.profile:
+            print(profile_table(exp, model, optimizer, batch, generator, a.profile), flush=True)
         limit = (measure_limit(device, precision, a.batchSize * a.seqLen, a.frameSize, a.steps, a.warmup)
                  if a.limit else None)
-        r = {"compute_clips_per_s": compute, "data_clips_per_s": data, "train_clips_per_s": train,
+        r = {"compute_clips_per_s": compute,
+             "compute_plain_clips_per_s": max(samples["compute_plain"]) if a.plainToo else None, "data_clips_per_s": data, "train_clips_per_s": train,
              "infer_clips_per_s": infer, "ratio_train_to_compute": train / compute,
              "train_images_per_s": train * a.seqLen, "limit_images_per_s": limit,
              "ratio_train_to_limit": train * a.seqLen / limit if limit else None,
@@ -281,6 +306,9 @@ def main(argv=None):
                  memory_format=torch.channels_last),
              "samples": samples}
         results[precision] = r
+        if a.plainToo:
+            print(f"{precision}: compute samples {samples['compute']}, plain trunk {samples['compute_plain']}",
+                  flush=True)
         print(f"{precision}: compute {compute:.2f}, train {train:.2f}, infer {infer:.2f} clips/s"
               + (f"; ResNet-34 limit {limit:.0f} images/s" if limit else ""), flush=True)
         del model, optimizer
@@ -299,7 +327,7 @@ def main(argv=None):
     return report
 
 
-COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("data", "data_clips_per_s", "{:.1f}"),
+COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("plain", "compute_plain_clips_per_s", "{:.2f}"), ("data", "data_clips_per_s", "{:.1f}"),
            ("train", "train_clips_per_s", "{:.2f}"), ("infer", "infer_clips_per_s", "{:.2f}"),
            ("train/compute", "ratio_train_to_compute", "{:.3f}"), ("data/compute", "ratio_data_to_compute", "{:.1f}"),
            ("step s", "step_s", "{:.3f}"), ("train img/s", "train_images_per_s", "{:.0f}"),
