@@ -43,6 +43,8 @@ from utils.experiment import (Experiment, base_parser, build_stage_model, check_
 from utils.data import set_epoch
 from utils.train import autocast, to_device, train_step
 from models import fastconv
+from utils.bench_original import original_stage2_seconds
+from utils.verify_original import check_source
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(ROOT, "data", "bench_synthetic")
@@ -79,12 +81,28 @@ def parse_args(argv=None):
     p.add_argument("--plainToo", action="store_true",
                    help="fp32 on the CPU: also time compute with the fused frozen trunk off (the plain definition), "
                         "interleaved with the fused one, for the gain (compute_plain_clips_per_s)")
+    p.add_argument("--compare-original", dest="compareOriginal", default=None, metavar="DIR",
+                   help="stage 2 of rgb or ms_op: also time the original Ego-RNN stage 2 (main-run-rgb.py of a "
+                        "checkout of https://github.com/swathikirans/ego-rnn in DIR) on the same batch, interleaved "
+                        "with ours, and print the ratio")
+    p.add_argument("--computeOnly", action="store_true",
+                   help="time compute only (and what --plainToo / --compare-original add), not train and infer")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="also profile this many compute steps (torch.profiler) and print the top ops by self CPU time")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.model == "flow" and a.stage != 1:
         p.error("the flow model has one stage: use --stage 1")
+    if a.compareOriginal and not (a.model in ("rgb", "ms_op") and a.stage == 2):
+        p.error("--compare-original times the original Ego-RNN stage 2: use it with --model rgb or ms_op, --stage 2")
+    if a.compareOriginal:
+        from utils.errors import UserError
+        try:
+            check_source(a.compareOriginal)
+        except UserError as e:
+            p.error(str(e).replace("--egornnSrc", "--compare-original"))
+    if a.compareOriginal and a.precision == "both":
+        p.error("--compare-original: choose one --precision (auto, fp32 or bf16); the original runs fp32")
     for name in ("seqLen", "batchSize", "frameSize", "memSize", "steps", "repeats"):
         if getattr(a, name) <= 0:
             p.error(f"--{name} must be positive")
@@ -279,6 +297,9 @@ def main(argv=None):
             torch.cuda.reset_peak_memory_stats(device)
         batch = to_device(dict(batch_cpu), device)  # transformed and normalised as in training
         samples = {"compute": [], "train": [], "infer": []} | ({"compute_plain": []} if a.plainToo else {})
+        if a.compareOriginal:
+            print("samples, clips/s: compute and train interleaved with the original Ego-RNN stage 2 "
+                  "(original) and our compute right after it (ours_next_to_original)", flush=True)
         for _ in range(a.repeats):
             samples["compute"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup))
             if a.plainToo:
@@ -286,15 +307,24 @@ def main(argv=None):
                 samples["compute_plain"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps,
                                                                 a.warmup))
                 fastconv.FUSE_FROZEN_FP32 = True
-            samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps, a.warmup))
-            samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
-        compute, train, infer = (max(samples[k]) for k in ("compute", "train", "infer"))
+            if a.compareOriginal:
+                seconds = original_stage2_seconds(a.compareOriginal, batch["rgb"], batch["label"],
+                                                  train_set.num_classes, a.memSize, a.steps, a.warmup)
+                samples.setdefault("original", []).append(rate(a.steps * a.batchSize, sum(seconds)))
+                samples.setdefault("ours_next_to_original", []).append(
+                    measure_compute(exp, model, optimizer, batch, generator, a.steps, 0))  # warm already
+            if not a.computeOnly:
+                samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps,
+                                                      a.warmup))
+                samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
+        compute, train, infer = (max(samples[k], default=float("nan")) for k in ("compute", "train", "infer"))
         if a.profile:
             print(profile_table(exp, model, optimizer, batch, generator, a.profile), flush=True)
         limit = (measure_limit(device, precision, a.batchSize * a.seqLen, a.frameSize, a.steps, a.warmup)
                  if a.limit else None)
         r = {"compute_clips_per_s": compute,
-             "compute_plain_clips_per_s": max(samples["compute_plain"]) if a.plainToo else None, "data_clips_per_s": data, "train_clips_per_s": train,
+             "compute_plain_clips_per_s": max(samples["compute_plain"]) if a.plainToo else None,
+             "data_clips_per_s": data, "train_clips_per_s": train,
              "infer_clips_per_s": infer, "ratio_train_to_compute": train / compute,
              "train_images_per_s": train * a.seqLen, "limit_images_per_s": limit,
              "ratio_train_to_limit": train * a.seqLen / limit if limit else None,
@@ -305,6 +335,12 @@ def main(argv=None):
              "channels_last": next(p for p in model.parameters() if p.dim() == 4).is_contiguous(
                  memory_format=torch.channels_last),
              "samples": samples}
+        if a.compareOriginal:
+            pairs = list(zip(samples["ours_next_to_original"], samples["original"]))
+            r["original_clips_per_s"] = max(samples["original"])
+            r["ratio_to_original"] = [o / g for o, g in pairs]
+            print(f"{precision}: ours / original Ego-RNN stage 2, side by side: "
+                  + ", ".join(f"{o:.3f} / {g:.3f} = {o / g:.2f}x" for o, g in pairs), flush=True)
         results[precision] = r
         if a.plainToo:
             print(f"{precision}: compute samples {samples['compute']}, plain trunk {samples['compute_plain']}",
