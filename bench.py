@@ -37,6 +37,7 @@ import warnings
 
 import torch
 
+import utils.experiment as experiment_module
 from utils.experiment import (Experiment, base_parser, build_stage_model, check_args, configure_backends,
                               default_workers, pick_device, pick_precision, prepare_model, resolve_cache_dir,
                               stage_datasets, stage_loaders)
@@ -85,6 +86,9 @@ def parse_args(argv=None):
                    help="stage 2 of rgb or ms_op: also time the original Ego-RNN stage 2 (main-run-rgb.py of a "
                         "checkout of https://github.com/swathikirans/ego-rnn in DIR) on the same batch, interleaved "
                         "with ours, and print the ratio")
+    p.add_argument("--niceToo", action="store_true",
+                   help="CPU: also time train with DataLoader workers at the main process's priority (before "
+                        "issue 29 they were not lowered), interleaved, for the gain (train_nice0_clips_per_s)")
     p.add_argument("--computeOnly", action="store_true",
                    help="time compute only (and what --plainToo / --compare-original add), not train and infer")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
@@ -275,6 +279,10 @@ def main(argv=None):
     exp0 = Experiment(kind, args, a.stage, device, precisions[0], None, None)
     train_set, test_set = stage_datasets(exp0)
     train_loader, _ = stage_loaders(exp0, train_set, test_set)
+    if a.niceToo:  # the same loader with workers at the main process's priority
+        niced, experiment_module.CPU_WORKER_NICE = experiment_module.CPU_WORKER_NICE, 0
+        train_loader_nice0, _ = stage_loaders(exp0, train_set, test_set)
+        experiment_module.CPU_WORKER_NICE = niced
     data = measure_data(train_loader, device)
     depth = a.numWorkers * 2  # batches the DataLoader holds ready (prefetch_factor 2 per worker)
     if a.steps < 2 * depth:
@@ -317,6 +325,9 @@ def main(argv=None):
                 samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps,
                                                       a.warmup))
                 samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
+                if a.niceToo:
+                    samples.setdefault("train_nice0", []).append(
+                        measure_train(exp, model, optimizer, train_loader_nice0, generator, a.steps, a.warmup))
         compute, train, infer = (max(samples[k], default=float("nan")) for k in ("compute", "train", "infer"))
         if a.profile:
             print(profile_table(exp, model, optimizer, batch, generator, a.profile), flush=True)
@@ -325,6 +336,7 @@ def main(argv=None):
         r = {"compute_clips_per_s": compute,
              "compute_plain_clips_per_s": max(samples["compute_plain"]) if a.plainToo else None,
              "data_clips_per_s": data, "train_clips_per_s": train,
+             "train_nice0_clips_per_s": max(samples["train_nice0"]) if "train_nice0" in samples else None,
              "infer_clips_per_s": infer, "ratio_train_to_compute": train / compute,
              "train_images_per_s": train * a.seqLen, "limit_images_per_s": limit,
              "ratio_train_to_limit": train * a.seqLen / limit if limit else None,
@@ -363,8 +375,9 @@ def main(argv=None):
     return report
 
 
-COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("plain", "compute_plain_clips_per_s", "{:.2f}"), ("data", "data_clips_per_s", "{:.1f}"),
-           ("train", "train_clips_per_s", "{:.2f}"), ("infer", "infer_clips_per_s", "{:.2f}"),
+COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("plain", "compute_plain_clips_per_s", "{:.2f}"),
+           ("data", "data_clips_per_s", "{:.1f}"), ("train", "train_clips_per_s", "{:.2f}"),
+           ("train nice0", "train_nice0_clips_per_s", "{:.2f}"), ("infer", "infer_clips_per_s", "{:.2f}"),
            ("train/compute", "ratio_train_to_compute", "{:.3f}"), ("data/compute", "ratio_data_to_compute", "{:.1f}"),
            ("step s", "step_s", "{:.3f}"), ("train img/s", "train_images_per_s", "{:.0f}"),
            ("limit img/s", "limit_images_per_s", "{:.0f}"), ("train/limit", "ratio_train_to_limit", "{:.2f}"),

@@ -214,6 +214,36 @@ def test_gpu_loaders_send_uint8_cpu_loaders_float(tiny_root, tmp_path):
             assert loader.pin_memory is pin
 
 
+class _Niceness(torch.utils.data.Dataset):
+    """Each item: the priority of the process that made it."""
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return {"nice": os.nice(0), "label": i}
+
+
+def test_cpu_training_workers_run_at_lower_priority(tiny_root, tmp_path, monkeypatch):
+    """CPU runs lower the training DataLoader workers' priority by CPU_WORKER_NICE (the step's
+    threads keep their cores); GPU runs and the test loader leave it; a worker really runs there."""
+    from utils import data as D
+    parent = os.nice(0)
+    loader = D.make_loader(_Niceness(), 2, False, 0, num_workers=1, nice=3)
+    assert next(iter(loader))["nice"].tolist() == [min(parent + 3, 19)] * 2
+    assert next(iter(D.make_loader(_Niceness(), 2, False, 0, num_workers=1)))["nice"].tolist() == [parent] * 2
+    seen = []
+    monkeypatch.setattr(D, "lower_priority", lambda nice: seen.append(nice) or (lambda _: None))
+    args = E.base_parser("ms_op", "").parse_args(
+        ["--datasetDir", str(tiny_root), "--outDir", str(tmp_path), "--seqLen", "4", "--frameSize", "32",
+         "--numWorkers", "1", "--cacheDir", "none", "--trainUsers", "S1", "--dataOnDevice", "off"])
+    for device, expected in (("cpu", [D.CPU_WORKER_NICE]), ("cuda", [])):
+        seen.clear()
+        exp = E.Experiment("ms_op", args, 2, torch.device(device), "fp32", None, None)
+        E.stage_loaders(exp, *E.stage_datasets(exp))
+        assert seen == expected, device
+    assert D.CPU_WORKER_NICE > 0
+
+
 def test_meter_reads_device_tensors_once_with_float_arithmetic():
     from utils.train import Meter
     lazy, eager = Meter(), Meter()
