@@ -328,6 +328,8 @@ def main(argv=None):
                 if a.niceToo:
                     samples.setdefault("train_nice0", []).append(
                         measure_train(exp, model, optimizer, train_loader_nice0, generator, a.steps, a.warmup))
+            print(f"repeat {len(samples['compute'])}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in samples.items()
+                                                                  if v), flush=True)
         compute, train, infer = (max(samples[k], default=float("nan")) for k in ("compute", "train", "infer"))
         if a.profile:
             print(profile_table(exp, model, optimizer, batch, generator, a.profile), flush=True)
