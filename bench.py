@@ -36,12 +36,16 @@ import warnings
 
 import torch
 
+import utils.experiment as experiment_module
 from utils.experiment import (Experiment, base_parser, build_stage_model, check_args, configure_backends,
                               default_workers, pick_device, pick_precision, prepare_model, resolve_cache_dir,
                               stage_datasets, stage_loaders)
 from utils.cli import Parser
 from utils.data import set_epoch
 from utils.train import autocast, to_device, train_step
+from models import fastconv
+from utils.bench_original import original_stage2_seconds
+from utils.verify_original import check_source
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(ROOT, "data", "bench_synthetic")
@@ -77,10 +81,34 @@ def parse_args(argv=None):
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
     p.add_argument("--datasetDir", default=None, help=f"dataset to read the batches from (default: synthetic data in {SYNTHETIC_DIR})")
     p.add_argument("--opInput", choices=("flat", "pooled"), default="flat", help="ms_op: the OP head's input")
+    p.add_argument("--plainToo", action="store_true",
+                   help="fp32 on the CPU: also time compute with the fused frozen trunk off (the plain definition), "
+                        "interleaved with the fused one, for the gain (compute_plain_clips_per_s)")
+    p.add_argument("--compare-original", dest="compareOriginal", default=None, metavar="DIR",
+                   help="stage 2 of rgb or ms_op: also time the original Ego-RNN stage 2 (main-run-rgb.py of a "
+                        "checkout of https://github.com/swathikirans/ego-rnn in DIR) on the same batch, interleaved "
+                        "with ours, and print the ratio")
+    p.add_argument("--niceToo", action="store_true",
+                   help="CPU: also time train with DataLoader workers at the main process's priority (before "
+                        "issue 29 they were not lowered), interleaved, for the gain (train_nice0_clips_per_s)")
+    p.add_argument("--computeOnly", action="store_true",
+                   help="time compute only (and what --plainToo / --compare-original add), not train and infer")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile this many compute steps (torch.profiler) and print the top ops by self CPU time")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.model == "flow" and a.stage != 1:
         p.error("the flow model has one stage: use --stage 1")
+    if a.compareOriginal and not (a.model in ("rgb", "ms_op") and a.stage == 2):
+        p.error("--compare-original times the original Ego-RNN stage 2: use it with --model rgb or ms_op, --stage 2")
+    if a.compareOriginal:
+        from utils.errors import UserError
+        try:
+            check_source(a.compareOriginal)
+        except UserError as e:
+            p.error(str(e).replace("--egornnSrc", "--compare-original"))
+    if a.compareOriginal and a.precision == "both":
+        p.error("--compare-original: choose one --precision (auto, fp32 or bf16); the original runs fp32")
     for name in ("seqLen", "batchSize", "frameSize", "memSize", "steps", "repeats"):
         if getattr(a, name) <= 0:
             p.error(f"--{name} must be positive")
@@ -154,6 +182,17 @@ def measure_train(exp, model, optimizer, loader, generator, steps, warmup):
     losses["loss"].item()
     sync(exp.device)
     return rate(clips, time.perf_counter() - t0)
+
+
+def profile_table(exp, model, optimizer, batch, generator, steps, rows=15):
+    """torch.profiler over `steps` training steps on the batch in memory: top ops by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    exp.set_train_mode(model)
+    train_step(exp, model, batch, optimizer, generator)  # warm-up outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(exp, model, batch, optimizer, generator)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 @torch.no_grad()
@@ -242,6 +281,10 @@ def main(argv=None):
     exp0 = Experiment(kind, args, a.stage, device, precisions[0], None, None)
     train_set, test_set = stage_datasets(exp0)
     train_loader, _ = stage_loaders(exp0, train_set, test_set)
+    if a.niceToo:  # the same loader with workers at the main process's priority
+        niced, experiment_module.CPU_WORKER_NICE = experiment_module.CPU_WORKER_NICE, 0
+        train_loader_nice0, _ = stage_loaders(exp0, train_set, test_set)
+        experiment_module.CPU_WORKER_NICE = niced
     data = measure_data(train_loader, device)
     depth = a.numWorkers * 2  # batches the DataLoader holds ready (prefetch_factor 2 per worker)
     if a.steps < 2 * depth:
@@ -263,15 +306,41 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         batch = to_device(dict(batch_cpu), device)  # transformed and normalised as in training
-        samples = {"compute": [], "train": [], "infer": []}
+        samples = {"compute": [], "train": [], "infer": []} | ({"compute_plain": []} if a.plainToo else {})
+        if a.compareOriginal:
+            print("samples, clips/s: compute and train interleaved with the original Ego-RNN stage 2 "
+                  "(original) and our compute right after it (ours_next_to_original)", flush=True)
         for _ in range(a.repeats):
             samples["compute"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup))
-            samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps, a.warmup))
-            samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
-        compute, train, infer = (max(samples[k]) for k in ("compute", "train", "infer"))
+            if a.plainToo:
+                fastconv.FUSE_FROZEN_FP32 = False
+                samples["compute_plain"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps,
+                                                                a.warmup))
+                fastconv.FUSE_FROZEN_FP32 = True
+            if a.compareOriginal:
+                seconds = original_stage2_seconds(a.compareOriginal, batch["rgb"], batch["label"],
+                                                  train_set.num_classes, a.memSize, a.steps, a.warmup)
+                samples.setdefault("original", []).append(rate(a.steps * a.batchSize, sum(seconds)))
+                samples.setdefault("ours_next_to_original", []).append(
+                    measure_compute(exp, model, optimizer, batch, generator, a.steps, 0))  # warm already
+            if not a.computeOnly:
+                samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps,
+                                                      a.warmup))
+                samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
+                if a.niceToo:
+                    samples.setdefault("train_nice0", []).append(
+                        measure_train(exp, model, optimizer, train_loader_nice0, generator, a.steps, a.warmup))
+            print(f"repeat {len(samples['compute'])}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in samples.items()
+                                                                  if v), flush=True)
+        compute, train, infer = (max(samples[k], default=float("nan")) for k in ("compute", "train", "infer"))
+        if a.profile:
+            print(profile_table(exp, model, optimizer, batch, generator, a.profile), flush=True)
         limit = (measure_limit(device, precision, a.batchSize * a.seqLen, a.frameSize, a.steps, a.warmup)
                  if a.limit else None)
-        r = {"compute_clips_per_s": compute, "data_clips_per_s": data, "train_clips_per_s": train,
+        r = {"compute_clips_per_s": compute,
+             "compute_plain_clips_per_s": max(samples["compute_plain"]) if a.plainToo else None,
+             "data_clips_per_s": data, "train_clips_per_s": train,
+             "train_nice0_clips_per_s": max(samples["train_nice0"]) if "train_nice0" in samples else None,
              "infer_clips_per_s": infer, "ratio_train_to_compute": train / compute,
              "train_images_per_s": train * a.seqLen, "limit_images_per_s": limit,
              "ratio_train_to_limit": train * a.seqLen / limit if limit else None,
@@ -282,7 +351,16 @@ def main(argv=None):
              "channels_last": next(p for p in model.parameters() if p.dim() == 4).is_contiguous(
                  memory_format=torch.channels_last),
              "samples": samples}
+        if a.compareOriginal:
+            pairs = list(zip(samples["ours_next_to_original"], samples["original"]))
+            r["original_clips_per_s"] = max(samples["original"])
+            r["ratio_to_original"] = [o / g for o, g in pairs]
+            print(f"{precision}: ours / original Ego-RNN stage 2, side by side: "
+                  + ", ".join(f"{o:.3f} / {g:.3f} = {o / g:.2f}x" for o, g in pairs), flush=True)
         results[precision] = r
+        if a.plainToo:
+            print(f"{precision}: compute samples {samples['compute']}, plain trunk {samples['compute_plain']}",
+                  flush=True)
         print(f"{precision}: compute {compute:.2f}, train {train:.2f}, infer {infer:.2f} clips/s"
               + (f"; ResNet-34 limit {limit:.0f} images/s" if limit else ""), flush=True)
         del model, optimizer
@@ -301,8 +379,9 @@ def main(argv=None):
     return report
 
 
-COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("data", "data_clips_per_s", "{:.1f}"),
-           ("train", "train_clips_per_s", "{:.2f}"), ("infer", "infer_clips_per_s", "{:.2f}"),
+COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("plain", "compute_plain_clips_per_s", "{:.2f}"),
+           ("data", "data_clips_per_s", "{:.1f}"), ("train", "train_clips_per_s", "{:.2f}"),
+           ("train nice0", "train_nice0_clips_per_s", "{:.2f}"), ("infer", "infer_clips_per_s", "{:.2f}"),
            ("train/compute", "ratio_train_to_compute", "{:.3f}"), ("data/compute", "ratio_data_to_compute", "{:.1f}"),
            ("step s", "step_s", "{:.3f}"), ("train img/s", "train_images_per_s", "{:.0f}"),
            ("limit img/s", "limit_images_per_s", "{:.0f}"), ("train/limit", "ratio_train_to_limit", "{:.2f}"),

@@ -8,9 +8,12 @@ without changing what is computed:
   * bf16 on the CPU, frozen stem..layer3 (every RGB stage): BatchNorm folded into the
     convolutions, ReLU and residual fused into oneDNN's kernels (fastconv.frozen_bf16);
   * bf16 training on the CPU: layer4's trainable 3x3 convolutions and the ConvLSTM's take their
-    weight gradient from one matrix product (fastconv.conv3x3, installed in ConvLSTMCell below).
-fp32 on the CPU never comes here, so its results are bit for bit those of the definition
-(tests/test_speed.py holds a fingerprint).
+    weight gradient from one matrix product (fastconv.conv3x3, installed in ConvLSTMCell below);
+  * fp32 training on the CPU (CPUs without bf16 kernels): the frozen stem..layer3 with BatchNorm
+    folded and ReLU / residual fused, in float32 (fastconv.frozen_fp32): results within float32
+    rounding of the definition, not bit for bit (tests/test_speed.py bounds the logits after a
+    step; with fastconv.FUSE_FROZEN_FP32 off they are the definition's bits).
+fp32 evaluation never comes here: evaluate.py runs the definition.
 """
 import torch
 import torch.nn.functional as F
@@ -24,22 +27,30 @@ ConvLSTMCell.conv2d = staticmethod(fastconv.conv3x3)
 
 
 def applies(backbone, x):
-    """True when a speed trick applies to these frames: channels_last weights, or CPU bf16."""
+    """True when a speed trick applies to these frames: channels_last weights, CPU bf16, or CPU
+    fp32 training with a frozen trunk."""
     cpu_bf16 = (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
                 and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-    return cpu_bf16 or _channels_last(backbone.conv1.weight)
+    return cpu_bf16 or _channels_last(backbone.conv1.weight) or fastconv.frozen_fp32(x, _trunk(backbone))
+
+
+def _trunk(b):
+    return (b.conv1, b.bn1, b.layer1, b.layer2, b.layer3)  # frozen in every stage
 
 
 def layer4_maps(backbone, x):
     """ResNet34Backbone.layer4_maps(x) with the tricks of the module docstring."""
     b = backbone
     x = like_weights(x, b.conv1.weight)
-    trunk = (b.conv1, b.bn1, b.layer1, b.layer2, b.layer3)  # frozen in every stage
-    if fastconv.frozen_bf16(x, trunk):
-        x = b.maxpool(fastconv.conv_bn(x.to(torch.bfloat16), b.conv1, b.bn1, relu=True))
-        for layer in (b.layer1, b.layer2, b.layer3):
-            for block in layer:
-                x = fastconv.basic_block(block, x)
+    trunk = _trunk(b)
+    if fastconv.frozen_bf16(x, trunk) or fastconv.frozen_fp32(x, trunk):
+        with torch.no_grad():
+            if fastconv.frozen_bf16(x, trunk):
+                x = x.to(torch.bfloat16)
+            x = b.maxpool(fastconv.conv_bn(x, b.conv1, b.bn1, relu=True))
+            for layer in (b.layer1, b.layer2, b.layer3):
+                for block in layer:
+                    x = fastconv.basic_block(block, x)
     else:
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         x = b.layer3(b.layer2(b.layer1(x)))

@@ -21,13 +21,19 @@ kernels torch.compile uses on CPUs): one pass over each activation instead of fo
 backbone's stem..layer3 (frozen in every RGB stage) take 0.85 s instead of 1.3 s for 128 frames
 at 224 px on 2 cores, and are closer to the float64 result than plain autocast (relative error
 6.5e-3 against 8.4e-3).
+
+fp32 training on the CPU (`frozen_fp32`, docs/speed.md) runs the same fused frozen layers in
+float32: the same sums up to rounding (folding the BatchNorm reorders a multiply and an add),
+within 1e-5 relative of the plain layers, so the logits after a step stay within 1e-4
+(tests/test_speed.py). Evaluation keeps the plain definition (it runs without grad).
 """
 import torch
 import torch.nn.functional as F
 
 
 ENABLED = True  # switches for comparisons (tests): the weight-gradient convolution,
-FUSE_FROZEN = True  # and the fused frozen layers
+FUSE_FROZEN = True  # the fused frozen layers under bf16,
+FUSE_FROZEN_FP32 = True  # and in fp32 training
 
 
 def fast_path(x, weight):
@@ -91,24 +97,23 @@ class Conv3x3(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------- frozen layers, fused
 
-def _pointwise_ops():
-    """oneDNN's fused convolutions, where they run bf16: they need AVX-512 (BW, VL, DQ) or
-    AVX-NE-CONVERT; on an AVX2-only CPU bf16 autocast falls back to plain kernels instead."""
+def _pointwise_ops(dtype=torch.bfloat16):
+    """oneDNN's fused convolutions, where they run in `dtype`. bf16 needs AVX-512 (BW, VL, DQ)
+    or AVX-NE-CONVERT; on an AVX2-only CPU bf16 autocast falls back to plain kernels instead.
+    float32 runs wherever oneDNN does."""
     ops = getattr(torch.ops, "mkldnn", None)
     try:
-        if not (torch.backends.mkldnn.is_available() and ops._is_mkldnn_bf16_supported()):
+        if not torch.backends.mkldnn.is_available():
+            return None
+        if dtype == torch.bfloat16 and not ops._is_mkldnn_bf16_supported():
             return None
         return ops._convolution_pointwise
     except (AttributeError, RuntimeError):
         return None
 
 
-def frozen_bf16(x, modules):
-    """True when `modules` can run through conv_bn / basic_block: CPU bf16 autocast, no
-    parameter that wants a gradient, every BatchNorm in eval mode, an input without gradient."""
-    if not (FUSE_FROZEN and x.device.type == "cpu" and not x.requires_grad and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and _pointwise_ops() is not None):
-        return False
+def _frozen(modules):
+    """No parameter of `modules` wants a gradient and every BatchNorm is in eval mode."""
     for m in modules:
         if any(p.requires_grad for p in m.parameters()):
             return False
@@ -117,9 +122,34 @@ def frozen_bf16(x, modules):
     return True
 
 
+def frozen_bf16(x, modules):
+    """True when `modules` can run through conv_bn / basic_block: CPU bf16 autocast, no
+    parameter that wants a gradient, every BatchNorm in eval mode, an input without gradient."""
+    if not (FUSE_FROZEN and x.device.type == "cpu" and not x.requires_grad and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and _pointwise_ops() is not None):
+        return False
+    return _frozen(modules)
+
+
+def fp32_training(x):
+    """CPU float32 training (grad enabled, no autocast): where `frozen_fp32` may apply."""
+    return (FUSE_FROZEN_FP32 and x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def frozen_fp32(x, modules):
+    """True when `modules` can run fused in float32: CPU fp32 training, frozen as in frozen_bf16.
+    Evaluation (no grad) keeps the plain layers."""
+    return (fp32_training(x) and not x.requires_grad and _pointwise_ops(torch.float32) is not None
+            and _frozen(modules))
+
+
 def _folded(conv, bn, dtype):
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    weight = (conv.weight * scale.view(-1, 1, 1, 1)).to(dtype=dtype, memory_format=torch.channels_last)
+    # bf16: channels_last, oneDNN's fast bf16 layout; fp32 keeps the model's NCHW so that layer4,
+    # which trains, reads what it reads on the plain path
+    layout = torch.channels_last if dtype == torch.bfloat16 else torch.contiguous_format
+    weight = (conv.weight * scale.view(-1, 1, 1, 1)).to(dtype=dtype, memory_format=layout)
     shift = bn.bias - bn.running_mean * scale
     if conv.bias is not None:
         shift = shift + conv.bias * scale
@@ -127,9 +157,9 @@ def _folded(conv, bn, dtype):
 
 
 def conv_bn(x, conv, bn, relu):
-    """bn(conv(x)), then ReLU if `relu`, as one oneDNN convolution (x: bf16 channels_last)."""
+    """bn(conv(x)), then ReLU if `relu`, as one oneDNN convolution (x: bf16 channels_last, or fp32)."""
     weight, bias, geometry = _folded(conv, bn, x.dtype)
-    return _pointwise_ops()(x, weight, bias, *geometry, "relu" if relu else "none", [], "")
+    return _pointwise_ops(x.dtype)(x, weight, bias, *geometry, "relu" if relu else "none", [], "")
 
 
 def basic_block(block, x):
@@ -137,4 +167,4 @@ def basic_block(block, x):
     out = conv_bn(x, block.conv1, block.bn1, relu=True)
     identity = x if block.downsample is None else conv_bn(x, block.downsample[0], block.downsample[1], relu=False)
     weight, bias, geometry = _folded(block.conv2, block.bn2, x.dtype)
-    return _pointwise_ops().binary(out, identity, weight, bias, *geometry, "add", None, "relu", [], None)
+    return _pointwise_ops(x.dtype).binary(out, identity, weight, bias, *geometry, "add", None, "relu", [], None)

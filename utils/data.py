@@ -4,6 +4,7 @@ Every clip's augmentation (crop, flip, flow start) is drawn from a seed that dep
 (run seed, epoch, clip index), and the clip order only on (run seed, epoch). So a run resumed
 after a crash sees exactly the clips an uninterrupted run would have seen, with any number of
 DataLoader workers, and the main process's RNG (dropout) is never touched by data loading."""
+import os
 import random
 from contextlib import contextmanager
 
@@ -75,13 +76,32 @@ def collate(items):
     return batch
 
 
+# Niceness added to DataLoader workers that share the CPU with a CPU training step. The step's
+# threads synchronise at every operation, so a worker that takes a core from one of them stalls
+# all of them; at a lower priority the workers run in the gaps and still keep ahead (the
+# pipeline is many times faster than a CPU step, docs/speed.md).
+CPU_WORKER_NICE = 10
+
+
+def lower_priority(nice):
+    """worker_init_fn: this worker process `nice` steps below its parent (errors ignored: a
+    priority is a hint)."""
+    def init(_worker_id):
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
+    return init
+
+
 def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=False, normalize=True, source=False,
-                process=None):
+                process=None, nice=0):
     """normalize=False: clips come as uint8, to be normalised on the device (utils/train.to_device);
     source=True: RGB frames come decoded but untransformed, for datasets.transforms.clips_on_device.
     process=(rank, world size): this process's part under torchrun (utils/distributed.py): its
     share of every global batch of `batch_size` (training, shuffle=True; one process draws the
-    order and seeds), or every world-size-th video (evaluation)."""
+    order and seeds), or every world-size-th video (evaluation). nice: workers' priority below this
+    process's (CPU runs: CPU_WORKER_NICE)."""
     sampler = EpochSampler(len(dataset), shuffle, seed)
     batching = dict(batch_size=batch_size, sampler=sampler)
     if process is not None:
@@ -95,6 +115,7 @@ def make_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory=Fals
         pin_memory=pin_memory,
         # Re-forking workers every epoch costs seconds (copy-on-write page faults).
         persistent_workers=num_workers > 0,
+        worker_init_fn=lower_priority(nice) if nice and num_workers > 0 else None,
         # Workers are seeded per clip; this generator only keeps DataLoader from drawing its
         # base seed from the global RNG (which would shift dropout masks on resume).
         generator=torch.Generator().manual_seed(seed),

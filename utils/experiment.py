@@ -28,7 +28,7 @@ from utils import distributed
 from utils.batchnorm import calibrate_batchnorm
 from utils.cli import Parser
 from utils.config import check_config, saved_config
-from utils.data import make_loader
+from utils.data import CPU_WORKER_NICE, make_loader
 from utils.defaults import dataset_suffixed, default_dataset_dir, missing_stage1_message
 from utils.device import cpu_has_native_bf16, pick_device, pick_precision  # noqa: F401  (re-exported)
 from utils.errors import UserError, run_cli
@@ -412,7 +412,7 @@ def stage_loaders(exp, train_set, test_set):
         print(f"training set on {exp.device}: {train_loader.nbytes / 1e9:.2f} GB of decoded frames, no DataLoader")
     else:
         train_loader = make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, not gpu, source,
-                                   process)
+                                   process, nice=0 if gpu else CPU_WORKER_NICE)
     return (train_loader,
             make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process))
 
