@@ -81,6 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
     p.add_argument("--datasetDir", default=None, help=f"dataset to read the batches from (default: synthetic data in {SYNTHETIC_DIR})")
     p.add_argument("--opInput", choices=("flat", "pooled"), default="flat", help="ms_op: the OP head's input")
+    p.add_argument("--fusedFp32", action="store_true",
+                   help="fp32 on the CPU: run the frozen trunk fused (models/fastconv.FUSE_FROZEN_FP32, off in the "
+                        "scripts until its gain is measured)")
     p.add_argument("--plainToo", action="store_true",
                    help="fp32 on the CPU: also time compute with the fused frozen trunk off (the plain definition), "
                         "interleaved with the fused one, for the gain (compute_plain_clips_per_s)")
@@ -293,6 +296,7 @@ def main(argv=None):
     print(f"data pipeline: {data:.2f} clips/s ({len(train_set)} training clips)", flush=True)
     batch_cpu = next(iter(train_loader))
 
+    fastconv.FUSE_FROZEN_FP32 = a.fusedFp32
     results = {}
     for precision in precisions:
         torch.manual_seed(0)
@@ -316,7 +320,7 @@ def main(argv=None):
                 fastconv.FUSE_FROZEN_FP32 = False
                 samples["compute_plain"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps,
                                                                 a.warmup))
-                fastconv.FUSE_FROZEN_FP32 = True
+                fastconv.FUSE_FROZEN_FP32 = a.fusedFp32
             if a.compareOriginal:
                 seconds = original_stage2_seconds(a.compareOriginal, batch["rgb"], batch["label"],
                                                   train_set.num_classes, a.memSize, a.steps, a.warmup)
