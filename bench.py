@@ -42,6 +42,7 @@ from utils.experiment import (Experiment, base_parser, build_stage_model, check_
                               stage_datasets, stage_loaders)
 from utils.cli import Parser
 from utils.data import set_epoch
+from utils.errors import UserError
 from utils.train import autocast, to_device, train_step
 from models import fastconv
 from utils.bench_original import original_stage2_seconds
@@ -105,7 +106,6 @@ def parse_args(argv=None):
     if a.compareOriginal and not (a.model in ("rgb", "ms_op") and a.stage == 2):
         p.error("--compare-original times the original Ego-RNN stage 2: use it with --model rgb or ms_op, --stage 2")
     if a.compareOriginal:
-        from utils.errors import UserError
         try:
             check_source(a.compareOriginal)
         except UserError as e:
