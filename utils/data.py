@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from utils.distributed import ShardSampler, ShareBatchSampler
 
+
 class EpochSampler(Sampler):
     """Yields (index, seed) pairs; call `set_epoch` before each epoch."""
 
