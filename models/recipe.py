@@ -47,6 +47,12 @@ SGD = dict(momentum=0.9, weight_decay=5e-4)  # flow and two-stream
 OP_FRAMES = 4  # frames the OP head puts back in order (OPN)
 
 
+def at_least_fp32(t):
+    """bf16 autocast outputs in float32 for the losses; a float64 run (the verifier's flow check)
+    stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def forward(model, batch, family, heads=False, generator=None):
     """The forward of each model family, the one used by training, evaluate.py, predict.py,
     bench.py and the verifier. heads: also run the MS / OP heads of a SAMSOPNet (stage-2
@@ -168,7 +174,7 @@ class Recipe:
     def losses(self, out, batch):
         """{"ce", "ms_loss", "op_loss", "loss"}: the action cross-entropy, the heads' losses, and
         the total loss the optimiser minimises."""
-        loss = F.cross_entropy(out["logits"].float(), batch["label"])
+        loss = F.cross_entropy(at_least_fp32(out["logits"]), batch["label"])
         result = {"ce": loss.detach()}
         if "ms_out" in out:
             ms_out = out["ms_out"].float()
