@@ -43,6 +43,10 @@ keeps them as they are). Pixels the warp brings in from outside the frame are 0.
 on the synthetic videos) and below the hands' motion; 1/240 gave higher IoU than 1/120 at
 both 160x120 and 320x240 (docs/benchmarks.md); datasets/prepare_quality.py measures the maps
 against ground truth.
+
+Trajectory maps (kind "idt", `--maps idt`): the points of improved dense trajectories tracked
+through the forward compensated flow and the homography (datasets/trajectories.py); no backward
+flow is needed.
 """
 import os
 

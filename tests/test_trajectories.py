@@ -54,7 +54,7 @@ def test_keep_rules_by_hand():
     """Steps in units of the short side: 1/48 each step is motion (largest 1/48 > 1/240);
     0.1 px steps are static; one 10 px jump alone is erratic (100 % of the length and
     10/48 > 1/12); the same jump among fourteen 1 px steps is 10/24 = 42 % of it: kept."""
-    steps = np.zeros((4, T.L))
+    steps = np.zeros((4, 15))
     steps[0] = 1 / 48
     steps[1] = 0.1 / 48
     steps[2, 5] = 10 / 48
@@ -113,8 +113,8 @@ def test_trajectories_end_after_15_steps():
     flows = [flows[k % 20] if k % 20 != 19 else np.zeros_like(flows[0]) for k in range(40)]
     _, tr = run(frames, flows, Hs, keep_tracks=True)
     lengths = [len(p) for s, p in tr.kept]
-    assert max(lengths) == T.L + 1
-    assert all(len(p) == T.L + 1 for s, p in tr.kept if s + T.L < 39)
+    assert max(lengths) == 16  # IDT's track_length 15
+    assert all(len(p) == 16 for s, p in tr.kept if s + 15 < 39)
 
 
 def test_scales_follow_the_frame_size():
