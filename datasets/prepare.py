@@ -2,7 +2,7 @@
 camera-compensated warp flow and motion maps, in either layout the loaders read.
 
     python -m datasets.prepare --videos DIR --outDir DATASET [--layout course|egornn]
-        [--flow tvl1|farneback|raft] [--noWarp] [--flowScale output|source] [--maps flow]
+        [--flow tvl1|farneback|raft] [--noWarp] [--flowScale output|source] [--maps flow|idt]
         [--fps N] [--shortSide 256] [--numWorkers N]
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
     python -m datasets.prepare --frames DATASET [--outDir DIR] [--only flow|mmaps ...] ...
@@ -44,7 +44,9 @@ What is written per video (N frames), numbered as the loaders read them (dataset
 Flow k goes from frame k to frame k+1, so there is one flow image fewer than RGB frames (as in
 GTEA-61's releases and the synthetic generator). Motion map k (datasets/warpflow.py) comes from
 the compensated flow towards frame k+1 and back towards frame k-1; the first frame's from the
-forward flow only, the last frame's (it has no next frame) from the backward flow only.
+forward flow only, the last frame's (it has no next frame) from the backward flow only;
+with --maps idt they are trajectory maps instead (datasets/trajectories.py: the points of
+Improved Dense Trajectories tracked through the compensated flow).
 Flow values are in pixels of the written frames (--flowScale output) or, as dense_flow wrote
 them, of the source video (--flowScale source: x source / written short side).
 
@@ -96,6 +98,7 @@ VERSION = 2
 FOUND = ("sourceSize", "outputSize", "refused")  # marker entries the run found (not settings)
 FLOW_SCALES = warpflow.FLOW_SCALES
 DEFAULT_FLOW_SCALE = "output"  # docs/data.md, "Flow scale": fewer clipped values at hand speeds
+DEFAULT_MAPS = "flow"  # docs/data.md, "Motion maps": idt maps measured against them
 # per layout and folder kind: (folder pattern relative to the root, file name pattern)
 LAYOUTS = {
     "course": {"rgb": ("processed_frames2/{rel}/rgb", "rgb{:04d}.png"),
@@ -225,7 +228,8 @@ def _run_job(job, opts, progress):
     frames = _frames_of(job, opts, sizes)
     stats = {"refused": 0}
     if want_flow or want_maps:
-        frames = warpflow.flows_and_maps(frames, opts["_method"], opts["warp"], want_flow, want_maps, stats)
+        frames = warpflow.flows_and_maps(frames, opts["_method"], opts["warp"], want_flow, want_maps, stats,
+                                         kind=opts["maps"])
     else:
         frames = ((k, rgb, None, None) for k, rgb in enumerate(frames))
     numbers = job.frame_numbers
@@ -646,8 +650,9 @@ def parse_args(argv):
     p.add_argument("--flowScale", choices=FLOW_SCALES, default=DEFAULT_FLOW_SCALE,
                    help="flow values in pixels of the written frames (output, the default) or of the source "
                    "video as dense_flow wrote them (source: x source/output short side)")
-    p.add_argument("--maps", choices=("flow",), default="flow",
-                   help="motion maps from the compensated flow (datasets/warpflow.py)")
+    p.add_argument("--maps", choices=warpflow.MAPS, default=DEFAULT_MAPS,
+                   help=f"motion maps: flow = moving regions of the compensated flow (datasets/warpflow.py), "
+                   f"idt = points of improved dense trajectories (datasets/trajectories.py); default {DEFAULT_MAPS}")
     p.add_argument("--fps", type=float, default=None,
                    help="resample the videos to this rate: at each j / fps the nearest frame "
                    "(datasets/video.py; default: every frame)")
@@ -800,7 +805,7 @@ def main(argv=None):
     only = [p for p in PARTS if p in only]
     opts = {"_spans": spans, "out": args.out, "layout": layout, "flow": args.flow, "warp": not args.noWarp, "fps": args.fps,
             "shortSide": args.shortSide, "raftWeights": args.raftWeights, "only": only, "_frames": frames,
-            "flowScale": args.flowScale,
+            "flowScale": args.flowScale, "maps": args.maps,
             "_needs_method": "flow" in only or "mmaps" in only, "_videos": None if args.frames else videos}
     lock = _Lock(args.out)
     try:

@@ -20,7 +20,9 @@ datasets.prepare decodes them (source size):
               faster than 0.6 px per frame at 120 px;
   IoU s x s   both maps through the loaders' test transform (datasets.transforms.
               ClipTransform: resize, centre crop, s x s bilinear), then > 0.4: what the MS
-              head is trained on.
+              head is trained on;
+  pos s x s   positive rate: the share of those s x s cells > 0.4 (the truth's share in
+              the second table);
   H refused   frame pairs whose camera homography was refused (datasets.warpflow: not more
               than 50 matches or 25 RANSAC inliers; the identity is used), of all pairs;
   frames/s    video frames per second through datasets.warpflow.flows_and_maps, all of
@@ -30,6 +32,10 @@ datasets.prepare decodes them (source size):
               machine load touches them alike.
 `tvl1-default` is OpenCV's DualTVL1 with its default parameters, `tvl1` the tuned setting
 datasets.prepare uses (datasets.warpflow.TVL1_TUNED).
+A second table compares the two kinds of motion maps of `datasets.prepare --maps` on the
+compensated flow of each method: `flow` (datasets.warpflow.motion_map) and `idt` (trajectory
+maps, datasets/trajectories.py), with the seconds per frame of the whole making (flow + maps)
+and of the tracking alone.
 
     python -m datasets.prepare_quality --data DIR --flowScaleError 2
 
@@ -81,19 +87,28 @@ class Score:
         self.bg, self.epe_mov, self.epe_all = [], [], []
         self.inter = {s: 0 for s in ["full", *sizes]}
         self.union = {s: 0 for s in ["full", *sizes]}
+        self.pos = {s: 0 for s in ["full", *sizes]}        # predicted positive cells
+        self.true_pos = {s: 0 for s in ["full", *sizes]}
+        self.cells = {s: 0 for s in ["full", *sizes]}
+        self.track_seconds = 0.0
         self.seconds, self.frames, self.pairs, self.refused = 0.0, 0, 0, 0
 
     def iou(self, key, pred, truth):
         self.inter[key] += int((pred & truth).sum())
         self.union[key] += int((pred | truth).sum())
+        self.pos[key] += int(pred.sum())
+        self.true_pos[key] += int(truth.sum())
+        self.cells[key] += pred.size
 
     def result(self):
         bg = np.concatenate(self.bg)
         out = {"bg_median": float(np.median(bg)), "epe_moving": float(np.concatenate(self.epe_mov).mean()),
                "epe_all": float(np.mean(self.epe_all)), "fps": self.frames / self.seconds, "frames": self.frames,
-               "pairs": self.pairs, "refused": self.refused}
+               "pairs": self.pairs, "refused": self.refused, "track_s_per_frame": self.track_seconds / self.frames}
         for k in self.inter:
             out[f"iou_{k}"] = self.inter[k] / max(self.union[k], 1)
+            out[f"pos_{k}"] = self.pos[k] / max(self.cells[k], 1)
+            out[f"true_pos_{k}"] = self.true_pos[k] / max(self.cells[k], 1)
         return out
 
 
@@ -102,7 +117,7 @@ def measure(root, vids, methods, sizes, log=print):
     from PIL import Image
     cv2.setNumThreads(1)
     flows = {m: METHODS[m]() for m in methods}
-    scores = {(m, w): Score(sizes) for m in methods for w in (False, True)}
+    scores = {(m, w): Score(sizes) for m in methods for w in (False, True, "idt")}
     camera = []
     for vi, (u, c, i) in enumerate(vids):
         frames = list(read_frames(os.path.join(root, "videos", u, c, i + ".mp4")))
@@ -117,12 +132,14 @@ def measure(root, vids, methods, sizes, log=print):
         for k in range(len(frames) - 1):
             camera.append(np.linalg.norm(truth["flow"][k][~moving[k]], axis=-1))
         for m in methods:  # one method after the other on each video (the timing is fair)
-            for warp in (False, True):
+            for warp in (False, True, "idt"):  # "idt": with the warp, trajectory maps
                 sc = scores[m, warp]
                 t0 = time.perf_counter()
                 stats = {}
-                out = list(warpflow.flows_and_maps(frames, flows[m], warp, stats=stats))
+                out = list(warpflow.flows_and_maps(frames, flows[m], bool(warp), stats=stats,
+                                                   kind="idt" if warp == "idt" else "flow"))
                 sc.seconds += time.perf_counter() - t0
+                sc.track_seconds += stats.get("track_s", 0.0)
                 sc.refused += stats["refused"]
                 sc.frames += len(frames)
                 sc.pairs += len(frames) - 1
@@ -137,7 +154,8 @@ def measure(root, vids, methods, sizes, log=print):
                 for s in sizes:
                     sc.iou(s, small_maps(maps, s) > MMAP_THRESHOLD, true_small[s])
         log(f"  {vi + 1}/{len(vids)} videos", file=sys.stderr, flush=True)
-    return {f"{m}{' + warp' if w else ''}": sc.result() for (m, w), sc in scores.items()}, \
+    return {f"{m}{' + warp, idt maps' if w == 'idt' else ' + warp' if w else ''}": sc.result()
+            for (m, w), sc in scores.items()}, \
         float(np.median(np.concatenate(camera)))
 
 
@@ -165,6 +183,8 @@ def table(results, camera, sizes):
             *[f"IoU {s}x{s}" for s in sizes], "frames/s", "H refused"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
+        if name.endswith("idt maps"):
+            continue
         plain = results.get(name.replace(" + warp", ""))
         removed = f"{100 * (1 - r['bg_median'] / plain['bg_median']):.0f} %" if name.endswith("warp") else ""
         cells = [name, f"{r['bg_median']:.3f}", removed, f"{r['epe_moving']:.2f}", f"{r['epe_all']:.3f}",
@@ -172,6 +192,26 @@ def table(results, camera, sizes):
                  f"{r['refused']}/{r['pairs']}" if name.endswith("warp") else ""]
         rows.append("| " + " | ".join(cells) + " |")
     rows.append(f"\ncamera: median true |flow| on static pixels without compensation {camera:.3f} px")
+    return "\n".join(rows)
+
+
+def maps_table(results, sizes):
+    """flow maps against idt maps, each on the same compensated flow."""
+    head = ["method", "maps", "IoU full", *[f"IoU {s}x{s}" for s in sizes], *[f"pos {s}x{s}" for s in sizes],
+            "s/frame (flow + maps)", "s/frame (tracking)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    truth = None
+    for name, r in results.items():
+        if not name.endswith("warp") and not name.endswith("idt maps"):
+            continue
+        kind = "idt" if name.endswith("idt maps") else "flow"
+        cells = [name.split(" + ")[0], kind, f"{r['iou_full']:.3f}", *[f"{r[f'iou_{s}']:.3f}" for s in sizes],
+                 *[f"{r[f'pos_{s}']:.3f}" for s in sizes], f"{1 / r['fps']:.4f}",
+                 f"{r['track_s_per_frame']:.4f}" if kind == "idt" else ""]
+        rows.append("| " + " | ".join(cells) + " |")
+        truth = r
+    rows.append(f"| truth | | | {' | ' * (len(sizes) - 1)}| " + " | ".join(f"{truth[f'true_pos_{s}']:.3f}" for s in sizes)
+                + " | | |")
     return "\n".join(rows)
 
 
@@ -205,6 +245,8 @@ def main(argv=None):
           "1 thread", file=sys.stderr)
     results, camera = measure(args.data, vids, args.methods, args.mapSizes)
     print(table(results, camera, args.mapSizes))
+    print()
+    print(maps_table(results, args.mapSizes))
     if "tvl1" in args.methods and "tvl1-default" in args.methods:
         for w in ("", " + warp"):
             a, b = results["tvl1" + w], results["tvl1-default" + w]

@@ -43,10 +43,16 @@ keeps them as they are). Pixels the warp brings in from outside the frame are 0.
 on the synthetic videos) and below the hands' motion; 1/240 gave higher IoU than 1/120 at
 both 160x120 and 320x240 (docs/benchmarks.md); datasets/prepare_quality.py measures the maps
 against ground truth.
+
+Trajectory maps (kind "idt", `--maps idt`): the points of improved dense trajectories tracked
+through the forward compensated flow and the homography (datasets/trajectories.py); no backward
+flow is needed.
 """
 import os
 
 import numpy as np
+
+from datasets import trajectories
 
 BOUND = 20.0
 FLOW_LEVELS = 255.0 / (2 * BOUND)  # 8-bit levels per pixel of flow
@@ -314,35 +320,50 @@ def motion_map(rgb, flows, valids=()):
     return np.where(smooth > 0.5, 255, 0).astype(np.uint8)
 
 
-def flows_and_maps(frames, method, warp=True, flow=True, maps=True, stats=None):
-    """Run over a video's frames once. Yields (k, rgb_k, flow_k, map_k) for k = 0 .. N-1 in
-    order, one frame behind the input (map k needs frame k+1): flow_k is the (compensated)
-    flow from frame k to k+1 (None for the last frame or when flow=False), map_k the motion
-    map of frame k (None when maps=False). stats["refused"] (if a dict is given) counts the
-    frame pairs whose homography was refused."""
-    prev = back = back_valid = None
-    k = 0
-    if stats is not None:
-        stats.setdefault("refused", 0)
+MAPS = ("flow", "idt")  # motion maps from the compensated flow, or trajectory maps (datasets/trajectories.py)
+
+
+def _pairs(frames, method, warp, stats):
+    """(rgb_k, rgb_k+1, flow_k, H_k, valid_k) for each frame k, the compensated flow from k to
+    k+1 with its homography and mask (warp_flow); the last frame with Nones after it."""
+    prev = None
     for rgb in frames:
         if prev is not None:
-            fwd, H, valid, ok = warp_flow(prev, rgb, method, warp) if (flow or maps) else (None, None, None, True)
+            fwd, H, valid, ok = warp_flow(prev, rgb, method, warp)
             if stats is not None and not ok:
                 stats["refused"] += 1
-            m = None
-            if maps:
-                fl, vs = [fwd], [valid]
-                if back is not None:
-                    fl.append(back)
-                    vs.append(back_valid)
-                m = motion_map(prev, fl, vs)
-                back, back_valid = backward_flow(prev, rgb, method, H)
-            yield k, prev, fwd if flow else None, m
-            k += 1
+            yield prev, rgb, fwd, H, valid
         prev = rgb
     if prev is not None:
+        yield prev, None, None, None, None
+
+
+def flows_and_maps(frames, method, warp=True, flow=True, maps=True, stats=None, kind="flow"):
+    """Run over a video's frames once. Yields (k, rgb_k, flow_k, map_k) for k = 0 .. N-1 in
+    order, one frame behind the input (map k needs frame k+1; kind "idt": up to 16 frames
+    behind, datasets/trajectories.py): flow_k is the (compensated) flow from frame k to k+1
+    (None for the last frame or when flow=False), map_k the motion map of frame k (None when
+    maps=False): `motion_map` (kind "flow") or the trajectory map (kind "idt").
+    stats["refused"] (if a dict is given) counts the frame pairs whose homography was refused."""
+    if kind not in MAPS:
+        raise ValueError(f"maps must be one of {', '.join(MAPS)}, got {kind!r}")
+    if stats is not None:
+        stats.setdefault("refused", 0)
+    pairs = _pairs(frames, method, warp, stats)
+    if maps and kind == "idt":
+        yield from trajectories.idt_frames(pairs, flow, stats)
+        return
+    back = back_valid = None
+    for k, (prev, rgb, fwd, H, valid) in enumerate(pairs):
         m = None
-        if maps:
+        if maps and rgb is None:  # the last frame: backward flow only
             m = (motion_map(prev, [back], [back_valid]) if back is not None
                  else np.zeros(prev.shape[:2], np.uint8))
-        yield k, prev, None, m
+        elif maps:
+            fl, vs = [fwd], [valid]
+            if back is not None:
+                fl.append(back)
+                vs.append(back_valid)
+            m = motion_map(prev, fl, vs)
+            back, back_valid = backward_flow(prev, rgb, method, H)
+        yield k, prev, fwd if flow else None, m
