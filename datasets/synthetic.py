@@ -24,9 +24,10 @@ Outputs per video, consistent with each other:
   * motion maps (course layout only): 255 * min(1, speed / (1.5 px per frame at 120 px
     height)) on the pixels of the parts that move relative to the SCENE (object, lid, spoon,
     hand); the camera motion is not marked;
-  * flow_x / flow_y between frames k and k+1 (so one image fewer than RGB), 8-bit,
-    128 + 6 * displacement in pixels, clipped to 0..255: warp-flow-like, i.e. the object and
-    hand motion only (camera motion removed).
+  * flow_x / flow_y between frames k and k+1 (so one image fewer than RGB), 8-bit as
+    dense_flow wrote GTEA-61's: round(255 (clip(d, -20, 20) + 20) / 40) for a displacement d in
+    pixels (0 -> 128), warp-flow-like, i.e. the object and hand motion only (camera motion
+    removed).
 The videos layout writes the same videos as files to prepare (python -m datasets.prepare),
 with what a preparation should find:
   * videos/<user>/<class>/<inst>.mp4: the RGB frames, H.264 (crf 17) at --fps (default 15);
@@ -79,13 +80,13 @@ import numpy as np
 from PIL import Image
 
 from datasets.video import write_video
+from datasets.warpflow import encode_flow
 from utils.cli import Parser, hidden_alias
 
 MARKER = ".complete"
 SYNTHETIC_MARKER = MARKER  # its name for readers of other datasets
 SYNTHETIC_MARKER_KEYS = ("layout", "classes", "instances", "users")
 FORMAT_VERSION = 1
-FLOW_SCALE = 6.0  # 8-bit flow value per pixel of displacement
 DEFAULT_USERS = ("S1", "S2", "S3", "S4")
 LAYOUTS = ("course", "egornn", "videos", "egtea", "gtea61raw")
 VIDEO_FPS = 15
@@ -351,8 +352,7 @@ def render_video(cls, user_index, length, size=(160, 120), seed=0, instance=1, c
                 d = parts[k + 1][name] - p[name]
                 if not sel.any() or not np.any(d):
                     continue
-                fxs[k][sel] = int(np.clip(round(128 + FLOW_SCALE * d[0]), 0, 255))
-                fys[k][sel] = int(np.clip(round(128 + FLOW_SCALE * d[1]), 0, 255))
+                fxs[k][sel], fys[k][sel] = encode_flow(d)
                 scene_flow[k][sel] = d
         lit = img * (gain * flick[k]) + np.array(tint, np.float32)
         rgb[k] = np.clip(np.round(lit), 0, 255).astype(np.uint8)

@@ -209,6 +209,17 @@ def test_motion_maps_and_flow_ignore_camera_motion(cls):
     assert (moving["flow_x"][~moving["moving"][:-1]] == 128).all()
 
 
+def test_flow_images_hold_dense_flows_levels_of_the_scene_flow():
+    # GTEA-61's flow images were written by dense_flow: level = round(255 (clip(d, -20, 20) + 20) / 40),
+    # so 0 px -> 128, +1 px -> 134 (133.875), -1 px -> 121 (121.125), +-20 px -> 255 / 0
+    v = syn.render_video("take_cup", 1, 10, size=(80, 60), seed=3)
+    d = v["scene_flow"]  # (N-1, H, W, 2), the displacement each flow pixel stands for
+    for axis, name in ((0, "flow_x"), (1, "flow_y")):
+        want = np.floor(255 * (np.clip(d[..., axis].astype(np.float64), -20, 20) + 20) / 40 + 0.5)
+        assert np.array_equal(v[name].astype(np.float64), want), name
+    assert (np.abs(d) > 0.5).any()  # something moved by at least a level
+
+
 def test_reversed_verbs_are_time_reversals():
     for a, b in (("take_cup", "put_cup"), ("open_box", "close_box"), ("push_bread", "pull_bread")):
         va = syn._Video(a, 160, 120, np.random.default_rng(1))
