@@ -34,6 +34,13 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeyp
     assert device.pick_precision("fp32", torch.device("cpu")) == "fp32"
 
 
+def test_auto_precision_is_fp32_when_onednn_has_no_bf16_kernels(monkeypatch):
+    # ONEDNN_MAX_CPU_ISA=AVX2 on a bf16 CPU: the flags still say bf16, oneDNN runs none
+    monkeypatch.setattr(device, "_onednn_bf16", lambda: False)
+    assert not device.cpu_has_native_bf16()
+    assert device.pick_precision("auto", torch.device("cpu")) == "fp32"
+
+
 # ----------------------------------------------------------------------------- order prediction
 
 def _samsop(op_input, frame_size=64, classes=3):

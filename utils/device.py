@@ -16,8 +16,12 @@ def pick_device(name):
 def cpu_has_native_bf16(cpuinfo=None):
     """True on CPUs with bf16 matrix instructions: AMX (Intel Xeon 4th gen on) or AVX512_BF16
     (AMD Zen 4 on, Intel Cooper Lake). On both, bf16 training runs about 2x (Zen 4) to 4x (AMX)
-    faster than fp32 (docs/speed.md); elsewhere bf16 is emulated and slower than fp32."""
+    faster than fp32 (docs/speed.md); elsewhere bf16 is emulated and slower than fp32. On this
+    machine (cpuinfo None) oneDNN must also offer its bf16 kernels: ONEDNN_MAX_CPU_ISA=AVX2, which
+    emulates an AVX2-only CPU (docs/speed.md), turns them off while the flags stay."""
     if cpuinfo is None:
+        if not _onednn_bf16():
+            return False
         try:
             with open("/proc/cpuinfo") as f:
                 cpuinfo = f.read()
@@ -25,6 +29,13 @@ def cpu_has_native_bf16(cpuinfo=None):
             return False
     flags = set(cpuinfo.split())
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _onednn_bf16():
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: the flags decide
+        return True
 
 
 def pick_precision(name, device):
