@@ -13,6 +13,12 @@ parameters, optimiser) and times, after warm-up:
   limit    (--limit) a plain torchvision ResNet-34 training step (every layer forward and
            backward, SGD) on batchSize x seqLen random images in memory, channels_last, same
            precision: what the hardware does with this backbone, in images/s.
+  flops    (--flops) the arithmetic of one compute step (torch.utils.flop_counter: convolutions
+           and matrix products, forward and backward), the GFLOP/s compute reaches, and the
+           GFLOP/s of one large 3x3 convolution (512 -> 512 channels on 7x7 maps, batch 128,
+           channels_last: the layer4 / ConvLSTM shape) on this machine, the rate the step's
+           convolutions could reach at best; with --compare-original the same for the original's
+           step, and the ratio to the original that this rate would allow with the same arithmetic.
 Rates are clips per second, except *_images_per_s (clips x seqLen); ratio_train_to_compute =
 train / compute, ratio_train_to_limit = train images/s / limit images/s. Peak memory: the
 main process's maximum RSS (getrusage; DataLoader workers not included) and, on CUDA, the
@@ -42,7 +48,7 @@ from utils.experiment import (Experiment, base_parser, build_stage_model, check_
                               stage_datasets, stage_loaders)
 from utils.cli import Parser
 from utils.data import set_epoch
-from utils.errors import UserError
+from utils.errors import UserError, run_cli
 from utils.train import autocast, to_device, train_step
 from models import fastconv
 from utils.bench_original import original_stage2_seconds
@@ -97,6 +103,9 @@ def parse_args(argv=None):
                         "issue 29 they were not lowered), interleaved, for the gain (train_nice0_clips_per_s)")
     p.add_argument("--computeOnly", action="store_true",
                    help="time compute only (and what --plainToo / --compare-original add), not train and infer")
+    p.add_argument("--flops", action="store_true",
+                   help="count the FLOP of one compute step (and of the original's with --compare-original), print "
+                        "the GFLOP/s reached and this machine's rate for a large 3x3 convolution")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="also profile this many compute steps (torch.profiler) and print the top ops by self CPU time")
     p.add_argument("--json", default=None, help="write the results here")
@@ -110,6 +119,8 @@ def parse_args(argv=None):
             check_source(a.compareOriginal)
         except UserError as e:
             p.error(str(e).replace("--egornnSrc", "--compare-original"))
+    if a.compareOriginal and a.frameSize != 224:
+        p.error("--compare-original: the original Ego-RNN model takes 224 px frames (its 7x7 pooling): use --frameSize 224")
     if a.compareOriginal and a.precision == "both":
         p.error("--compare-original: choose one --precision (auto, fp32 or bf16); the original runs fp32")
     for name in ("seqLen", "batchSize", "frameSize", "memSize", "steps", "repeats"):
@@ -235,6 +246,39 @@ def measure_limit(device, precision, images, frame_size, steps, warmup):
     return rate(steps * images, time.perf_counter() - t0)
 
 
+def step_flops(exp, model, optimizer, batch, generator):
+    """FLOP of one training step on the batch in memory (convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    exp.set_train_mode(model)
+    with FlopCounterMode(display=False) as counter:
+        train_step(exp, model, batch, optimizer, generator)
+    return counter.get_total_flops()
+
+
+def original_step_flops(src, rgb, labels, num_classes, mem_size):
+    """FLOP of one original Ego-RNN stage-2 step (its main_run, one epoch of one batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    original_stage2_seconds(src, rgb, labels, num_classes, mem_size, 1, 0, around=counter)
+    return counter.get_total_flops()
+
+
+def conv_gflops(device, precision, repeats=5):
+    """GFLOP/s of one 3x3 convolution, 512 -> 512 channels on 7x7 maps, batch 128, channels_last
+    (the layer4 and ConvLSTM shape): the best this machine does with the step's main operation."""
+    x = torch.randn(128, 512, 7, 7, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.no_grad(), autocast(device, precision):
+        for i in range(repeats + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            torch.nn.functional.conv2d(x, w, padding=1)
+            sync(device)
+            best = min(best, time.perf_counter() - t0) if i else best  # the first call warms up
+    return 2 * 128 * 49 * 512 * 512 * 9 / best / 1e9
+
+
 def machine_info():
     cpu = platform.processor()
     try:
@@ -339,6 +383,25 @@ def main(argv=None):
         compute, train, infer = (max(samples[k], default=float("nan")) for k in ("compute", "train", "infer"))
         if a.profile:
             print(profile_table(exp, model, optimizer, batch, generator, a.profile), flush=True)
+        flops = {}
+        if a.flops:
+            flops["flops_per_step"] = step_flops(exp, model, optimizer, batch, generator)
+            flops["gflops_per_s"] = flops["flops_per_step"] * compute / a.batchSize / 1e9
+            flops["conv_gflops_per_s"] = conv_gflops(device, precision)
+            text = (f"{precision}: FLOP per step (convolutions and matrix products) {flops['flops_per_step'] / 1e12:.3f} "
+                    f"T, at compute {flops['gflops_per_s']:.0f} GFLOP/s; this machine's 3x3 convolution (512 ch, 7x7, "
+                    f"batch 128) {flops['conv_gflops_per_s']:.0f} GFLOP/s")
+            if a.compareOriginal:
+                flops["original_flops_per_step"] = original_step_flops(
+                    a.compareOriginal, batch["rgb"], batch["label"], train_set.num_classes, a.memSize)
+                flops["original_gflops_per_s"] = (flops["original_flops_per_step"] * max(samples["original"])
+                                                  / a.batchSize / 1e9)
+                flops["ratio_allowed_at_conv_rate"] = (flops["conv_gflops_per_s"] * flops["original_flops_per_step"]
+                                                       / flops["flops_per_step"] / flops["original_gflops_per_s"])
+                text += (f"; the original's step {flops['original_flops_per_step'] / 1e12:.3f} T at "
+                         f"{flops['original_gflops_per_s']:.0f} GFLOP/s: with this arithmetic, a step running entirely "
+                         f"at the convolution's rate would be {flops['ratio_allowed_at_conv_rate']:.2f}x the original")
+            print(text, flush=True)
         limit = (measure_limit(device, precision, a.batchSize * a.seqLen, a.frameSize, a.steps, a.warmup)
                  if a.limit else None)
         r = {"compute_clips_per_s": compute,
@@ -354,7 +417,7 @@ def main(argv=None):
                                        if device.type == "cuda" else None),
              "channels_last": next(p for p in model.parameters() if p.dim() == 4).is_contiguous(
                  memory_format=torch.channels_last),
-             "samples": samples}
+             "samples": samples} | flops
         if a.compareOriginal:
             pairs = list(zip(samples["ours_next_to_original"], samples["original"]))
             r["original_clips_per_s"] = max(samples["original"])
@@ -406,5 +469,9 @@ def print_table(report):
         print("  ".join(x.rjust(w) for x, w in zip(row, widths)))
 
 
+def cli(argv):
+    main(argv)  # the report is for callers (tests, scripts); the command has printed it
+
+
 if __name__ == "__main__":
-    main()
+    run_cli(cli, sys.argv[1:])

@@ -8,6 +8,7 @@ interval between the starts of two successive forwards of its model (the last on
 main_run returns), so building the model, loading its weights and main_run's setup are not
 counted.
 """
+import contextlib
 import os
 import tempfile
 import time
@@ -18,9 +19,10 @@ from utils.experiment import DEFAULTS
 from utils.verify_original import Original, calibrate_batchnorm, check_source, run_original_main
 
 
-def original_stage2_seconds(src, rgb, labels, num_classes, mem_size, steps, warmup):
+def original_stage2_seconds(src, rgb, labels, num_classes, mem_size, steps, warmup, around=None):
     """Seconds of each of the `steps` timed training steps of the original stage 2 on the batch
-    (rgb (B, T, 3, H, W) normalised frames, labels (B,)), after `warmup` untimed ones."""
+    (rgb (B, T, 3, H, W) normalised frames, labels (B,)), after `warmup` untimed ones. `around`:
+    a context manager entered around main_run only (bench.py's FLOP counter), not the setup."""
     check_source(src)
     orig = Original(src)
     d = DEFAULTS["rgb"][2]
@@ -42,7 +44,8 @@ def original_stage2_seconds(src, rgb, labels, num_classes, mem_size, steps, warm
                       seqLen=rgb.shape[1], trainBatchSize=rgb.shape[0], valBatchSize=rgb.shape[0],
                       numEpochs=warmup + steps, lr1=d["lr"], decay_factor=d["decayRate"], decay_step=d["stepSize"],
                       memSize=mem_size, out_dir=os.path.join(work, "original"))
-        run_original_main(orig, "main-run-rgb.py", "attentionModel", build, seed_path, (rgb, labels), kwargs)
+        with around or contextlib.nullcontext():
+            run_original_main(orig, "main-run-rgb.py", "attentionModel", build, seed_path, (rgb, labels), kwargs)
         end = time.perf_counter()
     starts.append(end)
     return [b - a for a, b in zip(starts[warmup:-1], starts[warmup + 1:])]
