@@ -9,10 +9,15 @@ without changing what is computed:
     convolutions, ReLU and residual fused into oneDNN's kernels (fastconv.frozen_bf16);
   * bf16 training on the CPU: layer4's trainable 3x3 convolutions and the ConvLSTM's take their
     weight gradient from one matrix product (fastconv.conv3x3, installed in ConvLSTMCell below);
-  * fp32 training on the CPU (CPUs without bf16 kernels): the frozen stem..layer3 with BatchNorm
-    folded and ReLU / residual fused, in float32 (fastconv.frozen_fp32): results within float32
-    rounding of the definition, not bit for bit (tests/test_speed.py bounds the logits after a
-    step; with fastconv.FUSE_FROZEN_FP32 off they are the definition's bits).
+  * fp32 training on the CPU (CPUs without bf16 kernels): the frozen stem..layer3 run on
+    CPU_TRUNK_CHUNK frames at a time, as the original Ego-RNN runs its ResNet frame step by frame
+    step: a batch of 128 frames' activations (103 MB after the stem) streams through memory once
+    per operation, 8 frames' (6 MB) stay in the caches. The same bits (every frozen operation
+    works per frame), 6.2 s -> 4.5 s for 128 frames at 224 px on 2 cores with AVX2 kernels
+    (docs/speed.md);
+  * and, with fastconv.FUSE_FROZEN_FP32 on, those layers with BatchNorm folded and ReLU /
+    residual fused, in float32 (fastconv.frozen_fp32): results within float32 rounding of the
+    definition, not bit for bit (tests/test_speed.py bounds the logits after a step).
 fp32 evaluation never comes here: evaluate.py runs the definition.
 """
 import torch
@@ -25,13 +30,23 @@ from .convlstm import ConvLSTMCell
 # training, F.conv2d itself everywhere else (so fp32 results are those of the definition).
 ConvLSTMCell.conv2d = staticmethod(fastconv.conv3x3)
 
+CPU_TRUNK_CHUNK = 8  # frames per pass through the frozen stem..layer3 in CPU fp32 training (0: all at once)
+
 
 def applies(backbone, x):
     """True when a speed trick applies to these frames: channels_last weights, CPU bf16, or CPU
     fp32 training with a frozen trunk."""
     cpu_bf16 = (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
                 and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-    return cpu_bf16 or _channels_last(backbone.conv1.weight) or fastconv.frozen_fp32(x, _trunk(backbone))
+    trunk = _trunk(backbone)
+    return (cpu_bf16 or _channels_last(backbone.conv1.weight) or fastconv.frozen_fp32(x, trunk)
+            or _chunked(x, trunk))
+
+
+def _chunked(x, trunk):
+    """CPU fp32 training with a frozen trunk: run it CPU_TRUNK_CHUNK frames at a time."""
+    return (CPU_TRUNK_CHUNK > 0 and x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not x.requires_grad and fastconv._frozen(trunk))
 
 
 def _trunk(b):
@@ -43,17 +58,16 @@ def layer4_maps(backbone, x):
     b = backbone
     x = like_weights(x, b.conv1.weight)
     trunk = _trunk(b)
-    if fastconv.frozen_bf16(x, trunk) or fastconv.frozen_fp32(x, trunk):
+    fused = fastconv.frozen_bf16(x, trunk) or fastconv.frozen_fp32(x, trunk)
+    if fused or _chunked(x, trunk):
+        run = _fused_trunk if fused else _plain_trunk
         with torch.no_grad():
             if fastconv.frozen_bf16(x, trunk):
-                x = x.to(torch.bfloat16)
-            x = b.maxpool(fastconv.conv_bn(x, b.conv1, b.bn1, relu=True))
-            for layer in (b.layer1, b.layer2, b.layer3):
-                for block in layer:
-                    x = fastconv.basic_block(block, x)
+                x = run(b, x.to(torch.bfloat16))
+            else:
+                x = torch.cat([run(b, frames) for frames in x.split(CPU_TRUNK_CHUNK or len(x))])
     else:
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        x = b.layer3(b.layer2(b.layer1(x)))
+        x = _plain_trunk(b, x)
     fast = fastconv.fast_path(x, b.layer4[-1].conv1.weight)
     for block in b.layer4[:-1]:
         x = _basic_block(block, x) if fast else block(x)
@@ -66,6 +80,19 @@ def layer4_maps(backbone, x):
     f_nobn = out + residual
     f_bn = F.relu(last.bn2(out) + residual)
     return f_bn, f_nobn
+
+
+def _plain_trunk(b, x):
+    x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+    return b.layer3(b.layer2(b.layer1(x)))
+
+
+def _fused_trunk(b, x):
+    x = b.maxpool(fastconv.conv_bn(x, b.conv1, b.bn1, relu=True))
+    for layer in (b.layer1, b.layer2, b.layer3):
+        for block in layer:
+            x = fastconv.basic_block(block, x)
+    return x
 
 
 def _conv(conv, x):

@@ -369,6 +369,39 @@ def test_fp32_results_unchanged(golden_data, tmp_path, monkeypatch, cache, fused
                 assert sums[k] == pytest.approx(v, rel=1e-3, abs=1e-5), (stage, k)
 
 
+def test_frozen_trunk_in_chunks_gives_the_whole_batchs_maps(monkeypatch):
+    """CPU fp32 training: the frozen stem..layer3 run CPU_TRUNK_CHUNK frames at a time (20 frames:
+    chunks of 8, 8 and 4), and layer4's maps equal those of the definition on the whole batch (the
+    same bits on the machine this was written on; float tolerance stated for other kernels)."""
+    from models import fast_backbone
+    from models.backbone import ResNet34Backbone
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = ResNet34Backbone("none").eval()
+    for p in b.parameters():
+        p.requires_grad = False
+    for p in b.layer4.parameters():  # stage 2: layer4 trains, the trunk is frozen
+        p.requires_grad = True
+    x = torch.randn(20, 3, 64, 64)
+    calls = []
+    plain = fast_backbone._plain_trunk
+    monkeypatch.setattr(fast_backbone, "_plain_trunk", lambda bb, frames: calls.append(len(frames)) or plain(bb, frames))
+    assert fast_backbone.applies(b, x)
+    f_bn, f_nobn = fast_backbone.layer4_maps(b, x)
+    assert calls == [8, 8, 4]
+    monkeypatch.setattr(fast_backbone, "CPU_TRUNK_CHUNK", 0)  # the definition, all frames at once
+    ref_bn, ref_nobn = b.layer4_maps(x)
+    for got, ref in ((f_bn, ref_bn), (f_nobn, ref_nobn)):
+        assert got.shape == ref.shape == (20, 512, 2, 2)
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
+    assert f_bn.requires_grad  # layer4 still trains
+    with torch.no_grad():  # evaluation keeps the definition
+        calls.clear()
+        monkeypatch.setattr(fast_backbone, "CPU_TRUNK_CHUNK", 8)
+        assert not fast_backbone.applies(b, x)
+
+
 # ----------------------------------------------------------------------------- training step
 
 def tiny_experiment(kind, stage, precision, root, tmp_path, extra=(), frame_size=32):
