@@ -58,11 +58,12 @@ def layer4_maps(backbone, x):
     b = backbone
     x = like_weights(x, b.conv1.weight)
     trunk = _trunk(b)
-    fused = fastconv.frozen_bf16(x, trunk) or fastconv.frozen_fp32(x, trunk)
+    bf16 = fastconv.frozen_bf16(x, trunk)
+    fused = bf16 or fastconv.frozen_fp32(x, trunk)
     if fused or _chunked(x, trunk):
         run = _fused_trunk if fused else _plain_trunk
         with torch.no_grad():
-            if fastconv.frozen_bf16(x, trunk):
+            if bf16:
                 x = run(b, x.to(torch.bfloat16))
             else:
                 x = torch.cat([run(b, frames) for frames in x.split(CPU_TRUNK_CHUNK or len(x))])
