@@ -43,13 +43,14 @@ import warnings
 import torch
 
 import utils.experiment as experiment_module
-from utils.experiment import (Experiment, base_parser, build_stage_model, check_args, configure_backends,
-                              default_workers, pick_device, pick_precision, prepare_model, resolve_cache_dir,
+from utils.arguments import base_parser, check_args, default_workers
+from utils.experiment import (Experiment, build_stage_model, configure_backends, prepare_model, resolve_cache_dir,
                               stage_datasets, stage_loaders)
 from utils.cli import Parser
-from utils.data import set_epoch
+from utils.data import set_epoch, to_device
+from utils.device import pick_device, pick_precision
 from utils.errors import UserError, run_cli
-from utils.train import autocast, to_device, train_step
+from utils.train import autocast, train_step
 from models import fastconv
 from utils.bench_original import original_stage2_seconds
 from utils.verify_original import check_source
@@ -177,7 +178,7 @@ def measure_compute(exp, model, optimizer, batch, generator, steps, warmup):
     sync(exp.device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        _, _, losses = train_step(exp, model, batch, optimizer, generator)
+        _, losses = train_step(exp, model, batch, optimizer, generator)
     losses["loss"].item()
     sync(exp.device)
     return rate(steps * batch["label"].shape[0], time.perf_counter() - t0)
@@ -187,11 +188,12 @@ def measure_train(exp, model, optimizer, loader, generator, steps, warmup):
     exp.set_train_mode(model)
     it = forever(loader)
     for _ in range(warmup):
-        train_step(exp, model, next(it), optimizer, generator)
+        train_step(exp, model, to_device(next(it), exp.device), optimizer, generator)
     sync(exp.device)
     t0, clips = time.perf_counter(), 0
     for _ in range(steps):
-        batch, _, losses = train_step(exp, model, next(it), optimizer, generator)
+        batch = to_device(next(it), exp.device)
+        _, losses = train_step(exp, model, batch, optimizer, generator)
         clips += batch["label"].shape[0]
     losses["loss"].item()
     sync(exp.device)

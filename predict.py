@@ -47,11 +47,12 @@ from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_from_checkpoint, forward
 from utils.cli import Parser
 from utils.config import checkpoint_preparation, preparation_differences, saved_config
+from utils.data import to_device
 from utils.device import pick_device
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.plots import cam_maps, cam_overlay, save_cam_strip, save_timeline
-from utils.train import autocast, to_device
+from utils.train import autocast
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 

@@ -20,12 +20,12 @@ from .flow import FlowResNet34
 from .ms_head import MotionSegmentationHead
 from .op_head import OrderPredictionHead
 from .samsop import SAMSOPNet
-from .stages import count_parameters, param_groups, set_stage, set_train_mode
+from .stages import param_groups, set_stage, set_train_mode
 from .twostream import TwoStream
 
 __all__ = [
     "PretrainedWeightsError", "ResNet34Backbone", "feature_map_size", "imagenet_cache_path",
     "CheckpointError", "checkpoint_info", "checkpoint_num_classes", "load_checkpoint",
     "ConvLSTMCell", "EgoRNN", "FlowResNet34", "MotionSegmentationHead", "OrderPredictionHead",
-    "SAMSOPNet", "TwoStream", "count_parameters", "param_groups", "set_stage", "set_train_mode",
+    "SAMSOPNet", "TwoStream", "param_groups", "set_stage", "set_train_mode",
 ]

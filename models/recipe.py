@@ -31,8 +31,13 @@ from .samsop import SAMSOPNet
 from .stages import param_groups, set_train_mode
 from .twostream import TwoStream
 
+# experiment -> the family of its model (its architecture and checkpoint keys)
 FAMILY = {"rgb": "rgb", "ms": "rgb", "ms_op": "rgb", "flow": "flow", "twostream": "twostream"}
-STAGES = {"rgb": (1, 2), "flow": (1,), "twostream": (1,)}
+EXPERIMENTS = tuple(FAMILY)
+STAGES = {experiment: (1,) if family in ("flow", "twostream") else (1, 2) for experiment, family in FAMILY.items()}
+
+# GTEA-61's fixed split (paper §4.1): users S1, S3, S4 train, S2 tests.
+TRAIN_USERS, TEST_USERS = ("S1", "S3", "S4"), ("S2",)
 
 # Optimiser schedules per family and stage (docs/design.md §1-§2): lr, epochs, MultiStepLR
 # milestones and factor; two-stream decays by 0.99 every epoch (StepLR(1, 0.99)).
@@ -44,6 +49,9 @@ DEFAULTS = {
 }
 ADAM = dict(weight_decay=4e-5, eps=1e-4)   # RGB stages (Ego-RNN)
 SGD = dict(momentum=0.9, weight_decay=5e-4)  # flow and two-stream
+FLOW_LR = 1e-4    # two-stream: lr of the flow layer4, while the rest trains at the stage's lr
+MS_WEIGHT = 1.0   # weights of the MS and OP losses in the total loss (1 in the paper)
+OP_WEIGHT = 1.0
 OP_FRAMES = 4  # frames the OP head puts back in order (OPN)
 
 
@@ -117,23 +125,22 @@ class Recipe:
     """One stage of one experiment as the paper trains it. `args` holds the stage's settings with
     the paper's defaults filled in (utils/experiment.py: stage_args)."""
 
-    def __init__(self, kind, stage, args):
-        self.kind, self.stage, self.args = kind, stage, args
-        self.family = FAMILY[kind]
+    def __init__(self, experiment, stage, args):
+        self.experiment, self.stage, self.args = experiment, stage, args
+        self.family = FAMILY[experiment]
         self.map_size = feature_map_size(args.frameSize)
         self.rgb_attention = True  # two-stream: the RGB model's, read from its checkpoint
-        self._ms_head = self._op_head = None
 
     # ---- which heads are on (MS and OP are trained in stage 2 only, as in the paper)
     @property
     def ms(self):
-        if self.kind == "ms" or (self.kind == "ms_op" and not self.args.noMS):
+        if self.experiment == "ms" or (self.experiment == "ms_op" and not self.args.noMS):
             return "regression" if self.args.regression else "classification"
         return None
 
     @property
     def op(self):
-        return self.kind == "ms_op"
+        return self.experiment == "ms_op"
 
     @property
     def heads_on(self):
@@ -150,8 +157,7 @@ class Recipe:
         if self.family == "rgb":
             return {"attention": not a.noAttention, "memSize": a.memSize,
                     "ms": self.ms if self.heads_on else None,
-                    "msInput": getattr(a, "msInput", "attention"),
-                    "op": self.op and self.heads_on, "opInput": getattr(a, "opInput", "flat")}
+                    "msInput": a.msInput, "op": self.op and self.heads_on, "opInput": a.opInput}
         if self.family == "flow":
             return {"stackSize": a.stackSize}
         return {"attention": self.rgb_attention, "memSize": a.memSize, "stackSize": a.stackSize}
@@ -163,25 +169,21 @@ class Recipe:
                            {**self.model_config(), "mapSize": self.map_size}, pretrained)
 
     # ---- forward and losses
-    def bind(self, model):
-        """Remember the heads of the model being trained: their losses live with them."""
-        self._ms_head = getattr(model, "ms_head", None)
-        self._op_head = getattr(model, "op_head", None)
-
     def forward(self, model, batch, generator, train):
         return forward(model, batch, self.family, heads=train and self.heads_on, generator=generator)
 
-    def losses(self, out, batch):
-        """{"ce", "ms_loss", "op_loss", "loss"}: the action cross-entropy, the heads' losses, and
-        the total loss the optimiser minimises."""
+    def losses(self, model, out, batch):
+        """{"ce", "ms_loss", "op_loss", "loss"}: the action cross-entropy, the heads' losses (each
+        head of `model` knows its own), and the total loss the optimiser minimises."""
+        heads = getattr(model, "module", model)  # DistributedDataParallel wraps the model
         loss = F.cross_entropy(at_least_fp32(out["logits"]), batch["label"])
         result = {"ce": loss.detach()}
         if "ms_out" in out:
             ms_out = out["ms_out"].float()
-            result["ms_loss"] = self._ms_head.loss(ms_out.flatten(0, 1), batch["mmaps"].flatten(0, 1))
+            result["ms_loss"] = heads.ms_head.loss(ms_out.flatten(0, 1), batch["mmaps"].flatten(0, 1))
             loss = loss + self.args.msWeight * result["ms_loss"]
         if "op_logits" in out:
-            result["op_loss"] = self._op_head.loss(out["op_logits"], out["op_target"])
+            result["op_loss"] = heads.op_head.loss(out["op_logits"], out["op_target"])
             loss = loss + self.args.opWeight * result["op_loss"]
         result["loss"] = loss
         return result

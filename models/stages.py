@@ -27,7 +27,6 @@ from .twostream import TwoStream
 RGB_STAGE1 = ("convlstm.", "classifier.")
 RGB_STAGE2 = RGB_STAGE1 + tuple(f"backbone.layer4.{b}.conv{k}." for b in range(3) for k in (1, 2)) + (
     "backbone.fc.",)
-FLOW_LR = 1e-4  # two-stream: lr of the flow layer4
 
 
 def _groups(model, stage):
@@ -85,7 +84,7 @@ def set_train_mode(model, stage):
     return model
 
 
-def param_groups(model, stage, lr, flow_lr=FLOW_LR):
+def param_groups(model, stage, lr, flow_lr=None):
     """Optimizer parameter groups (calls set_stage). Two-stream: [base lr group, flow layer4 at
     flow_lr]; every other model: one group at lr. Each group carries a "name"."""
     set_stage(model, stage)
@@ -95,7 +94,3 @@ def param_groups(model, stage, lr, flow_lr=FLOW_LR):
         groups.append({"name": g, "params": [params[n] for n in names],
                        "lr": flow_lr if g == "flow_layer4" else lr})
     return groups
-
-
-def count_parameters(model, trainable_only=False):
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -210,7 +210,7 @@ def test_validation_and_training_parts_partition_the_training_users(tree):
 # ----------------------------------------------------------------------------- run state
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
-    from utils.train import rng_state, set_rng_state
+    from utils.run_state import rng_state, set_rng_state
     random.seed(5)
     np.random.seed(5)
     torch.manual_seed(5)
@@ -232,7 +232,7 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
 
 
 def test_selection_scores():
-    from utils.train import selection_score
+    from utils.run_state import selection_score
     test, val = {"acc": 40.0}, {"acc": 70.0}
     assert selection_score("test", 3, test, val) == 40.0
     assert selection_score("val", 3, test, val) == 70.0

@@ -11,7 +11,7 @@ import torch
 
 from utils.data import make_loader, set_epoch
 from utils.on_device import DeviceLoader, estimate_bytes, use_on_device
-from utils.train import to_device
+from utils.data import to_device
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -161,7 +161,7 @@ def test_uint8_clips_normalised_later_are_identical(tree, tmp_path, modality, tr
     result equals the DataLoader's own float32 normalisation bit for bit (run here on the CPU,
     the same float32 operations the GPU runs)."""
     from datasets.transforms import normalize_inputs
-    from utils.train import to_device
+    from utils.data import to_device
     root = noisy_tree(tree)
     ds = GTEA61(root, ["S1", "S2"], modality, train, seqLen=6, frameSize=24, mapSize=3)
     for i, seed in [(0, 3), (1, 4), (2, 5)]:
@@ -182,7 +182,7 @@ def test_frames_transformed_on_device_match_pil(tree, tmp_path, train):
     """GPU loaders send decoded frames; clips_on_device (run here on the CPU) resizes, crops and
     flips them as the PIL pipeline does: the same geometry, pixels within 2 levels, few differing;
     everything else in the batch identical. S1 and S2 frames differ in size (the list path)."""
-    from utils.train import to_device
+    from utils.data import to_device
     root = noisy_tree(tree)
     ds = GTEA61(root, ["S1", "S2"], "rgb_mmaps" if train else "rgb", train, seqLen=6, frameSize=24, mapSize=3)
     ref = list(make_loader(ds, 4, True, 0, 0))
@@ -433,7 +433,7 @@ def step_and_check(exp, model, batch):
              bb.register_forward_hook(lambda m, i, o: seen.__setitem__("backbone", o))]
     optimizer = exp.make_optimizer(model)
     exp.set_train_mode(model)
-    _, out, losses = train_step(exp, model, batch, optimizer, torch.Generator().manual_seed(0))
+    out, losses = train_step(exp, model, batch, optimizer, torch.Generator().manual_seed(0))
     for h in hooks:
         h.remove()
     assert seen["layer3"].grad_fn is None and not seen["layer3"].requires_grad
@@ -575,7 +575,7 @@ def test_bf16_step_same_forward_close_gradients_with_fastconv(tiny_root, tmp_pat
         monkeypatch.setattr(fastconv, "ENABLED", enabled)  # the fused frozen trunk stays on in both
         m = copy.deepcopy(model)
         torch.manual_seed(0)
-        _, _, losses = train_step(exp, m, batch, exp.make_optimizer(m), torch.Generator().manual_seed(0))
+        _, losses = train_step(exp, m, batch, exp.make_optimizer(m), torch.Generator().manual_seed(0))
         results[enabled] = ({k: v.item() for k, v in losses.items()},
                             {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
     # layer4: 6 convolutions; ConvLSTM: the input convolution and 3 hidden steps
@@ -672,7 +672,7 @@ def test_fp32_fused_trunk_logits_within_1e4_after_a_stage2_step(tiny_root, tmp_p
         used.clear()
         exp.set_train_mode(m)
         torch.manual_seed(0)
-        _, out, _ = train_step(exp, m, batch, exp.make_optimizer(m), torch.Generator().manual_seed(0))
+        out, _ = train_step(exp, m, batch, exp.make_optimizer(m), torch.Generator().manual_seed(0))
         uses[on] = len(used)
         step_logits[on] = out["logits"].detach()
         m.eval()

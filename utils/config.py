@@ -76,13 +76,6 @@ def checkpoint_preparation(config):
     return dict(config["preparation"]), "recorded"
 
 
-def describe_preparation(prep, keys=("flow", "warp", "flowScale")):
-    """One phrase for a preparation: 'tvl1 + warp, flowScale source'."""
-    parts = [str(prep.get("flow", "?")) + (" + warp" if prep.get("warp") else "")] if "flow" in keys else []
-    parts += [f"{k} {prep[k]}" for k in keys if k not in ("flow", "warp") and k in prep]
-    return ", ".join(parts)
-
-
 def preparation_differences(recorded, used, keys):
     """[(key, recorded value, used value)] where the two preparations disagree on `keys`
     (keys either side lacks are not compared)."""

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from datasets.transforms import HOST_KEYS, normalize_inputs
 from utils.distributed import ShardSampler, ShareBatchSampler
 
 
@@ -128,3 +129,17 @@ def set_epoch(loader, epoch):
     batches = getattr(loader, "batch_sampler", None)
     sampler = batches if hasattr(batches, "set_epoch") else loader.sampler
     sampler.set_epoch(epoch)
+
+
+def to_device(batch, device):
+    """The batch on the device; uint8 clips and decoded frames (GPU loaders) are transformed
+    and normalised there (datasets.transforms.normalize_inputs)."""
+    def move(k, v):
+        if k in HOST_KEYS:
+            return v
+        if torch.is_tensor(v):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, list) and v and torch.is_tensor(v[0]):
+            return [t.to(device, non_blocking=True) for t in v]
+        return v
+    return normalize_inputs({k: move(k, v) for k, v in batch.items()})

@@ -11,6 +11,7 @@ import os
 import shlex
 
 from datasets.synthetic import is_complete
+from models.recipe import TEST_USERS, TRAIN_USERS
 from utils.config import saved_config
 from utils.errors import UserError
 
@@ -47,44 +48,46 @@ def default_dataset_dir(announce=print):
 def dataset_suffixed(args, folder):
     """A default experiment folder, with _egtea_split<K> for --dataset egtea (runs on another
     dataset or split never land in, or start from, GTEA-61's folders)."""
-    if getattr(args, "dataset", "gtea61") == "egtea":
+    if args.dataset == "egtea":
         return f"{folder}_egtea_split{args.split}"
     return folder
 
 
-def stage1_command(kind, args, defaults):
+def stage1_command(experiment, args, defaults):
     """The command that trains the stage 1 that `args` (a stage-2 run) looks for; `defaults` are
     the script's default arguments (only settings that differ from them are written out)."""
-    cmd = ["python", f"main_{kind}.py", "--stage", "1", "--seqLen", str(args.seqLen)]
+    cmd = ["python", f"main_{experiment}.py", "--stage", "1", "--seqLen", str(args.seqLen)]
     try:
         implicit_data = args.datasetDir == default_dataset_dir(announce=lambda _: None)
     except UserError:
         implicit_data = False
     if not implicit_data:
         cmd += ["--datasetDir", str(args.datasetDir)]
-    if args.outDir != dataset_suffixed(args, f"experiments/main_{kind}_seq{args.seqLen}"):
+    if args.outDir != dataset_suffixed(args, f"experiments/main_{experiment}_seq{args.seqLen}"):
         cmd += ["--outDir", str(args.outDir)]
-    egtea = getattr(args, "dataset", "gtea61") == "egtea"
+    egtea = args.dataset == "egtea"
     if egtea:  # the split stands for the users
         cmd += ["--dataset", "egtea", "--split", str(args.split)]
     # what changes the stage-1 weights' shapes or meaning
     for name in ((() if egtea else ("trainUsers", "testUsers")) + ("memSize", "frameSize", "pretrained")):
-        value = getattr(args, name, None)
-        if value != getattr(defaults, name):
+        value, default = getattr(args, name), getattr(defaults, name)
+        if default is None:  # the users: GTEA-61's fixed split unless given
+            default = list({"trainUsers": TRAIN_USERS, "testUsers": TEST_USERS}[name])
+        if value != default:
             cmd += [f"--{name}", *(map(str, value) if isinstance(value, list) else [str(value)])]
-    if getattr(args, "noAttention", False):
+    if args.noAttention:
         cmd.append("--noAttention")
     return shlex.join(cmd)
 
 
-def missing_stage1_message(kind, args, path, defaults):
+def missing_stage1_message(experiment, args, path, defaults):
     """One line for a stage-2 run without its stage-1 checkpoint: what to run, and `make demo`'s
     stage 1 when there is one."""
     msg = (f"stage 2 needs a stage-1 checkpoint and there is none at {path}: run stage 1 first "
-           f"(`{stage1_command(kind, args, defaults)}`) or pass --stage1Dict PATH")
+           f"(`{stage1_command(experiment, args, defaults)}`) or pass --stage1Dict PATH")
     demo = os.path.join(DEMO_OUT, "stage1", "best_model.pth")
     if os.path.isfile(demo) and os.path.abspath(demo) != os.path.abspath(path) \
-            and getattr(args, "dataset", "gtea61") != "egtea":  # the demo's stage 1 is GTEA-61-form
+            and args.dataset != "egtea":  # the demo's stage 1 is GTEA-61-form
         held = os.path.exists(os.path.join(DEMO_OUT, "stage2"))
         msg += (f"; `make demo`'s stage 1 (synthetic data) exists: --stage1Dict {demo} uses it, and so does "
                 f"--outDir {DEMO_OUT}" + (" (with --overwrite: its stage 2 holds the demo's results)" if held else "")

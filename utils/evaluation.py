@@ -34,16 +34,17 @@ from datasets.prepare import preparation
 from models import feature_map_size
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_model, forward
+from utils.arguments import default_workers
 from utils.cli import Parser
 from utils.config import EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config
-from utils.data import make_loader
+from utils.data import make_loader, to_device
 from utils.defaults import default_dataset_dir
 from utils.device import pick_device
 from utils.errors import UserError
-from utils.experiment import dataset_class, default_workers
+from utils.experiment import dataset_class
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.plots import save_confusion_matrix, save_per_class
-from utils.train import autocast, to_device
+from utils.train import autocast
 
 MODELS = ["rgb", "convlstm", "flow", "twostream", "ms", "ms_op"]
 

@@ -1,8 +1,8 @@
-"""What the five experiment scripts share: arguments, data, model building, losses, optimisers,
-and the stage-1 -> stage-2 sequence. Each `main_*.py` only names its experiment and its own
-extra arguments, then calls `run(kind, argv)`.
+"""What the five experiment scripts share: data, model building, and the stage-1 -> stage-2
+sequence. Each `main_*.py` only names its experiment, then calls `main(experiment)`; the
+arguments are utils/arguments.py's table, the paper's recipe models/recipe.py's.
 
-Experiments (`kind`):
+Experiments:
   rgb       Ego-RNN RGB stream (`--noAttention`: the ConvLSTM row of Table 1)
   ms        Ego-RNN + motion segmentation head (stage 2), classification or `--regression`
   ms_op     SAMSOP-Net: Ego-RNN + MS head + order prediction head (`--noMS`: OP only)
@@ -22,166 +22,30 @@ from datasets.egtea import EGTEA, INDEX_FILES, split_names
 from datasets.prepare import preparation
 from models.batch_share import share_dropouts
 from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
-from models.recipe import DEFAULTS, FAMILY, OP_FRAMES, STAGES, Recipe, build_model  # noqa: F401  (re-exported)
+from models.recipe import DEFAULTS, FAMILY, STAGES, TEST_USERS, TRAIN_USERS, Recipe, build_model
 from models.stages import set_stage
 from utils import distributed
 from utils.batchnorm import calibrate_batchnorm
-from utils.cli import Parser
+from utils.arguments import RECORD_KEYS, STAGE2_KEYS, base_parser, check_args
 from utils.config import check_config, saved_config
 from utils.data import CPU_WORKER_NICE, make_loader
 from utils.defaults import dataset_suffixed, default_dataset_dir, missing_stage1_message
-from utils.device import cpu_has_native_bf16, pick_device, pick_precision  # noqa: F401  (re-exported)
+from utils.device import pick_precision
 from utils.errors import UserError, run_cli
 from utils.on_device import DeviceLoader, use_on_device
 from utils.plots import save_cam_figures
 from utils.tensorboard import add_images
-from utils.train import RESULT_FILES, autocast, fit, seed_everything  # noqa: F401  (autocast re-exported)
+from utils.run_state import RESULT_FILES, seed_everything
+from utils.train import fit
 
-SELECT = ("test", "val", "last")
 FLOW_MODEL = "experiments/main_flow/stage1/best_model.pth"  # two-stream's default --flowModel
-DATASETS = ("gtea61", "egtea")
-# GTEA-61's users. The parser's defaults are these very list objects, so that check_args can tell
-# them from users typed on the command line (refused with --dataset egtea, whose splits select videos).
-TRAIN_USERS, TEST_USERS = ["S1", "S3", "S4"], ["S2"]
-
-
-# ----------------------------------------------------------------------------- arguments
-
-def default_workers():
-    """DataLoader workers: one per core up to 8 (2 on a 2-core machine, 8 on a GPU host); under
-    torchrun the node's cores are shared by its processes."""
-    return max(1, min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-
-
-def base_parser(kind, description):
-    p = Parser(description=description)
-    stages = STAGES[FAMILY[kind]]
-    p.add_argument("--stage", type=int, choices=stages, default=None,
-                   help="run only this stage (default: " + " then ".join(map(str, stages)) + ")")
-    p.add_argument("--datasetDir", default=None, help="GTEA-61 root (course or Ego-RNN layout); with --dataset egtea "
-                   "a root prepared by python -m datasets.prepare --egtea, required (default: $GTEA61_DIR, else "
-                   "data/GTEA61, else make demo's data/synthetic_gtea61)")
-    p.add_argument("--dataset", choices=DATASETS, default="gtea61",
-                   help="gtea61: videos selected by user folders; egtea: EGTEA Gaze+ or any split-file "
-                        "dataset (datasets/egtea.py), videos selected by --split")
-    p.add_argument("--split", type=int, choices=(1, 2, 3), default=None,
-                   help="--dataset egtea: train on train_splitK.txt, test on test_splitK.txt (default: 1)")
-    p.add_argument("--trainUsers", nargs="+", default=TRAIN_USERS, help="GTEA-61 users to train on")
-    p.add_argument("--testUsers", nargs="+", default=TEST_USERS, help="GTEA-61 users to test on")
-    p.add_argument("--outDir", default=None, help=f"output folder, one stageN/ inside (default: experiments/main_{kind}_seq<seqLen>)")
-    p.add_argument("--seqLen", type=int, default=16, help="frames per clip (RGB)")
-    p.add_argument("--trainBatchSize", type=int, default=32, help="clips per training batch")
-    p.add_argument("--valBatchSize", type=int, default=32, help="clips per test / validation batch")
-    p.add_argument("--numEpochs", type=int, default=None, help="epochs of each stage run (default: the paper's for the stage)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for the stage)")
-    p.add_argument("--stepSize", type=int, nargs="+", default=None, help="lr decay epochs, milestones (default: the paper's for the stage)")
-    p.add_argument("--decayRate", type=float, default=None, help="lr decay factor (default: the paper's for the stage)")
-    p.add_argument("--memSize", type=int, default=512, help="ConvLSTM memory channels")
-    p.add_argument("--stackSize", type=int, default=None,
-                   help="flow frames per stack (default: 5; two-stream: the flow model's)")
-    p.add_argument("--pretrained", default="imagenet", help="imagenet | none | PATH to a resnet34 state dict")
-    p.add_argument("--frameSize", type=int, default=224, help="side of the square crop fed to ResNet-34")
-    p.add_argument("--numWorkers", type=int, default=default_workers(),
-                   help="DataLoader worker processes (default: one per core, up to 8; this machine: %(default)s)")
-    p.add_argument("--cacheDir", default="auto",
-                   help="decoded-frame cache (datasets/cache.py): auto = <datasetDir>/.cache/frames if "
-                        "writable, else <outDir>/.frame_cache; none = decode every frame every epoch")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, clip order, crops, flips and OP permutations")
-    p.add_argument("--select", choices=SELECT, default="test",
-                   help="which epoch becomes best_model.pth: best on the test users (the paper's protocol), "
-                        "best on a held-out share of the training videos (val), or the last one")
-    p.add_argument("--valFraction", type=float, default=0.15,
-                   help="--select val: share of each class's training videos held out (fixed split)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--cpuTransforms", action="store_true",
-                   help="on a GPU, resize/crop/flip the RGB frames with PIL in the DataLoader workers (the CPU "
-                        "pipeline, exact) instead of on the GPU (faster; pixels within a few levels of PIL's)")
-    p.add_argument("--dataOnDevice", choices=["auto", "on", "off"], default="auto",
-                   help="hold the decoded training frames on the device and transform them there, without "
-                        "a DataLoader (RGB models; auto: on a GPU when they take under a quarter of its free "
-                        "memory; on: also on the CPU; utils/on_device.py)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="bf16 autocast where the hardware runs it natively (auto), or force one")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from last.pth")
-    p.add_argument("--overwrite", action="store_true", help="replace the results in the stage folder")
-    p.add_argument("--camVideos", type=int, default=3, help="test videos drawn in cam/ (RGB models)")
-    if FAMILY[kind] == "rgb":
-        p.add_argument("--stage1Dict", default=None, help="stage-1 checkpoint (default: <outDir>/stage1/best_model.pth)")
-        p.add_argument("--noAttention", action="store_true", help="plain ConvLSTM: layer4 features, no CAM")
-    if kind in ("ms", "ms_op"):
-        p.add_argument("--regression", action="store_true", help="MS head as regression (MSE on raw maps)")
-        p.add_argument("--msInput", choices=["attention", "layer4"], default="attention",
-                       help="features the MS head reads: attended (paper) or plain layer4 (SparNet)")
-        p.add_argument("--msWeight", type=float, default=1.0, help="weight of the MS loss in the total loss")
-    if kind == "ms_op":
-        p.add_argument("--noMS", action="store_true", help="order prediction only (the paper's ablation)")
-        p.add_argument("--opWeight", type=float, default=1.0, help="weight of the OP loss in the total loss")
-        p.add_argument("--opInput", choices=["flat", "pooled"], default="flat",
-                       help="what fc6 of the OP head reads per frame: the flattened 512 x s x s layer4 map "
-                            "(the paper's code) or its global average (512)")
-    if kind == "twostream":
-        p.add_argument("--flowModel", default=None, help="best flow model (default: experiments/main_flow/stage1/best_model.pth)")
-        p.add_argument("--rgbModel", default=None,
-                       help="best stage-2 RGB model (default: experiments/main_rgb_seq<seqLen>/stage2/best_model.pth)")
-        p.add_argument("--flowLr", type=float, default=1e-4, help="lr of the flow layer4 (docs/design.md §2)")
-    return p
-
-
-def check_dataset_args(args):
-    """--dataset / --split against --trainUsers / --testUsers. With --dataset egtea the split files
-    select the videos: trainUsers / testUsers become [train_splitK] / [test_splitK], so that every
-    record and check made for users (checkpoint configs, resume, the overlap check) covers splits."""
-    dataset = getattr(args, "dataset", "gtea61")
-    if dataset == "egtea":
-        given = [f"--{n}" for n, d in (("trainUsers", TRAIN_USERS), ("testUsers", TEST_USERS))
-                 if getattr(args, n) is not d]
-        if given:
-            raise UserError(f"{' and '.join(given)} select GTEA-61 users; --dataset egtea selects videos by "
-                            f"split file: use --split 1|2|3")
-        if args.datasetDir is None:
-            raise UserError("--dataset egtea needs --datasetDir: a root prepared by "
-                            "python -m datasets.prepare --egtea RELEASE --outDir ROOT")
-        args.split = args.split or 1
-        train, test = split_names(args.split)
-        args.trainUsers, args.testUsers = [train], [test]
-    elif getattr(args, "split", None) is not None:
-        raise UserError(f"--split {args.split} applies to --dataset egtea; GTEA-61 selects videos by "
-                        f"--trainUsers / --testUsers")
-
-
-def check_args(kind, args):
-    check_dataset_args(args)
-    for name in ("lr", "numEpochs", "trainBatchSize", "valBatchSize", "seqLen", "frameSize", "memSize", "stackSize"):
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name} must be positive (got {value})")
-    if args.decayRate is not None and args.decayRate <= 0:
-        raise UserError(f"--decayRate must be positive (got {args.decayRate})")
-    if args.numWorkers < 0:
-        raise UserError(f"--numWorkers must be >= 0 (got {args.numWorkers})")
-    if kind == "ms_op" and args.seqLen < OP_FRAMES:
-        raise UserError(f"--seqLen {args.seqLen} is too short for the order prediction head, "
-                        f"which shuffles {OP_FRAMES} frames of the clip: use --seqLen >= {OP_FRAMES}")
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite exclude each other")
-    if kind == "twostream" and args.stepSize is not None and len(args.stepSize) != 1:
-        raise UserError(f"--stepSize: two-stream decays the lr every N epochs (StepLR): give one value, "
-                        f"got {args.stepSize}")
-    if args.frameSize < 32:
-        raise UserError(f"--frameSize {args.frameSize} is too small for ResNet-34: use >= 32")
-    both = [u for u in args.testUsers if u in args.trainUsers]
-    if both:
-        raise UserError(f"--trainUsers and --testUsers share {' '.join(both)}: a user is either trained "
-                        f"on or tested on, not both")
-    if args.select == "val" and not 0 < args.valFraction < 1:
-        raise UserError(f"--valFraction must be between 0 and 1 (got {args.valFraction})")
-
 
 
 def stage_args(args, family, stage):
-    """Copy of args with the stage's defaults filled in."""
+    """Copy of args with the stage's defaults filled in (the paper's schedule, GTEA-61's users)."""
     a = argparse.Namespace(**vars(args))
+    a.trainUsers = list(TRAIN_USERS) if a.trainUsers is None else a.trainUsers
+    a.testUsers = list(TEST_USERS) if a.testUsers is None else a.testUsers
     for k, v in DEFAULTS[family][stage].items():
         if getattr(a, k) is None:
             setattr(a, k, list(v) if isinstance(v, list) else v)
@@ -197,23 +61,23 @@ class Experiment(Recipe):
     """One stage of one experiment as this run trains it: the paper's recipe (models/recipe.py)
     plus the run's device, precision, classes and output folder, for `utils.train.fit`."""
 
-    def __init__(self, kind, args, stage, device, precision, num_classes, classes):
-        super().__init__(kind, stage, stage_args(args, FAMILY[kind], stage))
-        self.name = kind
+    def __init__(self, experiment, args, stage, device, precision, num_classes=None, classes=None):
+        super().__init__(experiment, stage, stage_args(args, FAMILY[experiment], stage))
         self.device, self.precision = device, precision
         self.num_classes, self.classes = num_classes, classes
         self.stage_dir = os.path.join(args.outDir, f"stage{stage}")
+        self.val_set = self.val_loader = None  # --select val: stage_datasets / stage_loaders fill them
 
     def run_config(self):
         """What shapes this model and its data, saved in every checkpoint and checked when a
         later stage, the two-stream script or evaluate.py loads it (utils/config.py)."""
-        a = self.args
-        return {"classes": list(self.classes), **self.model_config(), "seqLen": a.seqLen,
-                "frameSize": a.frameSize, "stackSize": a.stackSize if self.family != "rgb" else None,
-                "msKind": self.ms if self.heads_on else None, "trainUsers": list(a.trainUsers),
-                "testUsers": list(a.testUsers), "select": a.select,
-                "valFraction": a.valFraction if a.select == "val" else None,
-                "dataset": getattr(a, "dataset", "gtea61"), "split": getattr(a, "split", None),
+        record = {k: getattr(self.args, k) for k in RECORD_KEYS}  # the rows marked `record`
+        record.update(self.model_config())
+        if self.family == "rgb":
+            record["stackSize"] = None  # RGB models read no flow
+        if self.args.select != "val":
+            record["valFraction"] = None
+        return {"classes": list(self.classes), **record, "msKind": self.ms if self.heads_on else None,
                 "preparation": self.preparation()}
 
     def preparation(self):
@@ -224,7 +88,7 @@ class Experiment(Recipe):
         return self._preparation
 
     def checkpoint(self, model, epoch, test_acc):
-        return {"model": model.state_dict(), "experiment": self.kind, "family": self.family,
+        return {"model": model.state_dict(), "experiment": self.experiment, "family": self.family,
                 "stage": self.stage, "num_classes": self.num_classes, "classes": list(self.classes),
                 "epoch": epoch, "test_acc": test_acc, "model_config": self.model_config(),
                 "config": self.run_config(), "seqLen": self.args.seqLen, "frameSize": self.args.frameSize,
@@ -233,7 +97,7 @@ class Experiment(Recipe):
     def resolved_args(self):
         d = dict(vars(self.args))
         d.update(stage=self.stage, device=str(self.device), precision=self.precision,
-                 num_classes=self.num_classes, experiment=self.kind, world_size=distributed.world_size())
+                 num_classes=self.num_classes, experiment=self.experiment, world_size=distributed.world_size())
         return d
 
 
@@ -257,13 +121,14 @@ def _load_model_file(path, what, hint):
 
 
 def expected_config(exp, *keys):
-    """This run's values of `keys`, to compare with a checkpoint's record (utils/config.py)."""
+    """This run's values of `keys` (default: the arguments marked `stage2` in utils/arguments.py),
+    to compare with a checkpoint's record (utils/config.py); noAttention is recorded as attention."""
     a = exp.args
-    values = {"classes": list(exp.classes), "memSize": a.memSize, "seqLen": a.seqLen,
-              "frameSize": a.frameSize, "stackSize": a.stackSize, "trainUsers": list(a.trainUsers),
-              "testUsers": list(a.testUsers), "attention": not getattr(a, "noAttention", False)}
+    values = {k: getattr(a, k) for k in STAGE2_KEYS if k != "noAttention"}
+    values.update(classes=list(exp.classes), attention=not a.noAttention, stackSize=a.stackSize)
+    keys = keys or [k for k in ("classes",) + STAGE2_KEYS if k != "noAttention"] + ["attention"]
     # dataset and split first: a run on another split also differs in trainUsers (the split's file)
-    out = {"dataset": getattr(a, "dataset", "gtea61"), "split": getattr(a, "split", None)}
+    out = {"dataset": a.dataset, "split": a.split}
     out.update({k: values[k] for k in keys})
     if a.select == "val":  # a val-selected stage starts from val-selected models with the same split
         out.update(select="val", valFraction=a.valFraction)
@@ -304,10 +169,8 @@ def build_stage_model(exp, train_set, from_scratch=False, calibration_clips=32):
     # Stage 2 starts from the best stage-1 weights of the same configuration; the heads start fresh.
     path = a.stage1Dict or os.path.join(a.outDir, "stage1", "best_model.pth")
     if not os.path.isfile(path):
-        raise UserError(missing_stage1_message(exp.kind, a, path, base_parser(exp.kind, "").parse_args([])))
-    check_config(path, saved_config(path), expected_config(
-        exp, "classes", "attention", "memSize", "seqLen", "frameSize", "trainUsers", "testUsers"),
-        "--stage1Dict" if a.stage1Dict else "stage 1")
+        raise UserError(missing_stage1_message(exp.experiment, a, path, base_parser(exp.experiment, "").parse_args([])))
+    check_config(path, saved_config(path), expected_config(exp), "--stage1Dict" if a.stage1Dict else "stage 1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the backbone's weights come from the checkpoint
         model = exp.build_model("none")
@@ -317,7 +180,7 @@ def build_stage_model(exp, train_set, from_scratch=False, calibration_clips=32):
 
 def resolve_cache_dir(args):
     """The frame-cache folder of --cacheDir (auto: see datasets/cache.py), or None."""
-    value = getattr(args, "cacheDir", None)
+    value = args.cacheDir
     if value is None or str(value).lower() in ("none", ""):
         return None
     if value == "auto":
@@ -353,7 +216,6 @@ def prepare_model(exp, model):
     model = model.to(exp.device)
     if channels_last(exp.device, exp.precision):
         model = model.to(memory_format=torch.channels_last)
-    exp.bind(model)
     set_stage(model, exp.stage)
     return model
 
@@ -365,7 +227,7 @@ def stage_datasets(exp):
     a = exp.args
     GTEA61 = dataset_class(a)
     common = dict(seqLen=a.seqLen, stackSize=a.stackSize, frameSize=a.frameSize, mapSize=exp.map_size,
-                  regression=bool(getattr(a, "regression", False)), cache=resolve_cache_dir(a))
+                  regression=a.regression, cache=resolve_cache_dir(a))
     val = a.select == "val"
     train_set = GTEA61(a.datasetDir, a.trainUsers, exp.modality(train=True), train=True,
                        holdout=(a.valFraction, "train") if val else None, **common)
@@ -384,7 +246,7 @@ def default_flow_model(args):
 def dataset_class(args):
     """GTEA61, or datasets.egtea.EGTEA for --dataset egtea; a GTEA-61 run on a split-file root
     is told to pass --dataset egtea."""
-    if getattr(args, "dataset", "gtea61") == "egtea":
+    if args.dataset == "egtea":
         return EGTEA
     if os.path.isfile(os.path.join(args.datasetDir, INDEX_FILES["action"])):
         raise UserError(f"--datasetDir {args.datasetDir} holds {INDEX_FILES['action']}: a split-file dataset "
@@ -400,12 +262,12 @@ def stage_loaders(exp, train_set, test_set):
     # normalises (datasets/transforms.py), flow clips that it normalises; with --cpuTransforms the
     # RGB frames are transformed in the workers with PIL, as on the CPU.
     gpu = exp.device.type == "cuda"
-    source = gpu and not getattr(a, "cpuTransforms", False)
-    val_set = getattr(exp, "val_set", None)
+    source = gpu and not a.cpuTransforms
+    val_set = exp.val_set
     exp.val_loader = None if val_set is None else \
         make_loader(val_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process)
-    mode = getattr(a, "dataOnDevice", "off")
-    if mode == "auto" and getattr(a, "cpuTransforms", False):
+    mode = a.dataOnDevice
+    if mode == "auto" and a.cpuTransforms:
         mode = "off"  # --cpuTransforms asks for the PIL transforms in DataLoader workers
     if use_on_device(mode, train_set, exp.device):
         train_loader = DeviceLoader(train_set, a.trainBatchSize, a.seed, exp.device, process)
@@ -417,19 +279,15 @@ def stage_loaders(exp, train_set, test_set):
             make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process))
 
 
-def run(kind, argv=None, description=None, extra_args=None):
-    parser = base_parser(kind, description or __doc__)
-    if extra_args:
-        extra_args(parser)
-    args = parser.parse_args(argv)
-    check_args(kind, args)
+def run(experiment, argv=None, description=None):
+    args = base_parser(experiment, description or __doc__).parse_args(argv)
+    check_args(experiment, args)
     if args.datasetDir is None:
         args.datasetDir = default_dataset_dir()
     if args.outDir is None:
-        args.outDir = dataset_suffixed(args, "experiments/main_flow" if kind == "flow"
-                                       else f"experiments/main_{kind}_seq{args.seqLen}")
-    family = FAMILY[kind]
-    stages = [args.stage] if args.stage else list(STAGES[family])
+        args.outDir = dataset_suffixed(args, "experiments/main_flow" if experiment == "flow"
+                                       else f"experiments/main_{experiment}_seq{args.seqLen}")
+    stages = [args.stage] if args.stage else list(STAGES[experiment])
 
     torch.set_flush_denormal(True)  # subnormal ConvLSTM states slow CPU steps 2.5-4.5x (docs/design.md §8)
     device = distributed.setup(args.device)  # torchrun: joins the process group, one GPU per process
@@ -437,7 +295,7 @@ def run(kind, argv=None, description=None, extra_args=None):
     world = distributed.world_size()
     processes = f", {world} processes ({torch.distributed.get_backend()}), {args.trainBatchSize} clips per " \
                 f"global batch" if world > 1 else ""
-    print(f"{kind}: stages {stages}, device {device}{processes}, precision {precision}, output {args.outDir}")
+    print(f"{experiment}: stages {stages}, device {device}{processes}, precision {precision}, output {args.outDir}")
 
     # Check every stage folder before hours of training, so a refusal comes first.
     todo = []
@@ -458,7 +316,7 @@ def run(kind, argv=None, description=None, extra_args=None):
     summaries = []
     for stage in todo:
         seed_everything(args.seed)
-        exp = Experiment(kind, args, stage, device, precision, num_classes=None, classes=None)
+        exp = Experiment(experiment, args, stage, device, precision)
         a = exp.args
         train_set, test_set = stage_datasets(exp)
         model = prepare_model(exp, build_stage_model(exp, train_set))
@@ -483,5 +341,5 @@ def run(kind, argv=None, description=None, extra_args=None):
     return 0
 
 
-def main(kind, extra_args=None, description=None):
-    run_cli(lambda argv: distributed.run_process(run, kind, argv, description=description, extra_args=extra_args), sys.argv[1:])
+def main(experiment, description=None):
+    run_cli(lambda argv: distributed.run_process(run, experiment, argv, description=description), sys.argv[1:])

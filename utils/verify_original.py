@@ -597,7 +597,7 @@ def run_project(kind, stage, seed_path, batch, steps, args, num_classes, work, c
     for step in range(steps):
         exp.set_train_mode(model)
         data = {"rgb" if kind == "rgb" else "flow": inputs.to(dtype), "label": labels.clone()}
-        _, _, result = train_step(exp, model, data, optimizer, None, step)
+        _, result = train_step(exp, model, data, optimizer, None, step)
         losses.append(result["loss"].item())
         scheduler.step()  # one step is one epoch here, as on the original's side
         if step == 0:
