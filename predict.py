@@ -4,7 +4,7 @@
     python predict.py --video recording.mp4 --modelStateDict CKPT --window 2 --stride 1    # what happens when
 
 PATH is a video file (anything PyAV decodes) or a folder of frames (sorted by name). The model's
-kind (RGB / MS / MS+OP / flow / two-stream), class names, seqLen, frame size, stack size and
+experiment (RGB / MS / MS+OP / flow / two-stream), class names, seqLen, frame size, stack size and
 attention come from the checkpoint; for the original Ego-RNN release's files, which record
 none of it, they come from the weights and the original's settings (seqLen 25, 224 px), and the
 class names from --classNames.
@@ -46,7 +46,7 @@ from datasets.warpflow import FLOW_SCALES, RaftWeightsError, encode_flow, flow_f
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_from_checkpoint, forward
 from utils.cli import Parser
-from utils.config import checkpoint_preparation, preparation_differences, saved_config
+from utils.checkpoint_record import checkpoint_preparation, preparation_differences, saved_config
 from utils.data import to_device
 from utils.device import pick_device
 from utils.errors import UserError, run_cli
@@ -97,13 +97,13 @@ def resolve_model(args):
     path = args.modelStateDict
     info = checkpoint_info(path)  # CheckpointError (exit 2) for a file that is no model of ours
     config, meta = saved_config(path), info["meta"]
-    kind = info["kind"]
+    family = info["family"]
     attention = bool(config.get("attention", True))  # the original release's RGB models all have it
-    if kind == "rgb":
+    if family == "rgb":
         name = meta.get("experiment") or "rgb"
         name = "convlstm" if name == "rgb" and not attention else name
     else:
-        name = kind
+        name = family
     classes = list(config.get("classes") or meta.get("classes") or [])
     if args.classNames:
         try:
@@ -124,9 +124,9 @@ def resolve_model(args):
     seq_len = args.seqLen or config.get("seqLen") or 25
     if seq_len < 1:
         raise UserError(f"--seqLen must be positive (got {seq_len})")
-    return dict(kind=kind, name=name, classes=classes, attention=attention, seqLen=seq_len,
+    return dict(family=family, name=name, classes=classes, attention=attention, seqLen=seq_len,
                 frameSize=config.get("frameSize") or 224, memSize=info["mem_size"] or 512,
-                stackSize=info["stack_size"] or 5, numSeg=args.numSeg if kind == "flow" else 1,
+                stackSize=info["stack_size"] or 5, numSeg=args.numSeg if family == "flow" else 1,
                 recorded=bool(config), preparation=checkpoint_preparation(config))
 
 
@@ -205,9 +205,9 @@ def plan_clip(first, n, spec, name, start, end):
     """The frames (absolute indices) a clip over frames first .. first + n - 1 takes: RGB at
     the test positions, flow stacks (flow k: from frame k to k + 1) at the test starts."""
     clip = dict(name=name, start=start, end=end, first=first, n=n, rgb=[], flow=[])
-    if spec["kind"] in ("rgb", "twostream"):
+    if spec["family"] in ("rgb", "twostream"):
         clip["rgb"] = [first + p for p in clip_positions(n, spec["seqLen"])]
-    if spec["kind"] in ("flow", "twostream"):
+    if spec["family"] in ("flow", "twostream"):
         nf, k = n - 1, spec["stackSize"]
         clip["flow"] = [[first + p for p in range(s, min(s + k, nf))]
                         for s in eval_flow_starts(nf, k, spec["numSeg"])]
@@ -221,7 +221,7 @@ def min_frames(spec):
     frames (fewer than seqLen are repeated), and for flow max(MIN_FRAMES, stackSize) flow frames,
     one RGB frame more."""
     needs = [(MIN_FRAMES, f"the loaders' minimum of {MIN_FRAMES}")]
-    if spec["kind"] in ("flow", "twostream"):
+    if spec["family"] in ("flow", "twostream"):
         k = max(MIN_FRAMES, spec["stackSize"])
         needs.append((k + 1, f"the loaders' minimum of {k} flow frames"))
     return max(needs, key=lambda n: n[0])
@@ -410,7 +410,7 @@ def main(argv=None):
     torch.set_float32_matmul_precision("highest")
     model = load_model(args.modelStateDict, device)
     method, flow_name, warp, flow_scale = None, None, False, None
-    if spec["kind"] in ("flow", "twostream"):
+    if spec["family"] in ("flow", "twostream"):
         flow_name, warp, flow_scale = flow_settings(args, spec)
         try:
             method = flow_method(flow_name, args.raftWeights)
@@ -433,7 +433,7 @@ def main(argv=None):
           file=sys.stderr, flush=True)
 
     results, cam = {}, {}
-    with_cam = spec["kind"] in ("rgb", "twostream") and spec["attention"]
+    with_cam = spec["family"] in ("rgb", "twostream") and spec["attention"]
     cam_video = CamVideo(os.path.join(out_dir, "cam.mp4"), args.camFps) if with_cam else None
     window_order = {name: i for i, name in enumerate(
         c["name"] for c in sorted(clips, key=lambda c: c["start"]) if c["name"] != "video")}
@@ -445,7 +445,7 @@ def main(argv=None):
         t = time.time()
         inputs = to_device({key: torch.stack([o[key] for _, o in batch]) for key in batch[0][1]}, device)
         with torch.no_grad(), autocast(device, args.precision):
-            out = forward(model, inputs, spec["kind"])
+            out = forward(model, inputs, spec["family"])
         logits = out["logits"].float().cpu()
         attn = out.get("attention")
         attn = attn.float().cpu() if attn is not None else None

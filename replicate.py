@@ -66,7 +66,7 @@ import sys
 
 from datasets.synthetic import SYNTHETIC_MARKER, dataset_kind  # noqa: F401  (re-exported)
 from utils.cli import HelpFormatter
-from utils.defaults import default_dataset_dir
+from utils.paths import default_dataset_dir
 from utils.errors import UserError
 from utils.io import atomic_savefig, atomic_write_text
 from utils.replicate_plan import (  # noqa: F401  (the plan's names, re-exported for the tests and users)

@@ -66,7 +66,7 @@ def _read(path):
     return dict(state), meta
 
 
-def _file_kind(state):
+def _file_family(state):
     """"rgb" | "flow" | "twostream" | None, from the key names of either format."""
     tops = {k.split(".")[0] for k in state}
     if tops & {"flowModel", "frameModel", "flow_model", "rgb_model"}:
@@ -79,7 +79,7 @@ def _file_kind(state):
     return None
 
 
-def _model_kind(model):
+def _model_family(model):
     if isinstance(model, (SAMSOPNet, EgoRNN)):
         return "rgb"
     if isinstance(model, FlowResNet34):
@@ -90,7 +90,7 @@ def _model_kind(model):
 
 
 # ----------------------------------------------------------------------------- key mapping
-# Every file is first rewritten into this project's key names for its kind, with RGB states in
+# Every file is first rewritten into this project's key names for its family, with RGB states in
 # the SAMSOPNet layout (egornn.*, heads), then fitted to the model at hand.
 
 _LSTM = re.compile(r"^lstm_cell\.conv_([ifco])_(xx|hh)\.(weight|bias)$")
@@ -143,18 +143,18 @@ def _twostream_to_project(state):
     return out
 
 
-def _to_project(state, kind):
+def _to_project(state, family):
     original = any(k.split(".")[0] in ("resNet", "lstm_cell", "weight_softmax", "flowModel",
                                        "frameModel", "fc_action", "fc2") for k in state)
-    if kind == "rgb":
+    if family == "rgb":
         return _rgb_to_samsop(state), original
-    if kind == "flow":
+    if family == "flow":
         return _flow_to_project(state), original
     return _twostream_to_project(state), original
 
 
 def _fit_to_model(state, model):
-    """SAMSOP-layout RGB keys -> the keys of an EgoRNN / SAMSOPNet; other kinds unchanged."""
+    """SAMSOP-layout RGB keys -> the keys of an EgoRNN / SAMSOPNet; other families unchanged."""
     if isinstance(model, EgoRNN):
         return {k[len("egornn."):]: v for k, v in state.items() if k.startswith("egornn.")}, \
             sorted(k for k in state if not k.startswith("egornn."))
@@ -175,17 +175,17 @@ def load_checkpoint(model, path):
     Raises CheckpointError (one line) on another model's checkpoint, a class-count or size
     mismatch, or missing keys."""
     state, meta = _read(path)
-    kind, want = _file_kind(state), _model_kind(model)
+    family, want = _file_family(state), _model_family(model)
     names = {"rgb": "an RGB (Ego-RNN / SAMSOP-Net)", "flow": "a flow", "twostream": "a two-stream"}
-    if kind is None:
+    if family is None:
         raise CheckpointError(f"{path}: not an Ego-RNN / SAMSOP-Net checkpoint (unknown keys such "
                               f"as {sorted(state)[0]!r})")
-    if kind == "imagenet":
+    if family == "imagenet":
         raise CheckpointError(f"{path}: this is a plain ResNet state dict (ImageNet weights?); "
                               f"pass it as --pretrained PATH, not as a checkpoint")
-    if kind != want:
-        raise CheckpointError(f"{path}: this is {names[kind]} checkpoint, expected {names[want]} one")
-    state, original = _to_project(state, kind)
+    if family != want:
+        raise CheckpointError(f"{path}: this is {names[family]} checkpoint, expected {names[want]} one")
+    state, original = _to_project(state, family)
     state, ignored = _fit_to_model(state, model)
 
     expected = model.state_dict()
@@ -226,15 +226,15 @@ def read_metadata(path):
 
 
 def checkpoint_info(path):
-    """What the file holds, without building a model: dict(kind "rgb"|"flow"|"twostream",
+    """What the file holds, without building a model: dict(family "rgb"|"flow"|"twostream",
     num_classes, mem_size (RGB / two-stream), ms (None|"classification"|"regression"),
     ms_size, op (bool), stack_size (flow / two-stream), meta). Attention has no weights: read it from meta if saved there."""
     state, meta = _read(path)
-    kind = _file_kind(state)
-    if kind in (None, "imagenet"):
+    family = _file_family(state)
+    if family in (None, "imagenet"):
         raise CheckpointError(f"{path}: not an Ego-RNN / SAMSOP-Net checkpoint")
-    state, _ = _to_project(state, kind)
-    info = dict(kind=kind, num_classes=None, mem_size=None, ms=None, ms_size=None, op=False, meta=meta,
+    state, _ = _to_project(state, family)
+    info = dict(family=family, num_classes=None, mem_size=None, ms=None, ms_size=None, op=False, meta=meta,
                 stack_size=None)
     conv1 = state.get("conv1.weight", state.get("flow_model.conv1.weight"))
     if conv1 is not None:  # flow input: 2 channels (x, y) per frame of the stack

@@ -110,7 +110,7 @@ def checkpoint_model_config(path):
         config["stackSize"] = info["stack_size"]
     if info["ms_size"]:
         config["mapSize"] = info["ms_size"]
-    return info["kind"], info["num_classes"], config
+    return info["family"], info["num_classes"], config
 
 
 def build_from_checkpoint(path, heads=True):

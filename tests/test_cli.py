@@ -34,7 +34,7 @@ def test_every_flag_has_help_and_one_default(kind):
         assert example in lines
 
 
-def test_defaults_formatted_once_and_lists_spaced():
+def test_paths_formatted_once_and_lists_spaced():
     p = Parser(prog="x")
     p.add_argument("--users", nargs="+", default=["S1", "S3"], help="users")
     p.add_argument("--n", type=int, default=3, help="a count (default: three)")

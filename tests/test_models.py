@@ -491,7 +491,7 @@ def test_original_flow_and_twostream_checkpoints(tmp_path):
     load_checkpoint(fresh, tmp_path / "two.pth")
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(fx, rx)["logits"], ref)
-    assert checkpoint_info(tmp_path / "two.pth")["kind"] == "twostream"
+    assert checkpoint_info(tmp_path / "two.pth")["family"] == "twostream"
     torch.save({"model": fresh.state_dict(), "num_classes": C}, tmp_path / "two_project.pth")
     again = TwoStream(C, FlowResNet34(C, pretrained="none"), EgoRNN(C, mem_size=MEM, pretrained="none"))
     assert load_checkpoint(again, tmp_path / "two_project.pth")["format"] == "project"
@@ -521,7 +521,7 @@ def test_project_checkpoints_and_errors(tmp_path):
     assert load_checkpoint(rgb_model(), tmp_path / "p.pth")["meta"]["model_name"] == "samsopnet"
     assert load_checkpoint(EgoRNN(C, mem_size=MEM, pretrained="none"), tmp_path / "p.pth")["ignored"]
     info = checkpoint_info(tmp_path / "p.pth")
-    assert (info["kind"], info["num_classes"], info["mem_size"], info["ms"], info["ms_size"], info["op"]) == \
+    assert (info["family"], info["num_classes"], info["mem_size"], info["ms"], info["ms_size"], info["op"]) == \
         ("rgb", C, MEM, "regression", 2, True)
 
     with pytest.raises(CheckpointError, match=f"{C} classes.*7"):

@@ -194,12 +194,12 @@ def test_windows_take_the_frames_from_their_start_up_to_before_their_end():
     from types import SimpleNamespace
     import predict as p
     source = SimpleNamespace(times=[k / 10 for k in range(20)], rate=10.0, duration=2.0, path="v.mp4")
-    clips = p.plan_clips(source, {"kind": "rgb", "seqLen": SEQ}, 0.6, 0.5)
+    clips = p.plan_clips(source, {"family": "rgb", "seqLen": SEQ}, 0.6, 0.5)
     assert (clips[0]["first"], clips[0]["n"]) == (0, 20)  # the whole video
     got = [(c["start"], c["end"], c["first"] + 1, c["n"]) for c in clips[1:]]
     assert got == [pytest.approx(w) for w in WINDOWS]
     # stride = window: back to back, each frame in one window (0.5 s: frames 0-4, 5-9, ...)
-    clips = p.plan_clips(source, {"kind": "rgb", "seqLen": SEQ}, 0.5, 0.5)
+    clips = p.plan_clips(source, {"family": "rgb", "seqLen": SEQ}, 0.5, 0.5)
     assert [(c["first"] + 1, c["n"]) for c in clips[1:]] == [(1, 5), (6, 5), (11, 5), (16, 5)]
 
 

@@ -35,14 +35,14 @@ from models import feature_map_size
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_model, forward
 from utils.arguments import default_workers
+from utils.checkpoint_record import EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config
 from utils.cli import Parser
-from utils.config import EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config
 from utils.data import make_loader, to_device
-from utils.defaults import default_dataset_dir
 from utils.device import pick_device
 from utils.errors import UserError
 from utils.experiment import dataset_class
 from utils.io import atomic_write_csv, atomic_write_json
+from utils.paths import default_dataset_dir
 from utils.plots import save_confusion_matrix, save_per_class
 from utils.train import autocast
 
@@ -253,7 +253,8 @@ def main(argv=None):
                             heads=False)
     load_checkpoint(model, args.modelStateDict)
     model.to(device).eval()
-    loader = make_loader(test_set, args.batchSize, False, 0, args.numWorkers, device.type == "cuda")
+    loader = make_loader(test_set, args.batchSize, shuffle=False, seed=0, num_workers=args.numWorkers,
+                         pin_memory=device.type == "cuda")
 
     logits_all, labels_all, index_all = [], [], []
     with torch.no_grad():

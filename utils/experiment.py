@@ -18,24 +18,24 @@ import torch
 
 from datasets import GTEA61
 from datasets.cache import _writable_dir, default_cache_dir
-from datasets.egtea import EGTEA, INDEX_FILES, split_names
+from datasets.egtea import EGTEA, INDEX_FILES
 from datasets.prepare import preparation
 from models.batch_share import share_dropouts
 from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
 from models.recipe import DEFAULTS, FAMILY, STAGES, TEST_USERS, TRAIN_USERS, Recipe, build_model
 from models.stages import set_stage
 from utils import distributed
-from utils.batchnorm import calibrate_batchnorm
 from utils.arguments import RECORD_KEYS, STAGE2_KEYS, base_parser, check_args
-from utils.config import check_config, saved_config
+from utils.batchnorm import calibrate_batchnorm
+from utils.checkpoint_record import check_config, saved_config
 from utils.data import CPU_WORKER_NICE, make_loader
-from utils.defaults import dataset_suffixed, default_dataset_dir, missing_stage1_message
 from utils.device import pick_precision
 from utils.errors import UserError, run_cli
 from utils.on_device import DeviceLoader, use_on_device
+from utils.paths import dataset_suffixed, default_dataset_dir, missing_stage1_message
 from utils.plots import save_cam_figures
-from utils.tensorboard import add_images
 from utils.run_state import RESULT_FILES, seed_everything
+from utils.tensorboard import add_images
 from utils.train import fit
 
 FLOW_MODEL = "experiments/main_flow/stage1/best_model.pth"  # two-stream's default --flowModel
@@ -70,7 +70,7 @@ class Experiment(Recipe):
 
     def run_config(self):
         """What shapes this model and its data, saved in every checkpoint and checked when a
-        later stage, the two-stream script or evaluate.py loads it (utils/config.py)."""
+        later stage, the two-stream script or evaluate.py loads it (utils/checkpoint_record.py)."""
         record = {k: getattr(self.args, k) for k in RECORD_KEYS}  # the rows marked `record`
         record.update(self.model_config())
         if self.family == "rgb":
@@ -82,7 +82,7 @@ class Experiment(Recipe):
 
     def preparation(self):
         """The dataset's preparation as datasets.prepare recorded it (None: made elsewhere), read
-        once: predict.py and evaluate.py follow it (utils/config.py checkpoint_preparation)."""
+        once: predict.py and evaluate.py follow it (utils/checkpoint_record.py checkpoint_preparation)."""
         if not hasattr(self, "_preparation"):
             self._preparation = preparation(self.args.datasetDir) if self.args.datasetDir else None
         return self._preparation
@@ -122,7 +122,7 @@ def _load_model_file(path, what, hint):
 
 def expected_config(exp, *keys):
     """This run's values of `keys` (default: the arguments marked `stage2` in utils/arguments.py),
-    to compare with a checkpoint's record (utils/config.py); noAttention is recorded as attention."""
+    to compare with a checkpoint's record (utils/checkpoint_record.py); noAttention is recorded as attention."""
     a = exp.args
     values = {k: getattr(a, k) for k in STAGE2_KEYS if k != "noAttention"}
     values.update(classes=list(exp.classes), attention=not a.noAttention, stackSize=a.stackSize)
@@ -262,21 +262,20 @@ def stage_loaders(exp, train_set, test_set):
     # normalises (datasets/transforms.py), flow clips that it normalises; with --cpuTransforms the
     # RGB frames are transformed in the workers with PIL, as on the CPU.
     gpu = exp.device.type == "cuda"
-    source = gpu and not a.cpuTransforms
-    val_set = exp.val_set
-    exp.val_loader = None if val_set is None else \
-        make_loader(val_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process)
+    common = dict(seed=a.seed, num_workers=a.numWorkers, pin_memory=gpu, normalize=not gpu,
+                  source=gpu and not a.cpuTransforms, process=process)
+    if exp.val_set is not None:
+        exp.val_loader = make_loader(exp.val_set, a.valBatchSize, shuffle=False, **common)
     mode = a.dataOnDevice
     if mode == "auto" and a.cpuTransforms:
         mode = "off"  # --cpuTransforms asks for the PIL transforms in DataLoader workers
     if use_on_device(mode, train_set, exp.device):
-        train_loader = DeviceLoader(train_set, a.trainBatchSize, a.seed, exp.device, process)
+        train_loader = DeviceLoader(train_set, a.trainBatchSize, seed=a.seed, device=exp.device, process=process)
         print(f"training set on {exp.device}: {train_loader.nbytes / 1e9:.2f} GB of decoded frames, no DataLoader")
     else:
-        train_loader = make_loader(train_set, a.trainBatchSize, True, a.seed, a.numWorkers, gpu, not gpu, source,
-                                   process, nice=0 if gpu else CPU_WORKER_NICE)
-    return (train_loader,
-            make_loader(test_set, a.valBatchSize, False, a.seed, a.numWorkers, gpu, not gpu, source, process))
+        train_loader = make_loader(train_set, a.trainBatchSize, shuffle=True, nice=0 if gpu else CPU_WORKER_NICE,
+                                   **common)
+    return train_loader, make_loader(test_set, a.valBatchSize, shuffle=False, **common)
 
 
 def run(experiment, argv=None, description=None):
@@ -316,7 +315,7 @@ def run(experiment, argv=None, description=None):
     summaries = []
     for stage in todo:
         seed_everything(args.seed)
-        exp = Experiment(experiment, args, stage, device, precision)
+        exp = Experiment(experiment, args, stage, device=device, precision=precision)
         a = exp.args
         train_set, test_set = stage_datasets(exp)
         model = prepare_model(exp, build_stage_model(exp, train_set))
@@ -325,12 +324,12 @@ def run(experiment, argv=None, description=None):
         print(f"stage {stage}: {len(train_set)} train{held_out} / {len(test_set)} test videos, {exp.num_classes} "
               f"classes, lr {a.lr}, {a.numEpochs} epochs, milestones {a.stepSize} x{a.decayRate}, "
               f"selection: {a.select}")
-        summary = fit(exp, model, train_loader, test_loader, exp.val_loader)
+        summary = fit(exp, model, train_loader, test_loader, val_loader=exp.val_loader)
         summaries.append(summary)
         if exp.family == "rgb" and model.egornn.attention and a.camVideos > 0 and distributed.is_main():
             best = torch.load(os.path.join(exp.stage_dir, "best_model.pth"), map_location="cpu", weights_only=True)
             model.load_state_dict(best["model"])
-            paths = save_cam_figures(model, test_set, os.path.join(exp.stage_dir, "cam"), device, a.camVideos)
+            paths = save_cam_figures(model, test_set, os.path.join(exp.stage_dir, "cam"), device, num_videos=a.camVideos)
             print(f"CAM figures: {len(paths)} in {os.path.join(exp.stage_dir, 'cam')}")
             add_images(exp.stage_dir, "cam", paths, summary["selected_epoch"])
         distributed.barrier()

@@ -177,7 +177,8 @@ class StageRecord:
                           f"{test['loss']:.6f}", f"{test['acc']:.4f}", _fmt(train["ms_loss"]),
                           _fmt(train["op_loss"]), _fmt(train["op_acc"]), f"{seconds:.1f}",
                           _fmt(val["loss"]), _fmt(val["acc"], 4)])
-        self.board_rows.append(epoch_scalars(epoch, lr, train, test, val, seconds, train_seconds, clips))
+        self.board_rows.append(epoch_scalars(epoch, lr, train=train, test=test, val=val, seconds=seconds,
+                                             train_seconds=train_seconds, clips=clips))
         score = selection_score(self.select, epoch, test, val)  # the same in every process
         better = score > self.best_score  # strictly better: the first best epoch is kept, as the original
         if better:

@@ -127,7 +127,8 @@ def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
     for step, batch in enumerate(bar):
         share = shares[step] if shares else None
         batch = to_device(batch, exp.device)
-        out, losses = train_step(exp, model, batch, optimizer, generator, epoch, share, share_scale(share))
+        out, losses = train_step(exp, model, batch, optimizer, generator, epoch=epoch, share=share,
+                                 loss_scale=share_scale(share))
         rows = batch["label"].shape[0]
         n = rows * (1 if share is None else share.weight)  # a weight-0 clip counts for nothing
         correct = (out["logits"].argmax(1) == batch["label"]).sum()
@@ -214,11 +215,11 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
             test = evaluate(exp, model, test_loader)
             val = evaluate(exp, model, val_loader) if val_loader is not None else {"loss": None, "acc": None}
             seconds = time.time() - t0
-            record.epoch(epoch, lr, train, test, val, seconds, train_seconds, len(train_loader.dataset),
-                         state=dict(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator))
+            record.epoch(epoch, lr, train=train, test=test, val=val, seconds=seconds, train_seconds=train_seconds,
+                         clips=len(train_loader.dataset), state=dict(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator))
             bar.set_postfix(train_acc=f"{train['acc']:.1f}", test_acc=f"{test['acc']:.1f}",
                             selected=record.selected_epoch)
-            tqdm.write(epoch_line(epoch, lr, train, test, val, seconds))
+            tqdm.write(epoch_line(epoch, lr, train=train, test=test, val=val, seconds=seconds))
     except KeyboardInterrupt:
         record.interrupted(epoch)
         raise

@@ -55,7 +55,7 @@ from models.checkpoints import load_checkpoint
 from models.recipe import DEFAULTS
 from utils import evaluation
 from utils.cli import Parser
-from utils.defaults import default_dataset_dir
+from utils.paths import default_dataset_dir
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.experiment import Experiment, base_parser, build_stage_model, prepare_model
 from utils.train import train_step

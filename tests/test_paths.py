@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.defaults import default_dataset_dir
+from utils.paths import default_dataset_dir
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.test_training import TINY, assert_one_line_error, read_log, run, synthetic_data
-from utils.config import check_config
+from utils.checkpoint_record import check_config
 from utils.errors import UserError
 
 # every key Experiment.run_config records, with two values a run may differ in (falsy ones

@@ -12,7 +12,7 @@ import shlex
 
 from datasets.synthetic import is_complete
 from models.recipe import TEST_USERS, TRAIN_USERS
-from utils.config import saved_config
+from utils.checkpoint_record import saved_config
 from utils.errors import UserError
 
 ENV_VAR = "GTEA61_DIR"
@@ -96,7 +96,7 @@ def missing_stage1_message(experiment, args, path, defaults):
 
 
 def _demo_settings(path):
-    """The settings a stage 2 must share with the demo's stage 1 (utils/config.py checks them)."""
+    """The settings a stage 2 must share with the demo's stage 1 (utils/checkpoint_record.py checks them)."""
     try:
         c = saved_config(path)
     except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded
