@@ -33,7 +33,7 @@ from datasets.egtea import derived_accuracy, split_names, verb_noun_of
 from datasets.prepare import preparation
 from models import feature_map_size
 from models.checkpoints import checkpoint_info, load_checkpoint
-from models.recipe import build_model, forward
+from models.recipe import TEST_USERS, build_model, forward
 from utils.arguments import default_workers
 from utils.checkpoint_record import EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config
 from utils.cli import Parser
@@ -205,7 +205,7 @@ def main(argv=None):
         args.testUsers = [split_names(split)[1]]
     elif args.split is not None:
         raise UserError(f"--split {args.split} applies to --dataset egtea")
-    test_users = args.testUsers or config.get("testUsers") or ["S2"]
+    test_users = args.testUsers or config.get("testUsers") or list(TEST_USERS)
     trained_on = [u for u in test_users if u in (config.get("trainUsers") or [])]
     if trained_on and not args.allowTrainUsers:
         raise UserError(f"--testUsers {' '.join(test_users)}: {args.modelStateDict} was trained on "
