@@ -32,6 +32,14 @@ import time
 
 import numpy as np
 
+
+
+def _umask():
+    """The process's umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 MAGIC = b"FRM1"
 HEADER = 16
 SUFFIX = ".frame"
@@ -87,6 +95,7 @@ class FrameCache:
             c = arr.shape[2] if arr.ndim == 3 else 0
             header = MAGIC + np.array([h, w, c], "<u4").tobytes()
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=SUFFIX)
+            os.fchmod(fd, 0o666 & ~_umask())  # the umask's permissions, not mkstemp's private 0600
             with os.fdopen(fd, "wb") as f:
                 f.write(header)
                 f.write(np.ascontiguousarray(arr).tobytes())

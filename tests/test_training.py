@@ -332,3 +332,32 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert len(read_log(tmp_path / "stage1" / "log.csv")) == state["epoch"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_umask_permissions_and_stay_atomic(tmp_path, umask, mode):
+    """Results are shared in a lab: every writer of utils/io.py (logs, JSON, checkpoints, figures) and
+    the frame cache give a new file the permissions open() would, 0644 under umask 022."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from datasets.cache import FrameCache
+    from utils.io import atomic_savefig, atomic_torch_save, atomic_write_csv, atomic_write_json
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_write_csv(tmp_path / "a.csv", ["x"], [[1]])
+        atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "a.pth")
+        fig = plt.figure()
+        atomic_savefig(fig, tmp_path / "a.png")
+        plt.close(fig)
+        cache = FrameCache(str(tmp_path / "cache"))
+        cache._write(str(tmp_path / "cache" / "v" / "f.frame"), np.zeros((2, 2, 3), np.uint8))
+    finally:
+        os.umask(old)
+    written = [tmp_path / n for n in ("a.json", "a.csv", "a.pth", "a.png")] + list((tmp_path / "cache").rglob("*.frame"))
+    assert len(written) == 5
+    for path in written:
+        assert os.stat(path).st_mode & 0o777 == mode, path
+    assert not list(tmp_path.rglob(".tmp-*"))  # no temporary file left behind

@@ -1,6 +1,8 @@
 """Small, safe file helpers: every file is written atomically (temporary file in the same
 folder, then rename), so a run killed at any moment leaves either the old file or the new one,
-never half of one."""
+never half of one. The file gets the permissions the umask gives a new file (0644 under umask
+022), as open() would: mkstemp's private 0600 would hide results from colleagues on a shared
+server."""
 import csv
 import io
 import json
@@ -10,18 +12,36 @@ import tempfile
 import torch
 
 
-def _atomic_write_bytes(path, data: bytes):
+def _umask():
+    """The process's umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_open(path):
+    """(file object, temporary path) in the folder of `path`, with the umask's permissions."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.fspath(path)) or ".")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return os.fdopen(fd, "wb"), tmp
+
+
+def _atomic_write(path, write):
+    """write(file) into a temporary file, then rename it to `path`; no trace on failure."""
     path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    f, tmp = _atomic_open(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_write_bytes(path, data: bytes):
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path, text: str):
@@ -41,16 +61,7 @@ def atomic_write_csv(path, header, rows):
 
 
 def atomic_torch_save(obj, path):
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_savefig(fig, path, **kwargs):
