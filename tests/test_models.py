@@ -315,7 +315,7 @@ def test_twostream_groups_and_step():
     torch.manual_seed(0)
     two = TwoStream(C, FlowResNet34(C, pretrained="none"), EgoRNN(C, mem_size=MEM, pretrained="none"))
     params, buffers = _snapshot(two)
-    groups = param_groups(two, 1, 1e-2)
+    groups = param_groups(two, 1, 1e-2, flow_lr=1e-4)
     assert [(g["name"], g["lr"]) for g in groups] == [("main", 1e-2), ("flow_layer4", 1e-4)]
     set_train_mode(two, 1)
     opt = torch.optim.SGD(groups, lr=1e-2, momentum=0.9)
