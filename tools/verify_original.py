@@ -1,7 +1,7 @@
 """Check this implementation against a local checkout of the original Ego-RNN code.
 
     git clone https://github.com/swathikirans/ego-rnn /tmp/ego-rnn
-    python -m utils.verify_original --egornnSrc /tmp/ego-rnn [--datasetDir DIR] [--seqLen 7] [--memSize 512] [--steps 3]
+    python -m tools.verify_original --egornnSrc /tmp/ego-rnn [--datasetDir DIR] [--seqLen 7] [--memSize 512] [--steps 3]
 
 The original code is imported at run time from --egornnSrc (it is not part of this repository).
 It targets torch 0.3 on a GPU, so a few run-time patches are applied to it, and printed. Then:
@@ -48,7 +48,7 @@ import models
 import utils.experiment as E
 from datasets import GTEA61, DatasetError
 from datasets.gtea61 import _LAYOUTS, _top
-from datasets.synthetic import dataset_kind
+from datasets.prepare.synthetic import dataset_kind
 from datasets.transforms import _BILINEAR, TF, ClipTransform, resize_size
 from models.backbone import imagenet_cache_path
 from models.checkpoints import load_checkpoint
@@ -131,7 +131,7 @@ EXCLUDED = [
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__)
+    p = Parser(prog="python -m tools.verify_original", description=__doc__)
     p.add_argument("--egornnSrc", required=True, help=f"a plain checkout of {ORIGINAL_URL}")
     p.add_argument("--datasetDir", default=None, help="any dataset this project reads, with optical flow "
                    "(default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61)")

@@ -19,7 +19,7 @@ import torch
 from datasets import GTEA61
 from datasets.cache import _writable_dir, default_cache_dir
 from datasets.egtea import EGTEA, INDEX_FILES, split_names
-from datasets.prepare import preparation
+from datasets.markers import preparation
 from models.batch_share import share_dropouts
 from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
 from models.recipe import DEFAULTS, FAMILY, OP_FRAMES, STAGES, Recipe, build_model  # noqa: F401  (re-exported)
