@@ -18,5 +18,5 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
 demo: $(STAMP)
-	$(PY) -m datasets.synthetic --outDir $(DEMO_DATA) --ifMissing
-	bash utils/demo.sh $(PY) $(DEMO_DATA)
+	$(PY) -m datasets.prepare.synthetic --outDir $(DEMO_DATA) --ifMissing
+	bash tools/demo.sh $(PY) $(DEMO_DATA)

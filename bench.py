@@ -26,7 +26,7 @@ maximum allocated memory. Weights are random (--pretrained none) with BatchNorm 
 estimated as the scripts do; speed does not depend on them once subnormals are flushed
 (torch.set_flush_denormal(True), always on here as in the scripts).
 
-Without --datasetDir the synthetic dataset (python -m datasets.synthetic, default options)
+Without --datasetDir the synthetic dataset (python -m datasets.prepare.synthetic, default options)
 is generated once into data/bench_synthetic.
 """
 import json
@@ -52,8 +52,8 @@ from utils.device import pick_device, pick_precision
 from utils.errors import UserError, run_cli
 from utils.train import autocast, train_step
 from models import fastconv
-from utils.bench_original import original_stage2_seconds
-from utils.verify_original import check_source
+from tools.bench_original import original_stage2_seconds
+from tools.verify_original import check_source
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_DIR = os.path.join(ROOT, "data", "bench_synthetic")
@@ -131,7 +131,7 @@ def parse_args(argv=None):
 
 
 def ensure_synthetic(path=SYNTHETIC_DIR):
-    subprocess.run([sys.executable, "-m", "datasets.synthetic", "--outDir", path, "--ifMissing"],
+    subprocess.run([sys.executable, "-m", "datasets.prepare.synthetic", "--outDir", path, "--ifMissing"],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return path
 

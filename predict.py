@@ -12,7 +12,7 @@ class names from --classNames.
 The clip is evaluate.py's: the video is decoded as datasets.prepare decodes it (every frame,
 short side scaled down to 256; --fps resamples), the frames are the seqLen at
 floor(linspace(1, N, seqLen, endpoint=False)), resized and centre-cropped by the test
-transform; flow is computed from those frames with the preparation code (datasets/warpflow.py),
+transform; flow is computed from those frames with the preparation code (datasets/prepare/warpflow.py),
 stacks as evaluate.py takes them (flow model: the mean logits of --numSeg stacks; two-stream:
 the centre stack). So a video prepared into a dataset (PNG, the course layout) and scored by
 evaluate.py gets the same logits here (tests/test_predict.py); JPEG frames differ a little.
@@ -39,10 +39,10 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from datasets.gtea61 import MIN_FRAMES, clip_positions, eval_flow_starts
-from datasets.prepare import read_rgb
+from datasets.prepare.prepare import read_rgb
 from datasets.transforms import ClipTransform
-from datasets.video import VideoError, VideoWriter, frame_times, natural_key, read_frames, resized
-from datasets.warpflow import FLOW_SCALES, RaftWeightsError, encode_flow, flow_factor, flow_method, warp_flow
+from datasets.prepare.video import VideoError, VideoWriter, frame_times, natural_key, read_frames, resized
+from datasets.prepare.warpflow import FLOW_SCALES, RaftWeightsError, encode_flow, flow_factor, flow_method, warp_flow
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_from_checkpoint, forward
 from utils.cli import Parser
@@ -163,7 +163,7 @@ class Source:
 
     def __init__(self, path, fps, short_side):
         self.path, self.fps, self.short_side = path, fps, short_side
-        self.sizes = {}  # the frames' size as decoded and as read (datasets.video.resized)
+        self.sizes = {}  # the frames' size as decoded and as read (datasets.prepare.video.resized)
         if os.path.isdir(path):
             names = sorted((n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")),
                            key=natural_key)

@@ -3,7 +3,7 @@ experiment scripts, exactly as a user would run them, one subprocess per cell
 (--jobs N: N cells at a time, each after the cells it needs).
 
 This file holds the paper's numbers, the tables' captions and figures and the command line; the
-plan (which cells, what each needs first) and its execution are in utils/replicate_plan.py.
+plan (which cells, what each needs first) and its execution are in tools/replicate_plan.py.
 
     python replicate.py --table all --datasetDir DIR                 # everything, paper settings
     python replicate.py --table 2 --datasetDir DIR --dry-run         # print the commands only
@@ -50,7 +50,7 @@ time left. With --crossval: crossval/test_S<k>/ per split (each with its own tab
 crossval.md (mean and sample standard deviation over the splits per cell).
 
 Dataset rule for the captions: a dataset is SYNTHETIC when (1) its folder holds the marker the
-generator `python -m datasets.synthetic` writes last, `.complete`, a JSON object of the generator's
+generator `python -m datasets.prepare.synthetic` writes last, `.complete`, a JSON object of the generator's
 settings (layout, classes, ...), or (2) any top-level entry whose name starts with "synthetic" (any
 case), or (3) the folder name itself starts with "synthetic". Otherwise the tables say GTEA-61. A
 synthetic table says in its caption that its numbers are not GTEA-61 numbers.
@@ -64,18 +64,19 @@ import signal
 import statistics
 import sys
 
-from datasets.synthetic import SYNTHETIC_MARKER, dataset_kind  # noqa: F401  (re-exported)
+from datasets.markers import SYNTHETIC_MARKER  # noqa: F401  (re-exported)
+from datasets.prepare.synthetic import dataset_kind
+from tools.replicate_plan import (  # noqa: F401  (the plan's names, re-exported for the tests and users)
+    FIXED_TEST, FIXED_TRAIN, GRID_TABLE_FRAMES, MANAGED, OP_ONLY_LR, PAPER_FRAMES, PAPER_LRS, PAPER_SCHEDULE,
+    ROOT, SCRIPT_KIND, TABLE1_LR, USERS, Cell, Interrupted, UsageError, build_plan, command, epochs_args,
+    execute, fmt_acc, fmt_lr, map_columns, run_cell, scaled_milestones, splits, validate, _selected_accuracy)
 from utils.cli import HelpFormatter
 from utils.paths import default_dataset_dir
 from utils.errors import UserError
 from utils.io import atomic_savefig, atomic_write_text
-from utils.replicate_plan import (  # noqa: F401  (the plan's names, re-exported for the tests and users)
-    FIXED_TEST, FIXED_TRAIN, GRID_TABLE_FRAMES, MANAGED, OP_ONLY_LR, PAPER_FRAMES, PAPER_LRS, PAPER_SCHEDULE,
-    ROOT, SCRIPT_KIND, TABLE1_LR, USERS, Cell, Interrupted, UsageError, build_plan, command, epochs_args,
-    execute, fmt_acc, fmt_lr, map_columns, run_cell, scaled_milestones, splits, validate, _selected_accuracy)
 
 
-# The file datasets/synthetic.py writes last into a finished dataset: a JSON object of its settings.
+# The file datasets/prepare/synthetic.py writes last into a finished dataset: a JSON object of its settings.
 
 TABLE1_ROWS = [("convlstm", "ConvLSTM"), ("attention", "ConvLSTM-attention"),
                ("flow", "Temporal-warp flow"), ("twostream", "Two stream (joint train)")]

@@ -1,7 +1,8 @@
-"""GTEA-61 data layer: the dataset, its clip transforms and a synthetic data generator.
+"""The data loaders: GTEA-61 (gtea61.py) and EGTEA Gaze+ (egtea.py), their clip transforms and the
+frame cache. The tools that make the data they read are in datasets/prepare/.
 
-Names are imported lazily so that `python -m datasets.synthetic` does not pay for importing
-torch."""
+Names are imported lazily so that the data tools (`python -m datasets.prepare`, which import
+datasets.markers) do not pay for importing torch."""
 import importlib
 
 _EXPORTS = {

@@ -36,7 +36,8 @@ FAMILY = {"rgb": "rgb", "ms": "rgb", "ms_op": "rgb", "flow": "flow", "twostream"
 EXPERIMENTS = tuple(FAMILY)
 STAGES = {experiment: (1,) if family in ("flow", "twostream") else (1, 2) for experiment, family in FAMILY.items()}
 
-# GTEA-61's fixed split (paper §4.1): users S1, S3, S4 train, S2 tests.
+# GTEA-61's four users and its fixed split (paper §4.1): S1, S3, S4 train, S2 tests.
+USERS = ("S1", "S2", "S3", "S4")
 TRAIN_USERS, TEST_USERS = ("S1", "S3", "S4"), ("S2",)
 
 # Optimiser schedules per family and stage (docs/design.md §1-§2): lr, epochs, MultiStepLR

@@ -1,4 +1,4 @@
-"""bench.py --compare-original: the original's stage 2 timed step by step (utils/bench_original.py),
+"""bench.py --compare-original: the original's stage 2 timed step by step (tools/bench_original.py),
 on the fake "original" tree of tests/test_verify_original.py (this project's EgoRNN under the
 original's names, run by a main-run-rgb.py in the original's style); a bad DIR is a usage error."""
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 import bench
 from tests.test_verify_original import fake_tree
-from utils.bench_original import original_stage2_seconds
+from tools.bench_original import original_stage2_seconds
 
 pytestmark = pytest.mark.filterwarnings("ignore:pretrained='none'")
 

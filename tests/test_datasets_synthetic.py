@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from datasets import GTEA61, DatasetError
-from datasets import synthetic as syn
+from datasets.prepare import synthetic as syn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def tree_digest(root):
 @pytest.fixture(scope="module")
 def small_course(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn") / "course"
-    assert syn.main(["--out", str(out), *SMALL]) == 0
+    assert syn.main(["--outDir", str(out), *SMALL]) == 0
     return str(out)
 
 
@@ -49,19 +49,19 @@ def test_class_names():
 
 def test_deterministic_for_a_seed(tmp_path, small_course):
     again = tmp_path / "again"
-    assert syn.main(["--out", str(again), *SMALL]) == 0
+    assert syn.main(["--outDir", str(again), *SMALL]) == 0
     assert tree_digest(again) == tree_digest(small_course)
     other = tmp_path / "other"
-    assert syn.main(["--out", str(other), *SMALL, "--seed", "1"]) == 0
+    assert syn.main(["--outDir", str(other), *SMALL, "--seed", "1"]) == 0
     assert tree_digest(other) != tree_digest(small_course)
 
 
 def test_egornn_layout_deterministic_and_loadable(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     args = ["--layout", "egornn", "--classes", "2", "--instances", "1", "--users", "S1", "S2",
-            "--size", "48x36", "--no-short"]
-    assert syn.main(["--out", str(a), *args]) == 0
-    assert syn.main(["--out", str(b), *args]) == 0
+            "--size", "48x36", "--noShort"]
+    assert syn.main(["--outDir", str(a), *args]) == 0
+    assert syn.main(["--outDir", str(b), *args]) == 0
     assert tree_digest(a) == tree_digest(b)
     assert os.path.isfile(a / "frames" / "S1" / "take_cup" / "1" / "image_00001.jpg")
     ds = GTEA61(a, ["S1", "S2"], "twostream", train=True, seqLen=4, frameSize=32)
@@ -97,7 +97,7 @@ def test_course_dataset_loads_with_quirks(small_course, capsys):
 
 def test_no_short_and_no_quirks(tmp_path):
     out = tmp_path / "clean"
-    assert syn.main(["--out", str(out), *SMALL, "--no-short", "--no-quirks"]) == 0
+    assert syn.main(["--outDir", str(out), *SMALL, "--noShort", "--noQuirks"]) == 0
     ds = GTEA61(out, ["S1", "S2", "S3"], "rgb_mmaps", train=False, seqLen=4, frameSize=32, mapSize=1)
     assert ds.num_skipped == 0 and len(ds) == 12
     assert not any(".DS_Store" in f or "(1)" in f for _, _, fs in os.walk(out) for f in fs)
@@ -105,17 +105,17 @@ def test_no_short_and_no_quirks(tmp_path):
 
 def test_if_missing_and_refusals(tmp_path, small_course, capsys):
     t = time.time()
-    assert syn.main(["--out", small_course, "--if-missing", *SMALL]) == 0
+    assert syn.main(["--outDir", small_course, "--ifMissing", *SMALL]) == 0
     assert time.time() - t < 2
     assert "already complete" in capsys.readouterr().out
     # a folder with other content is never overwritten
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep")
-    assert syn.main(["--out", str(other), *SMALL, "--if-missing"]) == 2
+    assert syn.main(["--outDir", str(other), *SMALL, "--ifMissing"]) == 2
     assert "not a complete synthetic dataset" in capsys.readouterr().err
     assert (other / "notes.txt").read_text() == "keep"
-    assert syn.main(["--out", str(tmp_path / "x"), "--classes", "99"]) == 2
+    assert syn.main(["--outDir", str(tmp_path / "x"), "--classes", "99"]) == 2
     assert not (tmp_path / "x").exists()
 
 
@@ -139,25 +139,25 @@ def test_generation_failing_midway_leaves_nothing_and_reruns(tmp_path, monkeypat
     monkeypatch.setattr(syn, "render_video", render)
     monkeypatch.setattr(syn, "_save", save)
     with pytest.raises(error):
-        syn.main(["--out", str(out), *SMALL])
+        syn.main(["--outDir", str(out), *SMALL])
     assert len(saved) > 20 and all(".tmp-" in p for p in saved)  # three videos were on disk
     assert not out.exists() and os.listdir(tmp_path) == []
     monkeypatch.setattr(syn, "render_video", real_render)
-    assert syn.main(["--out", str(out), *SMALL, "--if-missing"]) == 0
+    assert syn.main(["--outDir", str(out), *SMALL, "--ifMissing"]) == 0
     assert syn.is_complete(out) and tree_digest(out) == tree_digest(small_course)
 
 
 # The generator, slowed down so that a kill lands in the middle of writing the videos.
-SLOW_GENERATOR = ("import sys, time; from datasets import synthetic as s; save = s._save; "
+SLOW_GENERATOR = ("import sys, time; from datasets.prepare import synthetic as s; save = s._save; "
                   "s._save = lambda *a: (time.sleep(0.01), save(*a)); sys.exit(s.main(sys.argv[1:]))")
 
 
 def test_generation_killed_midway_is_never_read_and_reruns(tmp_path, small_course):
     """SIGKILL (no clean-up runs) while videos are being written: the dataset folder does not
-    exist, so nothing can read the half-written videos; rerunning with --if-missing writes the
+    exist, so nothing can read the half-written videos; rerunning with --ifMissing writes the
     complete dataset, identical to an uninterrupted generation."""
     out = tmp_path / "d"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_GENERATOR, "--out", str(out), *SMALL], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_GENERATOR, "--outDir", str(out), *SMALL], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     written = []
     deadline = time.time() + 120
@@ -174,7 +174,7 @@ def test_generation_killed_midway_is_never_read_and_reruns(tmp_path, small_cours
     assert len(killed) == 1
     running = tmp_path / f".d.tmp-{os.getppid()}-x"  # another generator still at work: not touched
     running.mkdir()
-    assert syn.main(["--out", str(out), *SMALL, "--if-missing"]) == 0
+    assert syn.main(["--outDir", str(out), *SMALL, "--ifMissing"]) == 0
     assert syn.is_complete(out) and tree_digest(out) == tree_digest(small_course)
     assert sorted(os.listdir(tmp_path)) == sorted(["d", running.name])  # the killed run's work folder is gone
     ds = GTEA61(out, ["S1", "S2", "S3"], "rgb_mmaps", train=False, seqLen=4, frameSize=32, mapSize=1)

@@ -65,7 +65,7 @@ def runs(tmp_path_factory):
     epoch 2 then resumed (stage 1 only: the resume is the same in any stage)."""
     tmp = tmp_path_factory.mktemp("ddp")
     data = tmp / "syn"
-    subprocess.run([PY, "-m", "datasets.synthetic", "--out", str(data), "--classes", "3", "--instances", "1",
+    subprocess.run([PY, "-m", "datasets.prepare.synthetic", "--outDir", str(data), "--classes", "3", "--instances", "1",
                     "--size", "80x60"], cwd=ROOT, check=True, capture_output=True)
     logs = {"one": finish(launch(1, data, tmp / "one")), "two": finish(launch(2, data, tmp / "two"))}
     killed = launch(2, data, tmp / "killed", "--stage", "1")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import synthetic as syn
+from datasets.prepare import synthetic as syn
 from datasets.egtea import EGTEA, derived_accuracy, verb_noun_of
 from utils.errors import UserError
 
@@ -57,14 +57,14 @@ def index_names(path):
 @pytest.fixture(scope="session")
 def release(tmp_path_factory):
     d = tmp_path_factory.mktemp("egtea") / "release"
-    run("-m", "datasets.synthetic", "--layout", "egtea", "--out", d, "--instances", "1", "--size", "64x48")
+    run("-m", "datasets.prepare.synthetic", "--layout", "egtea", "--outDir", d, "--instances", "1", "--size", "64x48")
     return d
 
 
 @pytest.fixture(scope="session")
 def prepared(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("egtea") / "prepared"
-    p = run("-m", "datasets.prepare", "--egtea", release, "--out", out, "--flow", "farneback", "--workers", "2",
+    p = run("-m", "datasets.prepare", "--egtea", release, "--outDir", out, "--flow", "farneback", "--numWorkers", "2",
             "--quiet")
     return out, p.stderr
 
@@ -216,10 +216,10 @@ def test_split_naming_an_absent_action_is_a_one_line_error(release, tmp_path):
     clip = lines[3].split()[0]
     lines[3] = f"{clip} 99 1 1"
     (bad / "test_split2.txt").write_text("\n".join(lines) + "\n")
-    from datasets import prepare
+    from datasets.prepare import prepare
     from utils.errors import user_error_types
     with pytest.raises(user_error_types()) as e:  # run_cli prints it as one `error:` line, exit 2
-        prepare.main(["--egtea", str(bad), "--out", str(tmp_path / "out"), "--flow", "farneback"])
+        prepare.main(["--egtea", str(bad), "--outDir", str(tmp_path / "out"), "--flow", "farneback"])
     msg = str(e.value)
     assert "\n" not in msg and "test_split2.txt line 4" in msg and "action 99 is not in" in msg
     assert "action_idx.txt" in msg
@@ -346,8 +346,8 @@ def test_gtea71_sized_dataset_in_the_gtea_layout(tmp_path, classes=71, users=("S
     (docs/data.md, "GTEA 71 and GTEA Gaze+", has the full-size check)."""
     from datasets import GTEA61
     out = tmp_path / "d"
-    assert syn.main(["--out", str(out), "--classes", str(classes), "--instances", "1", "--users", *users,
-                     "--size", "32x32", "--no-short", "--no-quirks"]) == 0
+    assert syn.main(["--outDir", str(out), "--classes", str(classes), "--instances", "1", "--users", *users,
+                     "--size", "32x32", "--noShort", "--noQuirks"]) == 0
     names = sorted(p.name for p in (out / "processed_frames2" / users[0]).iterdir())
     assert len(names) == classes
     ds = GTEA61(out, users[1:2], "rgb", train=False, seqLen=2, frameSize=32)
@@ -357,11 +357,11 @@ def test_gtea71_sized_dataset_in_the_gtea_layout(tmp_path, classes=71, users=("S
 
 def test_preparation_that_would_not_fit_stops_before_writing(release, tmp_path, monkeypatch):
     import collections
-    from datasets import prepare
+    from datasets.prepare import prepare
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(prepare.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
     with pytest.raises(UserError) as e:
-        prepare.main(["--egtea", str(release), "--out", str(tmp_path / "out"), "--flow", "farneback", "--quiet"])
+        prepare.main(["--egtea", str(release), "--outDir", str(tmp_path / "out"), "--flow", "farneback", "--quiet"])
     # 17 clips of 10-28 frames at 64 x 48: at least 17 * 10 * 3072 px * 3.05 B/px = 1.6 MB > 1000 B free
     import re
     m = re.search(r"the output is estimated at ([\d.]+) MB and its disk has 0.0 MB free", str(e.value))

@@ -1,6 +1,6 @@
 """python -m datasets.prepare --gtea61: the raw GTEA-61 release (label files and recordings) cut into
 instances by the rules of Ego-RNN's prepareGTEA61Dataset.py, on the synthetic raw release
-(datasets.synthetic --layout gtea61raw). Expected values are written out by hand from the
+(datasets.prepare.synthetic --layout gtea61raw). Expected values are written out by hand from the
 generator's table (GTEA61RAW_RECORDINGS) or read from the label files with this file's own regex."""
 import re
 import shutil
@@ -12,8 +12,8 @@ from PIL import Image
 pytest.importorskip("av")
 pytest.importorskip("cv2")
 
-from datasets import gtea61raw, prepare  # noqa: E402
-from datasets import synthetic as syn  # noqa: E402
+from datasets.prepare import gtea61raw, prepare  # noqa: E402
+from datasets.prepare import synthetic as syn  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 # by hand from GTEA61RAW_RECORDINGS: instances numbered per user and action in label-file name order
@@ -29,7 +29,7 @@ SOURCE = {"S1/take_cup/1": ("S1_Cheese_C1", 2), "S1/take_cup/2": ("S1_Cheese_C1"
           "S1/take_cup/3": ("S1_Tea_C1", 2), "S1/stir_spoon,cup/1": ("S1_Cheese_C1", 5),
           "S2/take_cup/1": ("S2_Tea_C1", 2), "S2/put_cup/1": ("S2_Tea_C1", 3),
           "S2/stir_spoon,cup/1": ("S2_Tea_C1", 5), "S2/open_jam/1": ("S2_Tea_C1", 6)}
-FAST = ["--flow", "farneback", "--workers", "1", "--quiet"]
+FAST = ["--flow", "farneback", "--numWorkers", "1", "--quiet"]
 
 
 def label_range(raw, stem, line):
@@ -41,14 +41,14 @@ def label_range(raw, stem, line):
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     d = tmp_path_factory.mktemp("gtea61raw") / "raw"
-    assert syn.main(["--layout", "gtea61raw", "--out", str(d), "--size", "64x48"]) == 0
+    assert syn.main(["--layout", "gtea61raw", "--outDir", str(d), "--size", "64x48"]) == 0
     return d
 
 
 @pytest.fixture(scope="module")
 def prepared(raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("gtea61raw") / "prepared"
-    assert prepare.main(["--gtea61", str(raw), "--out", str(out), *FAST]) == 0
+    assert prepare.main(["--gtea61", str(raw), "--outDir", str(out), *FAST]) == 0
     return out
 
 
@@ -101,7 +101,7 @@ def test_bad_labels_are_one_line_errors_and_the_rest_goes_on(raw, tmp_path, caps
     (bad / "labels" / "S4_Coffee_C1.txt").write_text("title\n<take><cup> (1-5)\n")  # no recording
     out = tmp_path / "out"
     capsys.readouterr()
-    assert prepare.main(["--gtea61", str(bad), "--out", str(out), *FAST]) == 1
+    assert prepare.main(["--gtea61", str(bad), "--outDir", str(out), *FAST]) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert any("S3_Cheese_C1.txt line 2" in e and "range" in e for e in errors), errors
@@ -115,7 +115,7 @@ def test_bad_labels_are_one_line_errors_and_the_rest_goes_on(raw, tmp_path, caps
 
 def test_egornn_layout_only_frames_and_rerun(raw, tmp_path, capsys):
     out = tmp_path / "e"
-    args = ["--gtea61", str(raw), "--out", str(out), "--layout", "egornn", "--only", "frames", *FAST]
+    args = ["--gtea61", str(raw), "--outDir", str(out), "--layout", "egornn", "--only", "frames", *FAST]
     assert prepare.main(args) == 0
     start, end = label_range(raw, "S1_Tea_C1", 2)
     files = sorted(p.name for p in (out / "frames" / "S1" / "take_cup" / "3").iterdir())
@@ -125,4 +125,4 @@ def test_egornn_layout_only_frames_and_rerun(raw, tmp_path, capsys):
     assert prepare.main(args) == 0  # resumable: nothing left to do
     assert "preparing 0 video(s)" in capsys.readouterr().err
     with pytest.raises(UserError, match="--fps applies to"):
-        prepare.main(["--gtea61", str(raw), "--out", str(tmp_path / "f"), "--fps", "10"])
+        prepare.main(["--gtea61", str(raw), "--outDir", str(tmp_path / "f"), "--fps", "10"])

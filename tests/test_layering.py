@@ -1,13 +1,24 @@
-"""The packages are layered: models/ and datasets/ are the bottom, utils/ and tools/ sit on them,
-the scripts at the top. An AST walk of every module's imports fails on an import cycle, on a
-package module importing a top-level script, and on an import inside a function that is not
-marked as deliberate (`# lazy: <why>` on its line: a heavy optional dependency)."""
+"""The packages are layered. Bottom to top:
+
+    models            the networks: import nothing of the project outside models/
+    datasets          the loaders (datasets/*.py) and what they read back of the tools' output
+    utils             training, evaluation and the scripts' common parts
+    datasets.prepare  the data workshop: video preparation and the synthetic generators
+    tools             the verifier, the benches, replicate.py's plan, the demo
+    (scripts)         main_*.py, evaluate.py, predict.py, replicate.py, bench.py
+
+A module imports its own layer and those below it, never one above (the paper's code reads
+without the workshop's). An AST walk of every module's imports fails on an upward import, on an
+import cycle, on a package module importing a top-level script, and on an import inside a
+function that is not marked as deliberate (`# lazy: <why>` on its line: a heavy optional
+dependency)."""
 import ast
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("models", "datasets", "utils", "tools")
+LAYERS = ("models", "datasets", "utils", "datasets.prepare", "tools")  # bottom to top; the scripts above all
 
 
 def modules():
@@ -73,6 +84,17 @@ def is_script(module):
     return module.split(".")[0] not in PACKAGES
 
 
+def layer(module):
+    """The index in LAYERS of the layer `module` is in (the longest that names it: datasets.prepare.x
+    is in datasets.prepare, not datasets); len(LAYERS) for a top-level script."""
+    names = [n for n in LAYERS if module == n or module.startswith(n + ".")]
+    return LAYERS.index(max(names, key=len)) if names else len(LAYERS)
+
+
+def layer_name(index):
+    return LAYERS[index] if index < len(LAYERS) else "scripts"
+
+
 def test_no_import_cycle():
     known, edges = graph()
     index, low, stack, on, cycles = {}, {}, [], set(), []
@@ -110,6 +132,23 @@ def test_packages_never_import_scripts():
     assert not upward, f"package modules importing top-level scripts: {upward}"
 
 
+def test_every_layer_is_there():
+    known = modules()
+    assert [n for n in LAYERS if n not in known] == [], "a layer of LAYERS is no package any more"
+
+
+def upward_imports():
+    known, edges = graph()
+    return [f"{m} ({layer_name(layer(m))}) imports {r} ({layer_name(layer(r))})"
+            for m in known for r in edges[m] if layer(r) > layer(m)]
+
+
+def test_no_import_of_a_layer_above():
+    upward = upward_imports()
+    assert not upward, (f"upward imports (layers, bottom to top: {', '.join(LAYERS)}, scripts):\n"
+                        + "\n".join(upward))
+
+
 def test_imports_at_the_top():
     known = modules()
     inside = [f"{os.path.relpath(p, ROOT)}:{line} imports {r}" for m, p in known.items()
@@ -133,3 +172,24 @@ def test_the_walk_sees_a_cycle(tmp_path, monkeypatch):
         test_packages_never_import_scripts()
     with __import__("pytest").raises(AssertionError, match="inside functions"):
         test_imports_at_the_top()
+
+
+def test_the_walk_sees_an_upward_import(tmp_path, monkeypatch):
+    """Each layer importing the one above it is reported, and only that: the same imports
+    downward are not."""
+    for pkg in ("models", "datasets", "datasets/prepare", "utils", "tools"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "models" / "net.py").write_text("import datasets.loader\n")
+    (tmp_path / "datasets" / "loader.py").write_text("from utils import train\n")
+    (tmp_path / "utils" / "train.py").write_text("def f():\n    from datasets.prepare import gen  # lazy: as in a tool\n")
+    (tmp_path / "datasets" / "prepare" / "gen.py").write_text("import tools.check\nimport datasets.loader\n")
+    (tmp_path / "tools" / "check.py").write_text("from datasets.prepare import gen\nimport utils.train\n")
+    (tmp_path / "script.py").write_text("import tools.check\nimport models.net\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
+    with __import__("pytest").raises(AssertionError, match="upward imports"):
+        test_no_import_of_a_layer_above()
+    assert sorted(upward_imports()) == ["datasets.loader (datasets) imports utils.train (utils)",
+                                "datasets.prepare.gen (datasets.prepare) imports tools.check (tools)",
+                                "models.net (models) imports datasets.loader (datasets)",
+                                "utils.train (utils) imports datasets.prepare.gen (datasets.prepare)"]

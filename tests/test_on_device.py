@@ -22,7 +22,7 @@ W, H = 80, 60
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data") / "syn"
-    subprocess.run([PY, "-m", "datasets.synthetic", "--out", str(d), "--classes", "3", "--instances", "2",
+    subprocess.run([PY, "-m", "datasets.prepare.synthetic", "--outDir", str(d), "--classes", "3", "--instances", "2",
                     "--size", f"{W}x{H}"], cwd=ROOT, check=True, capture_output=True)
     return d
 

@@ -32,7 +32,7 @@ def resolve(monkeypatch, cwd, env=None):
 def make_synthetic_marker(cwd):
     d = cwd / "data" / "synthetic_gtea61"
     d.mkdir(parents=True)
-    (d / ".complete").write_text("{}")  # what datasets.synthetic writes last
+    (d / ".complete").write_text("{}")  # what datasets.prepare.synthetic writes last
     return d
 
 
@@ -122,8 +122,8 @@ def test_usage_line_without_dataset_is_one_line(tmp_path):
 def demo_cwd(tmp_path_factory):
     """A working directory holding a (tiny) data/synthetic_gtea61 as `make demo` leaves it."""
     cwd = tmp_path_factory.mktemp("cwd")
-    subprocess.run([PY, "-m", "datasets.synthetic", "--out", cwd / "data" / "synthetic_gtea61", "--classes", "3",
-                    "--instances", "1", "--size", "80x60"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([PY, "-m", "datasets.prepare.synthetic", "--outDir", cwd / "data" / "synthetic_gtea61",
+                    "--classes", "3", "--instances", "1", "--size", "80x60"], cwd=ROOT, check=True, capture_output=True)
     return cwd
 
 

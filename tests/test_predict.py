@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets.prepare as prepare
-import datasets.synthetic as syn
+import datasets.prepare.prepare as prepare
+import datasets.prepare.synthetic as syn
 from utils.errors import run_cli
 
 SEQ, SIZE, MEM, FPS = 4, 64, 16, 15
@@ -38,10 +38,10 @@ def setup(tmp_path_factory):
     import models
     from utils.experiment import run as run_experiment
     root = tmp_path_factory.mktemp("predict")
-    assert syn.main(["--out", str(root / "syn"), "--layout", "videos", "--classes", "3", "--instances", "1",
-                     "--size", "80x60", "--no-short", "--fps", str(FPS)]) == 0
-    assert prepare.main(["--videos", str(root / "syn" / "videos"), "--out", str(root / "data"), "--flow", "farneback",
-                         "--only", "frames", "--only", "flow", "--workers", "1", "--quiet"]) == 0
+    assert syn.main(["--outDir", str(root / "syn"), "--layout", "videos", "--classes", "3", "--instances", "1",
+                     "--size", "80x60", "--noShort", "--fps", str(FPS)]) == 0
+    assert prepare.main(["--videos", str(root / "syn" / "videos"), "--outDir", str(root / "data"), "--flow", "farneback",
+                         "--only", "frames", "--only", "flow", "--numWorkers", "1", "--quiet"]) == 0
     state = (torch.get_num_threads(), torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
              torch.backends.cudnn.allow_tf32)
     torch.set_num_threads(1)
@@ -204,7 +204,7 @@ def test_windows_take_the_frames_from_their_start_up_to_before_their_end():
 
 
 def test_cam_and_timeline_files(setup, tmp_path):
-    from datasets.video import read_frames, write_video
+    from datasets.prepare.video import read_frames, write_video
     ckpt = setup / "rgb" / "stage1" / "best_model.pth"
     video = tmp_path / "v.mp4"
     write_video(video, syn.render_video("open_box", 1, 20, size=(80, 60))["rgb"], 10)
@@ -288,7 +288,7 @@ def assert_one_line_error(code, capsys, *needles):
 
 
 def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
-    from datasets.video import write_video
+    from datasets.prepare.video import write_video
     import predict as p
     ckpt = setup / "rgb" / "stage1" / "best_model.pth"
     video = setup / "syn" / "videos" / "S2" / "put_cup" / "1.mp4"
@@ -328,13 +328,13 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
 def test_large_video_is_scaled_down_as_datasets_prepare_does(setup, tmp_path):
     """A video larger than 256 px: predict.py decodes and scales it as datasets.prepare does
     (short side 256, INTER_AREA), so the prepared frames give the same logits."""
-    from datasets.video import write_video
+    from datasets.prepare.video import write_video
     ckpt = setup / "rgb" / "stage1" / "best_model.pth"
     video = tmp_path / "videos" / "S9" / "take_cup" / "1.mp4"
     video.parent.mkdir(parents=True)
     write_video(video, syn.render_video("take_cup", 0, 8, size=(320, 288))["rgb"], FPS)
-    assert prepare.main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "data"), "--only", "frames",
-                         "--workers", "1", "--quiet"]) == 0
+    assert prepare.main(["--videos", str(tmp_path / "videos"), "--outDir", str(tmp_path / "data"), "--only", "frames",
+                         "--numWorkers", "1", "--quiet"]) == 0
     frames = tmp_path / "data" / "processed_frames2" / "S9" / "take_cup" / "1" / "rgb"
     with Image.open(frames / "rgb0001.png") as im:
         assert im.size == (284, 256)  # 320 x 288 scaled by 256 / 288
@@ -344,8 +344,8 @@ def test_large_video_is_scaled_down_as_datasets_prepare_does(setup, tmp_path):
 
 
 def test_long_video_is_one_action_after_another(tmp_path):
-    from datasets.long_video import main
-    from datasets.video import frame_times
+    from datasets.prepare.long_video import main
+    from datasets.prepare.video import frame_times
     video = tmp_path / "long.mp4"
     assert main(["--out", str(video), "--seconds", "2", "--fps", "10", "--size", "48x32", "--actionSeconds", "0.7",
                  "--classes", "2"]) == 0

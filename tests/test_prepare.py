@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import GTEA61
-from datasets import prepare
-from datasets import synthetic as syn
-from datasets import warpflow
-from datasets.video import probe, read_frames, write_video
+from datasets import GTEA61, markers
+from datasets.prepare import prepare
+from datasets.prepare import synthetic as syn
+from datasets.prepare import warpflow
+from datasets.prepare.video import probe, read_frames, write_video
 from utils.errors import UserError
 
 av = pytest.importorskip("av")
@@ -29,10 +29,10 @@ cv2 = pytest.importorskip("cv2")
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-FAST = ["--flow", "farneback", "--workers", "1", "--quiet"]
+FAST = ["--flow", "farneback", "--numWorkers", "1", "--quiet"]
 
 
-def tree_digest(root, skip=(prepare.STATE,)):
+def tree_digest(root, skip=(markers.STATE,)):
     """Hash of every file's path and bytes under root (folders in `skip` left out)."""
     h = hashlib.sha256()
     for d, dirs, files in sorted(os.walk(root)):
@@ -63,8 +63,8 @@ def levels(frames):
 def videos(tmp_path_factory):
     """The synthetic dataset as videos: 2 classes x 4 users, one video each, 64x48."""
     out = tmp_path_factory.mktemp("syn") / "videos"
-    assert syn.main(["--out", str(out), "--layout", "videos", "--classes", "2", "--instances", "1",
-                     "--size", "64x48", "--no-short"]) == 0
+    assert syn.main(["--outDir", str(out), "--layout", "videos", "--classes", "2", "--instances", "1",
+                     "--size", "64x48", "--noShort"]) == 0
     return out
 
 
@@ -74,7 +74,7 @@ def prepared(videos, tmp_path_factory):
     out = {}
     for layout in ("course", "egornn"):
         d = tmp_path_factory.mktemp("prep") / layout
-        assert prepare.main(["--videos", str(videos / "videos"), "--out", str(d), "--layout", layout, *FAST]) == 0
+        assert prepare.main(["--videos", str(videos / "videos"), "--outDir", str(d), "--layout", layout, *FAST]) == 0
         out[layout] = d
     return out
 
@@ -297,7 +297,7 @@ def test_still_video_gives_flow_128_in_both_layouts(tmp_path):
     for layout, d, warp in (("course", "flow_x_processed", []), ("egornn", "flow_x", ["--noWarp"])):
         out = tmp_path / layout
         # TV-L1 gives exactly zero flow between equal frames (Farneback up to 0.1 px)
-        assert prepare.main(["--videos", str(tmp_path / "v"), "--out", str(out), "--layout", layout,
+        assert prepare.main(["--videos", str(tmp_path / "v"), "--outDir", str(out), "--layout", layout,
                              *warp, *FAST, "--flow", "tvl1"]) == 0
         for axis in ("x", "y"):
             folder = out / d.replace("_x", "_" + axis) / "S1" / "c" / "1"
@@ -341,9 +341,9 @@ def test_flow_scale_source_or_output_and_the_marker_records_the_preparation(tmp_
         assert {k: marker[k] for k in ("flow", "warp", "flowScale", "version", "sourceSize", "outputSize", "refused")} \
             == {"flow": "farneback", "warp": False, "flowScale": scale, "version": 2, "sourceSize": [64, 48],
                 "outputSize": [43, 32], "refused": 0}
-        assert prepare.preparation(str(out)) == {"flow": "farneback", "warp": False, "flowScale": scale, "version": 2,
+        assert markers.preparation(str(out)) == {"flow": "farneback", "warp": False, "flowScale": scale, "version": 2,
                                                  "sourceSize": [64, 48], "outputSize": [43, 32], "videos": 1}
-    assert prepare.preparation(str(tmp_path / "v")) is None  # not made by datasets.prepare
+    assert markers.preparation(str(tmp_path / "v")) is None  # not made by datasets.prepare
 
 
 # ---- datasets.prepare -----------------------------------------------------------------------
@@ -437,17 +437,17 @@ def test_one_epoch_of_samsop_net_on_prepared_videos(prepared, tmp_path):
 def test_rerun_skips_done_videos_and_refuses_other_settings(videos, prepared, capsys):
     root = str(prepared["course"])
     before = tree_digest(root)
-    assert prepare.main(["--videos", str(videos / "videos"), "--out", root, *FAST]) == 0
+    assert prepare.main(["--videos", str(videos / "videos"), "--outDir", root, *FAST]) == 0
     assert "0 video(s)" in capsys.readouterr().err and tree_digest(root) == before
     with pytest.raises(UserError, match="other settings"):
-        prepare.main(["--videos", str(videos / "videos"), "--out", root, "--noWarp", *FAST])
+        prepare.main(["--videos", str(videos / "videos"), "--outDir", root, "--noWarp", *FAST])
     assert tree_digest(root) == before
 
 
 def test_frames_input_adds_motion_maps_to_the_egornn_release(tmp_path):
     root = tmp_path / "release"
-    assert syn.main(["--out", str(root), "--layout", "egornn", "--classes", "2", "--instances", "1",
-                     "--users", "S1", "S2", "--size", "48x36", "--no-short"]) == 0
+    assert syn.main(["--outDir", str(root), "--layout", "egornn", "--classes", "2", "--instances", "1",
+                     "--users", "S1", "S2", "--size", "48x36", "--noShort"]) == 0
     with pytest.raises(Exception, match="datasets.prepare --frames"):
         GTEA61(root, ["S1"], "rgb_mmaps", train=True)
     flow_before = tree_digest(root / "flow_x")
@@ -483,7 +483,7 @@ def test_bad_videos_are_named_and_skipped(videos, tmp_path):
     (src / "fast.mp4").unlink()
     (src / "S1" / good[1].parent.name / "notes.mp4").write_text("not a video")
     out = tmp_path / "out"
-    cmd = [PY, "-m", "datasets.prepare", "--videos", str(src), "--out", str(out), *FAST]
+    cmd = [PY, "-m", "datasets.prepare", "--videos", str(src), "--outDir", str(out), *FAST]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
@@ -498,22 +498,22 @@ def test_bad_videos_are_named_and_skipped(videos, tmp_path):
     for bad in ("cut", "short", "notes"):
         assert not list((out / "processed_frames2" / "S1").glob(f"*/{bad}"))
         assert not list((out / "flow_x_processed" / "S1").glob(f"*/{bad}"))
-    assert not list((out / prepare.STATE / "tmp").rglob("*.png"))
+    assert not list((out / markers.STATE / "tmp").rglob("*.png"))
     p = subprocess.run(cmd + ["--skipBad"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "warning: 3 video(s)" in p.stderr and "2 already done" in p.stderr, p.stderr
 
 
 def test_killed_run_resumes_to_the_same_dataset(tmp_path):
     src = tmp_path / "syn"
-    assert syn.main(["--out", str(src), "--layout", "videos", "--classes", "2", "--instances", "2",
-                     "--users", "S1", "--size", "128x96", "--no-short"]) == 0
+    assert syn.main(["--outDir", str(src), "--layout", "videos", "--classes", "2", "--instances", "2",
+                     "--users", "S1", "--size", "128x96", "--noShort"]) == 0
     ref, out = tmp_path / "ref", tmp_path / "out"
     args = ["--videos", str(src / "videos"), *FAST]
-    assert prepare.main(args + ["--out", str(ref)]) == 0
-    p = subprocess.Popen([PY, "-m", "datasets.prepare", *args, "--out", str(out)], cwd=ROOT,
+    assert prepare.main(args + ["--outDir", str(ref)]) == 0
+    p = subprocess.Popen([PY, "-m", "datasets.prepare", *args, "--outDir", str(out)], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    done = out / prepare.STATE / "done" / "frames"
-    staging = out / prepare.STATE / "tmp"
+    done = out / markers.STATE / "done" / "frames"
+    staging = out / markers.STATE / "tmp"
     deadline = time.time() + 120
     # kill it while it writes its second video: one video complete, one half-written
     while time.time() < deadline and p.poll() is None:
@@ -528,7 +528,7 @@ def test_killed_run_resumes_to_the_same_dataset(tmp_path):
         assert count(d, "rgb") == count(ref / rel, "rgb")
         assert count(d.parent / "mmaps", "map") == count(ref / rel.parent / "mmaps", "map")
     assert len(list((out / "processed_frames2").glob("*/*/*/rgb"))) < 4
-    assert prepare.main(args + ["--out", str(out)]) == 0
+    assert prepare.main(args + ["--outDir", str(out)]) == 0
     assert tree_digest(out) == tree_digest(ref)
 
 
@@ -537,9 +537,9 @@ def test_raft_needs_weights_and_runs_on_the_cpu(tmp_path, monkeypatch, videos):
     from torchvision.models.optical_flow import raft_small
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(UserError, match="RAFT weights"):
-        prepare.main(["--videos", str(videos / "videos"), "--out", str(tmp_path / "o"), "--flow", "raft"])
+        prepare.main(["--videos", str(videos / "videos"), "--outDir", str(tmp_path / "o"), "--flow", "raft"])
     with pytest.raises(UserError, match="no such file"):
-        prepare.main(["--videos", str(videos / "videos"), "--out", str(tmp_path / "o"), "--flow", "raft",
+        prepare.main(["--videos", str(videos / "videos"), "--outDir", str(tmp_path / "o"), "--flow", "raft",
                       "--raftWeights", str(tmp_path / "nope.pth")])
     torch.manual_seed(0)
     torch.save(raft_small(weights=None).state_dict(), tmp_path / "raft.pth")
@@ -564,13 +564,13 @@ def test_flow_scale_error_by_hand(tmp_path):
     frames written at half size (true written flow (15, 0) and 0). Source scale: 30 clips to 20,
     written 255 -> 20 -> /2 = 10, error 5 in x, and 0 -> 128 -> 0.0784 -> /2 = 0.0392 per axis.
     Output scale: 15 -> round(223.125) = 223 -> 14.9804 (error 0.0196), 0 -> 0.0784 per axis."""
-    from datasets import prepare_quality
+    from datasets.prepare import quality
     os.makedirs(tmp_path / "videos" / "S1" / "c")
     (tmp_path / "videos" / "S1" / "c" / "1.mp4").write_bytes(b"")
     os.makedirs(tmp_path / "truth" / "S1" / "c" / "1")
     np.savez(tmp_path / "truth" / "S1" / "c" / "1" / "truth.npz", scene_flow=np.float32([[[[30, 0], [0, 0]]]]),
              moving=np.array([[[True, False]]]))
-    got = prepare_quality.flow_scale_error(str(tmp_path), 2)
+    got = quality.flow_scale_error(str(tmp_path), 2)
     half, level = 0.0784314 / 2, 0.0784314
     src_moving, src_still = np.hypot(5, half), np.hypot(half, half)
     out_moving, out_still = np.hypot(15 - 14.9803922, level), np.hypot(level, level)

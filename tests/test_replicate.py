@@ -225,13 +225,12 @@ def test_errors_from_the_command_line(tmp_path):
                                          env=env, capture_output=True, text=True, timeout=120), "--datasetDir")
 
 
-def test_paper_schedules_match_the_scripts_defaults():
-    from utils.experiment import DEFAULTS
-    assert replicate.PAPER_SCHEDULE["stage1"] == (DEFAULTS["rgb"][1]["numEpochs"], DEFAULTS["rgb"][1]["stepSize"])
-    assert replicate.PAPER_SCHEDULE["stage2"] == (DEFAULTS["rgb"][2]["numEpochs"], DEFAULTS["rgb"][2]["stepSize"])
-    assert replicate.PAPER_SCHEDULE["flow"] == (DEFAULTS["flow"][1]["numEpochs"], DEFAULTS["flow"][1]["stepSize"])
-    assert replicate.PAPER_SCHEDULE["twostream"][0] == DEFAULTS["twostream"][1]["numEpochs"]
-    assert DEFAULTS["rgb"][2]["lr"] == replicate.TABLE1_LR
+def test_paper_schedules_are_the_papers():
+    """The schedules the plan scales, against docs/design.md §1-§2 (Ego-RNN's scripts) by hand."""
+    from models.recipe import DEFAULTS
+    assert replicate.PAPER_SCHEDULE == {"stage1": (300, [25, 75, 150]), "stage2": (150, [25, 75]),
+                                        "flow": (750, [150, 300, 500]), "twostream": (250, None)}
+    assert DEFAULTS["rgb"][2]["lr"] == replicate.TABLE1_LR == 1e-4
 
 
 # ----------------------------------------------------------------------------- tables from results
@@ -342,7 +341,7 @@ def test_tables_only_writes_the_finished_cells_and_trains_nothing(tmp_path):
 
 
 def test_progress_line_counts_cells_and_weighs_the_time_left_by_epochs():
-    from utils.replicate_plan import Cell, progress_line
+    from tools.replicate_plan import Cell, progress_line
     a = Cell("shared/a", "main_rgb.py", ["--numEpochs", "30"], "o/a", 1, role="stage1")
     b = Cell("grid/b", "main_ms.py", ["--numEpochs", "15"], "o/b", 2, role="stage2")
     c = Cell("table1/flow", "main_flow.py", [], "o/c", 1, role="flow")  # paper default: 750 epochs
@@ -371,8 +370,8 @@ def test_failed_stage1_skips_its_dependents(tmp_path):
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("replicate")
     data = base / "synth"
-    g = subprocess.run([PY, "-m", "datasets.synthetic", "--out", str(data), "--classes", "2", "--instances", "1",
-                        "--size", "64x48", "--no-short", "--no-quirks"], cwd=ROOT, capture_output=True, text=True)
+    g = subprocess.run([PY, "-m", "datasets.prepare.synthetic", "--outDir", str(data), "--classes", "2",
+                        "--instances", "1", "--size", "64x48", "--noShort", "--noQuirks"], cwd=ROOT, capture_output=True, text=True)
     assert g.returncode == 0, g.stderr
     out = base / "rep"
     args = ["--seqLens", "4", "--lrs", "1e-4", "--epochs1", "1", "--epochs2", "1", "--epochsFlow", "1",
@@ -471,7 +470,7 @@ def test_jobs_run_cells_side_by_side_after_the_cells_they_need(tmp_path, monkeyp
     devices alternate, an interrupted plan resumes, and the tables equal those of --jobs 1."""
     import threading
 
-    from utils import replicate_plan
+    from tools import replicate_plan
     data = tmp_path / "synthetic_data"
     data.mkdir()
     lock, events = threading.Lock(), []
@@ -521,7 +520,7 @@ def test_jobs_run_cells_side_by_side_after_the_cells_they_need(tmp_path, monkeyp
 def test_jobs_and_devices_arguments():
     assert_one_line_error(call("--table", "1", "--datasetDir", "D", "--jobs", "0", "--dry-run"), "--jobs")
     assert_one_line_error(call("--table", "1", "--datasetDir", "D", "--devices", "gpu0", "--dry-run"), "--devices")
-    from utils.replicate_plan import device_env
+    from tools.replicate_plan import device_env
     assert [device_env(["cuda:0", "cuda:1"], s, 4)["CUDA_VISIBLE_DEVICES"] for s in range(4)] == ["0", "1", "0", "1"]
     assert device_env(["cpu"], 0, 1) == {"CUDA_VISIBLE_DEVICES": ""}
 

@@ -328,7 +328,7 @@ def test_same_cpu_kind_compares_vendor_and_decisive_flags(monkeypatch):
 @pytest.fixture(scope="module")
 def golden_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("golden") / "syn"
-    subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", str(d), "--classes", "3",
+    subprocess.run([sys.executable, "-m", "datasets.prepare.synthetic", "--outDir", str(d), "--classes", "3",
                     "--instances", "1", "--size", "80x60"], cwd=ROOT, check=True, capture_output=True)
     return d
 

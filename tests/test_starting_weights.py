@@ -37,8 +37,8 @@ def script(kind, *args):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data") / "syn"
-    p = subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", str(d), "--classes", "3", "--instances",
-                        "1", "--size", "48x36"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "datasets.prepare.synthetic", "--outDir", str(d), "--classes", "3",
+                        "--instances", "1", "--size", "48x36"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return d
 

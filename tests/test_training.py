@@ -43,7 +43,8 @@ def assert_one_line_error(p, *needles):
 def synthetic_data(tmp_path_factory, instances):
     """A small synthetic GTEA-61 (3 classes, 80x60) for a test module's runs."""
     d = tmp_path_factory.mktemp("data") / "syn"
-    run("-m", "datasets.synthetic", "--out", d, "--classes", "3", "--instances", str(instances), "--size", "80x60")
+    run("-m", "datasets.prepare.synthetic", "--outDir", d, "--classes", "3", "--instances", str(instances),
+        "--size", "80x60")
     return d
 
 
@@ -270,7 +271,7 @@ def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     other = tmp_path / "other"
-    run("-m", "datasets.synthetic", "--out", other, "--classes", "4", "--instances", "1", "--size", "80x60")
+    run("-m", "datasets.prepare.synthetic", "--outDir", other, "--classes", "4", "--instances", "1", "--size", "80x60")
     cases = [
         # stage 2 without a stage-1 checkpoint: says where it looked
         (["main_rgb.py", *base, "--stage", "2"], str(tmp_path / "o" / "stage1" / "best_model.pth")),

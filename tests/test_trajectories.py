@@ -1,13 +1,14 @@
-"""Trajectory motion maps (datasets/trajectories.py, `--maps idt`) on hand-made scenes whose
+"""Trajectory motion maps (datasets/prepare/trajectories.py, `--maps idt`) on hand-made scenes whose
 compensated flow and camera motion are given, so what is marked can be worked out by hand."""
 import json
 
 import numpy as np
 import pytest
 
-from datasets import prepare
-from datasets import trajectories as T
-from datasets.video import write_video
+from datasets import markers
+from datasets.prepare import prepare
+from datasets.prepare import trajectories as T
+from datasets.prepare.video import write_video
 
 cv2 = pytest.importorskip("cv2")
 
@@ -145,6 +146,6 @@ def test_prepare_maps_idt_writes_maps_and_records_them(tmp_path):
     assert maps[square].mean() > 2 * maps[~square].mean()
     with open(out / ".prepare" / "done" / "mmaps" / "S1" / "c" / "1.json") as f:
         assert json.load(f)["maps"] == "idt"
-    assert prepare.preparation(str(out))["maps"] == "idt"
+    assert markers.preparation(str(out))["maps"] == "idt"
     with pytest.raises(Exception, match="other settings"):
         prepare.main([*args, "--maps", "flow"])

@@ -1,4 +1,4 @@
-"""utils/verify_original.py without the original code: a fake "original" tree written here, in
+"""tools/verify_original.py without the original code: a fake "original" tree written here, in
 the original's torch 0.3 style, whose model is this project's EgoRNN under the original's names.
 The training check agrees for it, and finds a perturbed model, a wrong parameter set and a wrong
 optimiser setting; the comparisons of logits and states; the one-line error of a bad --egornnSrc."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import utils.verify_original as V
+import tools.verify_original as V
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def seed_and_batch(tmp_path_factory):
 def check(tmp_path, seed_and_batch, stage=1, steps=STEPS, dtype=torch.float32, **tree):
     path, batch = seed_and_batch
     orig = V.Original(str(fake_tree(tmp_path / "tree", **tree)))
-    args = types.SimpleNamespace(datasetDir=str(tmp_path), seqLen=2, memSize=MEM, steps=steps, seed=0)
+    args = types.SimpleNamespace(datasetDir=str(tmp_path), seqLen=2, memSize=MEM, steps=steps, seed=0, frameSize=224)
     kwargs = dict(dataset="gtea61", stage=stage, train_data_dir="train", val_data_dir=None, stage1_dict=path,
                   seqLen=2, trainBatchSize=2, valBatchSize=2, numEpochs=steps, lr1=1e-3, decay_factor=0.1,
                   decay_step=[25], memSize=MEM, out_dir=str(tmp_path / "out"))
@@ -207,7 +207,7 @@ def test_bad_egornn_src_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match="--steps 30"):
         V.main(["--egornnSrc", str(fake_tree(tmp_path / "tree")), "--datasetDir", str(tmp_path), "--steps", "30"])
     # from the command line: one line, exit status 2, nothing else
-    p = subprocess.run([sys.executable, "-m", "utils.verify_original", "--egornnSrc", str(tmp_path / "nope"),
+    p = subprocess.run([sys.executable, "-m", "tools.verify_original", "--egornnSrc", str(tmp_path / "nope"),
                         "--datasetDir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stdout == "", (p.returncode, p.stdout, p.stderr)
     assert p.stderr.splitlines() == [f"error: --egornnSrc {tmp_path / 'nope'}: no such folder; clone "
@@ -514,7 +514,7 @@ def flow_check(tmp_path, plant=None):
         V.calibrate_batchnorm(model, [batch[0]])  # as the tool does without the ImageNet file
     seed = tmp_path / "model_flow_state_dict.pth"
     torch.save(model.state_dict(), seed)
-    args = types.SimpleNamespace(datasetDir=str(tmp_path), seqLen=2, memSize=MEM, steps=STEPS, seed=0)
+    args = types.SimpleNamespace(datasetDir=str(tmp_path), seqLen=2, memSize=MEM, steps=STEPS, seed=0, frameSize=224)
     kwargs = dict(dataset="gtea61", trainDir="train", valDir="val", stackSize=V.STACK, trainBatchSize=2,
                   valBatchSize=2, numEpochs=STEPS, lr1=1e-2, decay_factor=0.5, decay_step=[150], outDir=str(tmp_path / "o"))
     return V.training_check(orig, "flow", 1, "main-run-flow.py", "flow_resnet34", lambda: orig.flow_model(C, False),
@@ -542,10 +542,10 @@ def test_flow_training_check_runs_both_codes_in_float64(tmp_path):
 @pytest.fixture(scope="module")
 def quirky_release(tmp_path_factory):
     """A tiny Ego-RNN-layout release numbered from 0 with real-release quirks: a class missing for one
-    user, an empty class folder, a `(1)` duplicate, 4- and 3-frame videos (datasets.synthetic's short ones)."""
+    user, an empty class folder, a `(1)` duplicate, 4- and 3-frame videos (datasets.prepare.synthetic's short ones)."""
     import shutil
 
-    from datasets.synthetic import generate
+    from datasets.prepare.synthetic import generate
     root = tmp_path_factory.mktemp("release") / "gtea"
     generate(str(root), layout="egornn", classes=3, instances=1, size=(32, 32), verbose=False, first_frame=0)
     for top in ("frames", "flow_x", "flow_y"):

@@ -30,7 +30,3 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
-
-def hidden_alias(parser, old, dest, **kwargs):
-    """An earlier spelling of a flag: still accepted, not shown by --help (`dest` is the flag's)."""
-    parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.egtea import derived_accuracy, split_names, verb_noun_of
-from datasets.prepare import preparation
+from datasets.markers import preparation
 from models import feature_map_size
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import TEST_USERS, build_model, forward

@@ -19,7 +19,7 @@ import torch
 from datasets import GTEA61
 from datasets.cache import _writable_dir, default_cache_dir
 from datasets.egtea import EGTEA, INDEX_FILES
-from datasets.prepare import preparation
+from datasets.markers import preparation
 from models.batch_share import share_dropouts
 from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
 from models.recipe import DEFAULTS, FAMILY, STAGES, TEST_USERS, TRAIN_USERS, Recipe, build_model

@@ -2,7 +2,7 @@
 
 A GTEA-61-sized training set is small once decoded: an RGB clip is always the same seqLen frames
 of its video (datasets/gtea61.py: only the crop and flip are random), so 358 clips x 16 frames at
-341x256 (datasets/prepare.py's short side 256) are 1.5 GB as uint8. `DeviceLoader` decodes those
+341x256 (datasets/prepare/prepare.py's short side 256) are 1.5 GB as uint8. `DeviceLoader` decodes those
 frames once, keeps them on the device, and builds every batch there from the sampler's (index,
 seed) pairs: each clip's crop and flip are drawn from its seed exactly as a DataLoader worker
 draws them (utils/data.seeded), and `datasets.transforms.clips_on_device` resizes, crops and

@@ -10,7 +10,7 @@ scripts had defaults for the dataset folder and the stage-1 model).
 import os
 import shlex
 
-from datasets.synthetic import is_complete
+from datasets.markers import is_complete
 from models.recipe import TEST_USERS, TRAIN_USERS
 from utils.checkpoint_record import saved_config
 from utils.errors import UserError
@@ -18,7 +18,7 @@ from utils.errors import UserError
 ENV_VAR = "GTEA61_DIR"
 GTEA61_DIR = os.path.join("data", "GTEA61")
 SYNTHETIC_DIR = os.path.join("data", "synthetic_gtea61")  # the Makefile's DEMO_DATA
-DEMO_OUT = os.path.join("experiments", "demo_ms_op")      # utils/demo.sh's stage folders
+DEMO_OUT = os.path.join("experiments", "demo_ms_op")      # tools/demo.sh's stage folders
 
 
 def default_dataset_dir(announce=print):

@@ -1,7 +1,7 @@
 """Check this implementation against a local checkout of the original Ego-RNN code.
 
     git clone https://github.com/swathikirans/ego-rnn /tmp/ego-rnn
-    python -m utils.verify_original --egornnSrc /tmp/ego-rnn [--datasetDir DIR] [--seqLen 7] [--memSize 512] [--steps 3]
+    python -m tools.verify_original --egornnSrc /tmp/ego-rnn [--datasetDir DIR] [--seqLen 7] [--memSize 512] [--steps 3]
 
 The original code is imported at run time from --egornnSrc (it is not part of this repository).
 It targets torch 0.3 on a GPU, so a few run-time patches are applied to it, and printed. Then:
@@ -48,16 +48,17 @@ import models
 import utils.experiment as E
 from datasets import GTEA61, DatasetError
 from datasets.gtea61 import _LAYOUTS, _top
-from datasets.synthetic import dataset_kind
+from datasets.prepare.synthetic import dataset_kind
 from datasets.transforms import _BILINEAR, TF, ClipTransform, resize_size
 from models.backbone import imagenet_cache_path
 from models.checkpoints import load_checkpoint
-from models.recipe import DEFAULTS
+from models.recipe import DEFAULTS, TEST_USERS, TRAIN_USERS
 from utils import evaluation
+from utils.arguments import base_parser
 from utils.cli import Parser
 from utils.paths import default_dataset_dir
 from utils.errors import NonFiniteLossError, UserError, run_cli
-from utils.experiment import Experiment, base_parser, build_stage_model, prepare_model
+from utils.experiment import Experiment, build_stage_model, prepare_model
 from utils.train import train_step
 
 ORIGINAL_URL = "https://github.com/swathikirans/ego-rnn"
@@ -131,7 +132,7 @@ EXCLUDED = [
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__)
+    p = Parser(prog="python -m tools.verify_original", description=__doc__)
     p.add_argument("--egornnSrc", required=True, help=f"a plain checkout of {ORIGINAL_URL}")
     p.add_argument("--datasetDir", default=None, help="any dataset this project reads, with optical flow "
                    "(default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61)")
@@ -139,8 +140,8 @@ def parse_args(argv):
     p.add_argument("--memSize", type=int, default=512, help="ConvLSTM memory channels on both sides")
     p.add_argument("--steps", type=int, default=3, help="optimiser steps per training check (at most 20)")
     p.add_argument("--batchSize", type=int, default=4, help="training videos in the fixed batch")
-    p.add_argument("--trainUsers", nargs="+", default=["S1", "S3", "S4"], help="users whose videos make the training batch")
-    p.add_argument("--testUsers", nargs="+", default=["S2"], help="users whose videos the forward checks score")
+    p.add_argument("--trainUsers", nargs="+", default=list(TRAIN_USERS), help="users whose videos make the training batch")
+    p.add_argument("--testUsers", nargs="+", default=list(TEST_USERS), help="users whose videos the forward checks score")
     p.add_argument("--seed", type=int, default=0, help="seeds the models both sides start from")
     p.add_argument("--calibrationClips", type=int, default=16,
                    help="without ImageNet weights: training clips that estimate the BatchNorm statistics")
@@ -575,7 +576,7 @@ def run_project(kind, stage, seed_path, batch, steps, args, num_classes, work, c
     train modes and training step (utils.train.train_step), model and batch in `dtype`. Returns dict(losses, start, step1,
     final (state dicts of the EgoRNN / flow model), optimizer summary)."""
     argv = ["--datasetDir", args.datasetDir, "--outDir", work, "--seqLen", str(args.seqLen), "--memSize",
-            str(args.memSize), "--frameSize", str(getattr(args, "frameSize", 224)), "--stage", str(stage), "--device", "cpu", "--precision", "fp32", "--pretrained", "none"]
+            str(args.memSize), "--frameSize", str(args.frameSize), "--stage", str(stage), "--device", "cpu", "--precision", "fp32", "--pretrained", "none"]
     if kind == "rgb":
         argv += ["--stage1Dict", seed_path]
     a = base_parser(kind, "").parse_args(argv)

@@ -1,6 +1,6 @@
 """Synthetic GTEA-61-like dataset, written in the real on-disk layouts.
 
-    python -m datasets.synthetic --outDir DIR [--layout course|egornn|videos|egtea|gtea61raw] [--classes N]
+    python -m datasets.prepare.synthetic --outDir DIR [--layout course|egornn|videos|egtea|gtea61raw] [--classes N]
         [--instances K] [--users S1 S2 S3 S4] [--seed S] [--size WxH] [--ifMissing]
         [--noShort] [--noQuirks] [--fps F] [--firstFrame 0|1]
 
@@ -51,7 +51,7 @@ python -m datasets.prepare --egtea, see datasets/egtea.py):
   * quirks as users meet them: one clip listed in the split files but absent from disk
     (EGTEA_MISSING_CLIP's position), and one clip on disk that no split file lists.
 The gtea61raw layout writes a small raw GTEA-61 release (the input of python -m datasets.prepare
---gtea61, see datasets/gtea61raw.py): labels/<stem>.txt ("<verb><noun(s)> (start-end)" lines,
+--gtea61, see datasets/prepare/gtea61raw.py): labels/<stem>.txt ("<verb><noun(s)> (start-end)" lines,
 1-based inclusive, and one line without "><"), videos/<stem>.mp4 or png/<stem>/NNNNNNNNNN.png, with
 every rule of the original's cutting (GTEA61RAW_RECORDINGS); grey frames between the instances.
 Quirks in the course layout (default on, --noQuirks to disable): one `rgb0003(1).png`
@@ -79,12 +79,11 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from datasets.video import write_video
-from datasets.warpflow import encode_flow
-from utils.cli import Parser, hidden_alias
+from datasets.markers import SYNTHETIC_MARKER, is_complete
+from datasets.prepare.video import write_video
+from datasets.prepare.warpflow import encode_flow
+from utils.cli import Parser
 
-MARKER = ".complete"
-SYNTHETIC_MARKER = MARKER  # its name for readers of other datasets
 SYNTHETIC_MARKER_KEYS = ("layout", "classes", "instances", "users")
 FORMAT_VERSION = 1
 DEFAULT_USERS = ("S1", "S2", "S3", "S4")
@@ -605,10 +604,6 @@ def _params(args):
     return params
 
 
-def is_complete(path):
-    return os.path.isfile(os.path.join(path, MARKER))
-
-
 def dataset_kind(dataset_dir):
     """('synthetic' | 'GTEA-61', reason): synthetic when the folder holds this generator's marker
     (with its settings), a file whose name starts with "synthetic", or is itself named so;
@@ -627,7 +622,7 @@ def dataset_kind(dataset_dir):
         if isinstance(params, dict) and all(k in params for k in SYNTHETIC_MARKER_KEYS):
             desc = ", ".join(f"{k} {params[k] if not isinstance(params[k], list) else ' '.join(map(str, params[k]))}"
                              for k in ("classes", "instances", "users", "size", "seed") if k in params)
-            return "synthetic", f"marker {SYNTHETIC_MARKER} of datasets.synthetic: {desc}"
+            return "synthetic", f"marker {SYNTHETIC_MARKER} of datasets.prepare.synthetic: {desc}"
     for e in sorted(entries):
         if e.lower().startswith("synthetic"):
             return "synthetic", f"file {e}"
@@ -666,11 +661,11 @@ def remove_stale_work(parent, name):
 
 
 def main(argv=None):
-    ap = Parser(prog="python -m datasets.synthetic", description="Write a small synthetic GTEA-61-like dataset.\n\n"
-                "    python -m datasets.synthetic --outDir data/synthetic_gtea61\n"
-                "    python -m datasets.synthetic --layout videos --outDir data/synthetic_videos")
-    ap.add_argument("--outDir", dest="out", metavar="DIR", help="dataset folder to create (required)")
-    hidden_alias(ap, "--out", "out")
+    ap = Parser(prog="python -m datasets.prepare.synthetic",
+                description="Write a small synthetic GTEA-61-like dataset.\n\n"
+                "    python -m datasets.prepare.synthetic --outDir data/synthetic_gtea61\n"
+                "    python -m datasets.prepare.synthetic --layout videos --outDir data/synthetic_videos")
+    ap.add_argument("--outDir", dest="out", metavar="DIR", required=True, help="dataset folder to create")
     ap.add_argument("--layout", choices=LAYOUTS, default="course",
                     help="course / egornn: frames, flow (and maps) as images; videos: mp4 files plus the "
                          "true flow and motion masks, the input of python -m datasets.prepare; egtea: a small "
@@ -685,19 +680,14 @@ def main(argv=None):
     ap.add_argument("--size", type=_size, default=(160, 120), help="frame size WxH (default: 160x120)")
     ap.add_argument("--ifMissing", dest="if_missing", action="store_true",
                     help="do nothing if --outDir already holds a complete dataset")
-    hidden_alias(ap, "--if-missing", "if_missing", action="store_true")
     ap.add_argument("--noShort", dest="short", action="store_false",
                     help="do not add the two videos shorter than 5 frames")
-    hidden_alias(ap, "--no-short", "short", action="store_false")
     ap.add_argument("--noQuirks", dest="quirks", action="store_false",
                     help="do not add the duplicate / .DS_Store / missing-map quirks")
-    hidden_alias(ap, "--no-quirks", "quirks", action="store_false")
     ap.add_argument("--firstFrame", type=int, choices=(0, 1), default=1,
                     help="number of each video's first RGB frame (and motion map): 1 as the course release and "
                          "datasets.prepare, 0 as Ego-RNN's prepareGTEA61Dataset.py (image_00000.jpg); flow from 1")
     args = ap.parse_args(argv)
-    if args.out is None:  # not argparse's required=True: the old spelling --out must do too
-        ap.error("the following arguments are required: --outDir")
     out = os.path.abspath(args.out)
     params = _params(args)
 
@@ -722,7 +712,7 @@ def main(argv=None):
         if is_complete(out):
             if args.if_missing:
                 try:
-                    with open(os.path.join(out, MARKER)) as f:
+                    with open(os.path.join(out, SYNTHETIC_MARKER)) as f:
                         old = json.load(f)
                 except (OSError, ValueError):
                     old = None
@@ -730,7 +720,7 @@ def main(argv=None):
                 print(f"synthetic dataset already complete at {out}{note}")
                 return 0
         elif not os.path.isdir(out) or os.listdir(out):
-            return fail(f"{out} exists and is not a complete synthetic dataset (no {MARKER}); "
+            return fail(f"{out} exists and is not a complete synthetic dataset (no {SYNTHETIC_MARKER}); "
                         "remove it or choose another --outDir")
 
     parent = os.path.dirname(out)
@@ -741,7 +731,7 @@ def main(argv=None):
         print(f"writing synthetic dataset ({args.layout} layout) to {out}", file=sys.stderr, flush=True)
         generate(tmp, args.layout, args.classes, args.instances, args.users, args.seed,
                  args.size, args.short, args.quirks, fps=args.fps, first_frame=args.firstFrame)
-        with open(os.path.join(tmp, MARKER), "w") as f:
+        with open(os.path.join(tmp, SYNTHETIC_MARKER), "w") as f:
             json.dump(params, f, indent=1, sort_keys=True)
             f.write("\n")
         old = None

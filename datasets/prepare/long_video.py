@@ -1,11 +1,11 @@
 """A long synthetic recording: actions of the synthetic generator one after another, in one
 video file, with the truth of what happens when (for predict.py's sliding windows and its speed).
 
-    python -m datasets.long_video --out data/long_synthetic.mp4 [--seconds 60] [--fps 30]
+    python -m datasets.prepare.long_video --out data/long_synthetic.mp4 [--seconds 60] [--fps 30]
         [--size 320x240] [--actionSeconds 5] [--classes 8] [--user 1] [--seed 0]
 
 Writes the video (H.264) and, beside it, <name>.csv: start_s, end_s, action of every segment.
-Each segment is datasets.synthetic.render_video of the next class (cycling through the
+Each segment is datasets.prepare.synthetic.render_video of the next class (cycling through the
 generator's first --classes classes in its order: take_cup, put_cup, open_box, ...) for
 --actionSeconds, rendered at --fps; user index 1 is S2, the generator's test user. Synthetic
 data: not a GTEA-61 recording.
@@ -13,8 +13,8 @@ data: not a GTEA-61 recording.
 import os
 import sys
 
-from datasets.synthetic import class_names, render_video
-from datasets.video import VideoWriter
+from datasets.prepare.synthetic import class_names, render_video
+from datasets.prepare.video import VideoWriter
 from utils.cli import Parser
 from utils.io import atomic_write_csv
 
@@ -41,7 +41,7 @@ def write_long_video(path, seconds=60, fps=30, size=(320, 240), action_seconds=5
 
 
 def main(argv=None):
-    ap = Parser(prog="python -m datasets.long_video", description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="python -m datasets.prepare.long_video", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="video file to write (.mp4)")
     ap.add_argument("--seconds", type=float, default=60, help="length of the video")
     ap.add_argument("--fps", type=float, default=30, help="frames per second")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU speed check of docs/speed.md, in one go (a few minutes on one GPU):
-#   bash utils/bench_gpu.sh [OUTDIR]            (default experiments/bench_gpu)
+#   bash tools/bench_gpu.sh [OUTDIR]            (default experiments/bench_gpu)
 # For each configuration, bench.py on CUDA (bf16, channels_last, cudnn.benchmark, uint8 clips
 # normalised on the GPU) with --limit: the plain ResNet-34 training step on as many images, the
 # hardware limit that train images/s is compared with. One JSON and one log per configuration,
@@ -16,13 +16,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 "$py" -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'cpus', os.cpu_count())" | tee -a "$out/gpu.txt"
 start=$(date +%s)
-"$py" -m datasets.synthetic --outDir data/bench_synthetic --ifMissing || exit 1
+"$py" -m datasets.prepare.synthetic --outDir data/bench_synthetic --ifMissing || exit 1
 echo "synthetic dataset ready after $(( $(date +%s) - start )) s"
 
 # A 5x larger training set (15 videos per class and user, about the clips per epoch of a
 # GTEA-61 split): with 70 clips an epoch is 3 batches of 32 and every epoch restarts the
 # workers' prefetch.
-"$py" -m datasets.synthetic --outDir data/bench_synthetic_large --instances 15 --ifMissing >/dev/null || exit 1
+"$py" -m datasets.prepare.synthetic --outDir data/bench_synthetic_large --instances 15 --ifMissing >/dev/null || exit 1
 
 # model stage batch precision dataset [extra]: ms_op stage 2 is the target; ms (no OP head) and
 # rgb stage 2 give the OP head's cost and the stage-1 / stage-2 step ratio on this GPU; batch

@@ -17,22 +17,23 @@ import subprocess
 import sys
 import time
 
+from models.recipe import DEFAULTS, TEST_USERS, TRAIN_USERS, USERS
+from utils.arguments import base_parser, check_args
 from utils.errors import UserError
-from utils.experiment import base_parser, check_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-USERS = ("S1", "S2", "S3", "S4")
-FIXED_TRAIN, FIXED_TEST = ("S1", "S3", "S4"), ("S2",)
+FIXED_TRAIN, FIXED_TEST = TRAIN_USERS, TEST_USERS
 PAPER_FRAMES = (7, 16)
 GRID_TABLE_FRAMES = {2: 7, 3: 16}                   # Table 2 = 7 frames, Table 3 = 16 frames
 PAPER_LRS = (1e-3, 1e-4, 1e-5)
 TABLE1_LR = 1e-4                                    # stage-2 lr of Table 1: the paper default
 OP_ONLY_LR = 1e-4
 
-# The paper's schedules (docs/design.md §1-§2; the scripts' defaults, checked by the tests):
-# (epochs, lr milestones). Two-stream decays every epoch (StepLR(1, 0.99)): nothing to scale.
-PAPER_SCHEDULE = {"stage1": (300, [25, 75, 150]), "stage2": (150, [25, 75]),
-                  "flow": (750, [150, 300, 500]), "twostream": (250, None)}
+# The paper's schedules (models/recipe.py): (epochs, lr milestones). Two-stream decays every
+# epoch (StepLR(1, 0.99)): nothing to scale.
+PAPER_SCHEDULE = {role: (DEFAULTS[family][stage]["numEpochs"], DEFAULTS[family][stage]["stepSize"])
+                  for role, family, stage in (("stage1", "rgb", 1), ("stage2", "rgb", 2), ("flow", "flow", 1))}
+PAPER_SCHEDULE["twostream"] = (DEFAULTS["twostream"][1]["numEpochs"], None)
 
 # Arguments replicate.py sets itself: not allowed in --extra.
 MANAGED = ("--stage", "--datasetDir", "--outDir", "--seqLen", "--lr", "--numEpochs", "--stepSize",

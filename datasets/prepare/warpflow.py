@@ -41,18 +41,18 @@ its edges follow the image's, and cut at 0.5: maps are 0 or 255 (the loaders' 0.
 keeps them as they are). Pixels the warp brings in from outside the frame are 0. 0.5 px at
 120 px is above what the camera compensation leaves on the static background (median 0.07 px
 on the synthetic videos) and below the hands' motion; 1/240 gave higher IoU than 1/120 at
-both 160x120 and 320x240 (docs/benchmarks.md); datasets/prepare_quality.py measures the maps
+both 160x120 and 320x240 (docs/benchmarks.md); datasets/prepare/quality.py measures the maps
 against ground truth.
 
 Trajectory maps (kind "idt", `--maps idt`): the points of improved dense trajectories tracked
-through the forward compensated flow and the homography (datasets/trajectories.py); no backward
+through the forward compensated flow and the homography (datasets/prepare/trajectories.py); no backward
 flow is needed.
 """
 import os
 
 import numpy as np
 
-from datasets import trajectories
+from datasets.prepare import trajectories
 
 BOUND = 20.0
 FLOW_LEVELS = 255.0 / (2 * BOUND)  # 8-bit levels per pixel of flow
@@ -61,7 +61,7 @@ GUIDE_RADIUS = 8    # guided filter radius in px at a 120 px short side (scaled 
 GUIDE_EPS = 1e-2    # guided filter regularisation (colours in 0..1)
 METHODS = ("tvl1", "farneback", "raft")
 
-# OpenCV's DualTVL1 defaults, and the faster setting used here (datasets/prepare_quality.py
+# OpenCV's DualTVL1 defaults, and the faster setting used here (datasets/prepare/quality.py
 # measures both: speed and end-point error against the synthetic videos' true flow).
 TVL1_DEFAULT = dict(tau=0.25, lambda_=0.15, theta=0.3, nscales=5, warps=5, epsilon=0.01,
                     innnerIterations=30, outerIterations=10, scaleStep=0.8, gamma=0.0,
@@ -100,7 +100,7 @@ def flow_factor(flow_scale, sizes):
     """What flow in pixels of the frames it was computed on is multiplied by before it is
     written: 1 for "output"; source short side / output short side for "source" (dense_flow
     computed flow on the frames as decoded, so its values are in the source's pixels). sizes:
-    datasets.video.resized's."""
+    datasets.prepare.video.resized's."""
     if flow_scale == "output" or not sizes:
         return 1.0
     if flow_scale != "source":
@@ -320,7 +320,7 @@ def motion_map(rgb, flows, valids=()):
     return np.where(smooth > 0.5, 255, 0).astype(np.uint8)
 
 
-MAPS = ("flow", "idt")  # motion maps from the compensated flow, or trajectory maps (datasets/trajectories.py)
+MAPS = ("flow", "idt")  # motion maps from the compensated flow, or trajectory maps (datasets/prepare/trajectories.py)
 
 
 def _pairs(frames, method, warp, stats):
@@ -341,7 +341,7 @@ def _pairs(frames, method, warp, stats):
 def flows_and_maps(frames, method, warp=True, flow=True, maps=True, stats=None, kind="flow"):
     """Run over a video's frames once. Yields (k, rgb_k, flow_k, map_k) for k = 0 .. N-1 in
     order, one frame behind the input (map k needs frame k+1; kind "idt": up to 16 frames
-    behind, datasets/trajectories.py): flow_k is the (compensated) flow from frame k to k+1
+    behind, datasets/prepare/trajectories.py): flow_k is the (compensated) flow from frame k to k+1
     (None for the last frame or when flow=False), map_k the motion map of frame k (None when
     maps=False): `motion_map` (kind "flow") or the trajectory map (kind "idt").
     stats["refused"] (if a dict is given) counts the frame pairs whose homography was refused."""

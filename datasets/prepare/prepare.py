@@ -7,12 +7,12 @@ camera-compensated warp flow and motion maps, in either layout the loaders read.
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
     python -m datasets.prepare --frames DATASET [--outDir DIR] [--only flow|mmaps ...] ...
     python -m datasets.prepare --egtea RELEASE --outDir DATASET ...   (EGTEA Gaze+, datasets/egtea.py)
-    python -m datasets.prepare --gtea61 RAW --outDir DATASET ...      (raw GTEA-61, datasets/gtea61raw.py)
+    python -m datasets.prepare --gtea61 RAW --outDir DATASET ...      (raw GTEA-61, datasets/prepare/gtea61raw.py)
     python -m datasets.prepare --list FILE --outDir DATASET ...       (any list of video files)
 
 Inputs:
   --videos DIR   DIR/<user>/<class>/<instance>.<ext> (mp4, avi, mov, mkv, webm; any names,
-                 commas allowed as in `stir_spoon,cup`), decoded with PyAV (datasets/video.py:
+                 commas allowed as in `stir_spoon,cup`), decoded with PyAV (datasets/prepare/video.py:
                  every frame once, presentation order, rotation applied, optional --fps and
                  --shortSide);
   --egtea DIR    an EGTEA Gaze+ release: cropped_clips/<session>/<clip>.mp4 with action_idx.txt,
@@ -25,7 +25,7 @@ Inputs:
   --gtea61 RAW   the raw GTEA-61 release: label files (S1_Cheese_C1.txt) and, for each, a video or
                  a folder of frames of the same stem; every labelled instance is prepared as the
                  video <user>/<action>/<k>, cut as Ego-RNN's prepareGTEA61Dataset.py cuts it (rules
-                 in datasets/gtea61raw.py; the classes and instance counts are printed first). A bad
+                 in datasets/prepare/gtea61raw.py; the classes and instance counts are printed first). A bad
                  label line or a missing recording is a one-line error and the others go on;
   --list FILE    one video file a line (relative to FILE's folder or absolute; further columns,
                  such as labels, are ignored), prepared as the video <parent folder>/<file stem>;
@@ -42,10 +42,10 @@ What is written per video (N frames), numbered as the loaders read them (dataset
            mmaps/<u>/<c>/<i>/map_00001.png .. N
            flow_x/<u>/<c>/<i>/flow_x_00001.jpg .. N-1             (and flow_y)
 Flow k goes from frame k to frame k+1, so there is one flow image fewer than RGB frames (as in
-GTEA-61's releases and the synthetic generator). Motion map k (datasets/warpflow.py) comes from
+GTEA-61's releases and the synthetic generator). Motion map k (datasets/prepare/warpflow.py) comes from
 the compensated flow towards frame k+1 and back towards frame k-1; the first frame's from the
 forward flow only, the last frame's (it has no next frame) from the backward flow only;
-with --maps idt they are trajectory maps instead (datasets/trajectories.py: the points of
+with --maps idt they are trajectory maps instead (datasets/prepare/trajectories.py: the points of
 Improved Dense Trajectories tracked through the compensated flow).
 Flow values are in pixels of the written frames (--flowScale output) or, as dense_flow wrote
 them, of the source video (--flowScale source: x source / written short side).
@@ -61,11 +61,11 @@ Resilience:
     once a video's rgb folder is there, so is everything else), then a completion marker
     DATASET/.prepare/done/<part>/<u>/<c>/<i>.json records the settings (method, warp,
     flowScale, maps kind, VERSION, source, fps, shortSide) and what the run found (source and
-    output frame sizes, refused homographies); `preparation` summarises them for the checkpoints
-    (utils/experiment.py). A rerun skips the
-    videos whose markers match, and redoes a video interrupted between its renames (a journal
-    lists what it had started to place). Markers from other settings stop the run unless
-    --overwrite. One run at a time per DATASET (a lock file).
+    output frame sizes, refused homographies); `preparation` (datasets/markers.py) summarises
+    them for the checkpoints (utils/experiment.py). A rerun skips the videos whose markers match,
+    and redoes a video interrupted between its renames (a journal lists what it had started to
+    place). Markers from other settings stop the run unless --overwrite. One run at a time per
+    DATASET (a lock file).
   * a video that cannot be read is named in a one-line error and skipped; the others go on,
     and the run ends listing them with exit status 1 (0 with --skipBad).
 """
@@ -82,16 +82,16 @@ from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 
 import numpy as np
 
-from datasets import gtea61raw, warpflow
-from datasets.gtea61raw import frame_files
-from datasets.video import (VIDEO_EXTS, VideoError, estimated_frames, output_size, probe,
-                            read_frames, resized)
-from datasets.warpflow import RaftWeightsError, find_raft_weights
-from utils.cli import Parser, hidden_alias
-from utils.errors import UserError, run_cli
+from datasets.markers import STATE, read_json
+from datasets.prepare import gtea61raw, warpflow
+from datasets.prepare.gtea61raw import frame_files
+from datasets.prepare.video import (VIDEO_EXTS, VideoError, estimated_frames, output_size, probe,
+                                    read_frames, resized)
+from datasets.prepare.warpflow import RaftWeightsError, find_raft_weights
+from utils.cli import Parser
+from utils.errors import UserError
 
 PARTS = ("frames", "flow", "mmaps")
-STATE = ".prepare"
 # Version of what is written: 2 = dense_flow's 8-bit mapping, warp border and homography rule,
 # --flowScale, motion-map threshold relative to the frame size (1: before). In every marker.
 VERSION = 2
@@ -173,7 +173,7 @@ class Job:
     def __init__(self, rel, source, parts, settings, estimate, frame_numbers=None, span=None):
         self.rel = rel                      # "<user>/<class>/<inst>"
         self.source = source                # video file (or --gtea61: a folder of frames), or a list of frame files
-        self.span = span                    # --gtea61: the datasets.gtea61raw.Instance cut from the source
+        self.span = span                    # --gtea61: the datasets.prepare.gtea61raw.Instance cut from the source
         self.parts = tuple(parts)           # subset of PARTS to write
         self.settings = settings            # {part: dict} recorded in the markers
         self.estimate = estimate            # frames, for the progress bar
@@ -181,7 +181,7 @@ class Job:
 
 
 def _frames_of(job, opts, sizes):
-    """The video's frames scaled to --shortSide (sizes: datasets.video.resized)."""
+    """The video's frames scaled to --shortSide (sizes: datasets.prepare.video.resized)."""
     if job.span is not None:
         frames = _span_frames(job.span)
     elif isinstance(job.source, str):
@@ -302,14 +302,6 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def process(job, opts, progress=None):
     """Prepare one video; returns (job.rel, frames, error message or None, frame pairs whose
     homography was refused)."""
@@ -325,38 +317,6 @@ def process(job, opts, progress=None):
         return job.rel, 0, f"{job.source if isinstance(job.source, str) else job.rel}: {type(e).__name__}: {msg}", 0
     _place(job, opts, staging, found)
     return job.rel, n, None, found["refused"]
-
-
-# ---- the record ----------------------------------------------------------------------------
-RECORD = ("flow", "warp", "flowScale", "maps", "version", "sourceSize", "outputSize")
-BEFORE_V2 = {"flowScale": "output", "maps": "flow", "version": 1}  # what markers without the keys had
-
-
-def preparation(root):
-    """What datasets.prepare recorded for the dataset at `root`, from its markers: {key: value}
-    for RECORD's keys (a sorted list of the values when the videos differ) and "videos"; None
-    when nothing there was made by it (the synthetic generator, a release made elsewhere)."""
-    seen, videos = {}, set()
-    for part in ("flow", "mmaps"):
-        base = os.path.join(root, STATE, "done", part)
-        for dirpath, _, names in os.walk(base):
-            for name in names:
-                marker = _read_json(os.path.join(dirpath, name)) if name.endswith(".json") else None
-                if not isinstance(marker, dict):
-                    continue
-                videos.add(os.path.relpath(os.path.join(dirpath, name), base))
-                for key in RECORD:
-                    if key == "flowScale" and part != "flow" or key == "maps" and part != "mmaps":
-                        continue
-                    value = marker.get(key, BEFORE_V2.get(key))
-                    if value is not None:
-                        seen.setdefault(key, set()).add(json.dumps(value))
-    if not videos:
-        return None
-    out = {k: [json.loads(v) for v in sorted(seen[k])] for k in RECORD if k in seen}
-    out = {k: v[0] if len(v) == 1 else v for k, v in out.items()}
-    out["videos"] = len(videos)
-    return out
 
 
 # ---- worker processes -----------------------------------------------------------------------
@@ -590,14 +550,14 @@ def plan(args, opts):
     jobs, done, conflicts = [], 0, []
     for rel, source, nums, src in items:
         settings = {p: dict(common[p], **src) for p in PARTS}
-        journal = _read_json(_state(out, "journal", rel))
+        journal = read_json(_state(out, "journal", rel))
         if journal is not None:  # killed while placing this video: what it had placed goes
             for t in journal.get("targets", []):
                 _remove(os.path.join(out, t), out)
             os.remove(_state(out, "journal", rel))
         todo = []
         for p in opts["only"]:
-            marker = _read_json(_state(out, "done/" + p, rel))
+            marker = read_json(_state(out, "done/" + p, rel))
             present = all(_has_files(folder(out, layout, k, rel)) for k in KINDS[p])
             if not args.overwrite and present:
                 if marker is not None and {k: v for k, v in marker.items() if k not in FOUND} == settings[p]:
@@ -631,7 +591,7 @@ def plan(args, opts):
 # ---- command line ---------------------------------------------------------------------------
 def parse_args(argv):
     p = Parser(prog="python -m datasets.prepare", description="\n\n".join(__doc__.split("\n\n")[:2]),
-               epilog="The module docstring (datasets/prepare.py) says what is written where.")
+               epilog="The module docstring (datasets/prepare/prepare.py) says what is written where.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="folder of videos: <user>/<class>/<instance>.<ext>")
     src.add_argument("--frames", help="dataset root (either layout) to complete with flow / motion maps")
@@ -641,7 +601,6 @@ def parse_args(argv):
                      "(or frame folders), cut into instances as Ego-RNN's prepareGTEA61Dataset.py")
     p.add_argument("--outDir", dest="out", metavar="DIR", help="dataset to write (required but with --frames, whose default is the "
                    "--frames root)")
-    hidden_alias(p, "--out", "out")
     p.add_argument("--layout", choices=tuple(LAYOUTS), default=None,
                    help="course (PNG) or egornn (JPEG); default course, or the --frames root's")
     p.add_argument("--flow", choices=("tvl1", "farneback", "raft"), default="tvl1",
@@ -651,16 +610,16 @@ def parse_args(argv):
                    help="flow values in pixels of the written frames (output, the default) or of the source "
                    "video as dense_flow wrote them (source: x source/output short side)")
     p.add_argument("--maps", choices=warpflow.MAPS, default=DEFAULT_MAPS,
-                   help=f"motion maps: flow = moving regions of the compensated flow (datasets/warpflow.py), "
-                   f"idt = points of improved dense trajectories (datasets/trajectories.py); default {DEFAULT_MAPS}")
+                   help=f"motion maps: flow = moving regions of the compensated flow (datasets/prepare/warpflow.py), "
+                   f"idt = points of improved dense trajectories (datasets/prepare/trajectories.py); "
+                   f"default {DEFAULT_MAPS}")
     p.add_argument("--fps", type=float, default=None,
                    help="resample the videos to this rate: at each j / fps the nearest frame "
-                   "(datasets/video.py; default: every frame)")
+                   "(datasets/prepare/video.py; default: every frame)")
     p.add_argument("--shortSide", type=int, default=None,
                    help="scale frames down so the short side is this (default 256; 0: source size)")
     p.add_argument("--numWorkers", dest="workers", metavar="N", type=int, default=os.cpu_count() or 1,
                    help="videos prepared in parallel (default: one per core)")
-    hidden_alias(p, "--workers", "workers", type=int)
     p.add_argument("--only", action="append", choices=PARTS, default=None,
                    help="write only this part (repeatable); default: all (--frames: flow and mmaps)")
     p.add_argument("--overwrite", action="store_true", help="remake parts that are already there")
@@ -851,7 +810,3 @@ def main(argv=None):
         print(f"error: {msg}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

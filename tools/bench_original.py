@@ -1,7 +1,7 @@
 """The original Ego-RNN stage 2, timed step by step, for bench.py --compare-original DIR.
 
 The original code runs from a checkout of https://github.com/swathikirans/ego-rnn under the
-run-time patches of utils/verify_original.py (CPU, no download, no TensorBoard) and through its
+run-time patches of tools/verify_original.py (CPU, no download, no TensorBoard) and through its
 own `main_run` of main-run-rgb.py: its parameter sets, train / eval modes and Adam step, one
 given batch per epoch (so one epoch is one optimiser step, no validation). A step's time is the
 interval between the starts of two successive forwards of its model (the last one: until
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from utils.experiment import DEFAULTS
-from utils.verify_original import Original, calibrate_batchnorm, check_source, run_original_main
+from models.recipe import DEFAULTS
+from tools.verify_original import Original, calibrate_batchnorm, check_source, run_original_main
 
 
 def original_stage2_seconds(src, rgb, labels, num_classes, mem_size, steps, warmup, around=None):

@@ -5,7 +5,7 @@ Schmid, "Action Recognition with Improved Trajectories", ICCV 2013), the paper's
     for k in range(N - 1):
         done = tracker.step(rgb[k], flow[k], H[k])  # flow: compensated, frame k -> k+1
     done += tracker.finish()                        # done: [(frame index, uint8 map)], in order
-    for k, rgb, flow, mmap in idt_frames(pairs): ...  # what datasets.warpflow.flows_and_maps uses
+    for k, rgb, flow, mmap in idt_frames(pairs): ...  # what datasets.prepare.warpflow.flows_and_maps uses
 
 Each step, as IDT does it (its parameter names in brackets):
   1. Dense sampling. Frame k is scaled by 1/sqrt(2) again and again [scale_stride], up to
@@ -16,7 +16,7 @@ Each step, as IDT does it (its parameter names in brackets):
      cv2.cornerMinEigenVal) is not above 0.001 x its largest value on the frame [quality]
      (nothing can be tracked on a plain surface; a frame without texture gets no point).
   2. Tracking. A point P of frame k moves by the camera-compensated flow of frame k
-     (datasets.warpflow.warp_flow: the motion relative to the scene), median-filtered 3 x 3
+     (datasets.prepare.warpflow.warp_flow: the motion relative to the scene), median-filtered 3 x 3
      and read at the point's rounded position on its own scale, and then by the camera's
      homography H (scene point of frame k -> frame k+1): P' = H (P + f(P)). IDT tracks with
      the plain flow and measures each step with the compensated one; with the compensated
@@ -28,7 +28,7 @@ Each step, as IDT does it (its parameter names in brackets):
   4. Removal, on the compensated steps d_1 .. d_L (in pixels of the frame):
      static:  max |d_i| <= 1/240 of the frame's short side (IDT: 1 px at its 240-320 px
               frames; relative here so the maps do not change with the resolution, as
-              datasets.warpflow's MOVING): the point moved with the camera, not in the scene;
+              datasets.prepare.warpflow's MOVING): the point moved with the camera, not in the scene;
      erratic: max |d_i| > 70 % of sum |d_i| and > 1/12 of the short side (IDT: 20 px
               [max_dis]): one large jump is a tracking error, not a motion.
      IDT's further rules on the spread of the positions (std of both coordinates below
@@ -38,9 +38,9 @@ Each step, as IDT does it (its parameter names in brackets):
   5. Marks. Every point of a surviving trajectory marks its frame: a disk of MARK = 2 px
      radius around it, 5 px across as the grid's step, so the points of a moving region tile
      it and the loaders' resize to 7 x 7 or 14 x 14 and 0.4 threshold sees a region, not dots
-     (on 4 synthetic videos, seed 0 of datasets.prepare_quality, radius 2 gave a 7 x 7 IoU
+     (on 4 synthetic videos, seed 0 of datasets.prepare.quality, radius 2 gave a 7 x 7 IoU
      of 0.40, radius 3 0.29, radius 1 0.04: single dots vanish in the resize). Maps are 0 or
-     255, one per frame, as datasets.warpflow's.
+     255, one per frame, as datasets.prepare.warpflow's.
 At the end of a video the trajectories it cut short are judged by the same rules (IDT drops
 them; here the last 15 frames would otherwise be marked only by the few trajectories that
 started exactly 15 frames before the end).
@@ -219,7 +219,7 @@ class Tracker:
 
 
 def idt_frames(pairs, keep_flow=True, stats=None):
-    """(k, rgb_k, flow_k, map_k) in order from datasets.warpflow's frame pairs
+    """(k, rgb_k, flow_k, map_k) in order from datasets.prepare.warpflow's frame pairs
     (rgb_k, rgb_k+1, compensated flow_k, H_k, valid_k; the last frame with None after it),
     each frame held back until its map is final. stats["track_s"]: seconds spent tracking."""
     import time

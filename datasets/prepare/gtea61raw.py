@@ -1,6 +1,6 @@
 """The raw GTEA-61 release (videos and label files) cut into action instances, as Ego-RNN's
 prepareGTEA61Dataset.py cuts it; `python -m datasets.prepare --gtea61 RAW --outDir DATASET` then
-writes each instance's frames, warp flow and motion maps (datasets/prepare.py).
+writes each instance's frames, warp flow and motion maps (datasets/prepare/prepare.py).
 
 RAW holds, anywhere below it (e.g. labels/ and videos/ or png/):
   * one label file per recording, `S1_Cheese_C1.txt`: user = the first two characters of its name;
@@ -23,7 +23,7 @@ import re
 import sys
 from collections import Counter
 
-from datasets.video import VIDEO_EXTS, natural_key
+from datasets.prepare.video import VIDEO_EXTS, natural_key
 
 LABEL_EXT = ".txt"
 FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp")

@@ -1,8 +1,8 @@
 """Quality and speed of datasets.prepare's flow and motion maps, against the synthetic videos'
 ground truth (synthetic data: not a GTEA-61 measurement).
 
-    python -m datasets.synthetic --layout videos --out data/synthetic_videos
-    python -m datasets.prepare_quality --data data/synthetic_videos [--videos 8] [--seed 1]
+    python -m datasets.prepare.synthetic --layout videos --outDir data/synthetic_videos
+    python -m datasets.prepare.quality --data data/synthetic_videos [--videos 8] [--seed 1]
         [--methods farneback tvl1 tvl1-default] [--mapSizes 7 14 28] [--json PATH]
 
 For each flow method, without and with the camera compensation (the warp), on every pair of
@@ -14,7 +14,7 @@ datasets.prepare decodes them (source size):
   EPE moving  mean end-point error on the moving pixels, against the true flow the output
               stands for: the scene flow (camera removed) with the warp, the seen flow without;
   EPE all     the same over every pixel;
-  IoU full    motion map (datasets.warpflow.motion_map) > 0.4 against the true mask, pooled
+  IoU full    motion map (datasets.prepare.warpflow.motion_map) > 0.4 against the true mask, pooled
               over all frames (intersection sum / union sum). The true mask is the
               generator's motion map > 0.4, as the loaders binarise it: the parts moving
               faster than 0.6 px per frame at 120 px;
@@ -23,21 +23,21 @@ datasets.prepare decodes them (source size):
               head is trained on;
   pos s x s   positive rate: the share of those s x s cells > 0.4 (the truth's share in
               the second table);
-  H refused   frame pairs whose camera homography was refused (datasets.warpflow: not more
+  H refused   frame pairs whose camera homography was refused (datasets.prepare.warpflow: not more
               than 50 matches or 25 RANSAC inliers; the identity is used), of all pairs;
-  frames/s    video frames per second through datasets.warpflow.flows_and_maps, all of
+  frames/s    video frames per second through datasets.prepare.warpflow.flows_and_maps, all of
               datasets.prepare's work except decoding and writing: per frame the flow, or
               flow + homography + warp + flow, plus the backward flow of the maps; one OpenCV
               thread; the methods run one after the other on each video, so a changing
               machine load touches them alike.
 `tvl1-default` is OpenCV's DualTVL1 with its default parameters, `tvl1` the tuned setting
-datasets.prepare uses (datasets.warpflow.TVL1_TUNED).
+datasets.prepare uses (datasets.prepare.warpflow.TVL1_TUNED).
 A second table compares the two kinds of motion maps of `datasets.prepare --maps` on the
-compensated flow of each method: `flow` (datasets.warpflow.motion_map) and `idt` (trajectory
-maps, datasets/trajectories.py), with the seconds per frame of the whole making (flow + maps)
+compensated flow of each method: `flow` (datasets.prepare.warpflow.motion_map) and `idt` (trajectory
+maps, datasets/prepare/trajectories.py), with the seconds per frame of the whole making (flow + maps)
 and of the tracking alone.
 
-    python -m datasets.prepare_quality --data DIR --flowScaleError 2
+    python -m datasets.prepare.quality --data DIR --flowScaleError 2
 
 measures only the 8-bit writing of flow at the two --flowScale choices, on the true scene flow
 of every video, for frames written at 1/FACTOR of the source's size: the mean end-point error
@@ -51,9 +51,9 @@ import time
 
 import numpy as np
 
-from datasets import warpflow
+from datasets.prepare import warpflow
 from datasets.transforms import MMAP_THRESHOLD, ClipTransform
-from datasets.video import read_frames
+from datasets.prepare.video import read_frames
 from utils.cli import Parser
 
 METHODS = {"farneback": lambda: warpflow.OpenCVFlow("farneback"),
@@ -216,11 +216,11 @@ def maps_table(results, sizes):
 
 
 def main(argv=None):
-    ap = Parser(prog="python -m datasets.prepare_quality", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="python -m datasets.synthetic --layout videos output")
+    ap = Parser(prog="python -m datasets.prepare.quality", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="python -m datasets.prepare.synthetic --layout videos output")
     ap.add_argument("--videos", type=int, default=8, help="videos measured, drawn at random (0: all)")
     ap.add_argument("--seed", type=int, default=1, help="which videos are drawn (the parameters of "
-                    "datasets.warpflow were chosen on seed 0's)")
+                    "datasets.prepare.warpflow were chosen on seed 0's)")
     ap.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=["farneback", "tvl1", "tvl1-default"],
                     help="flow methods measured, each without and with the warp")
     ap.add_argument("--mapSizes", type=int, nargs="+", default=[7, 14, 28],
@@ -231,7 +231,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data, "truth")):
         print(f"error: {args.data} is not a synthetic videos dataset (no truth/ folder): make one with "
-              f"python -m datasets.synthetic --layout videos --out {args.data}", file=sys.stderr)
+              f"python -m datasets.prepare.synthetic --layout videos --outDir {args.data}", file=sys.stderr)
         return 2
     if args.flowScaleError:
         for scale, (a, m, c) in flow_scale_error(args.data, args.flowScaleError).items():
