@@ -51,7 +51,6 @@ from utils.data import set_epoch, to_device
 from utils.device import pick_device, pick_precision
 from utils.errors import UserError, run_cli
 from utils.train import autocast, train_step
-from models import fastconv
 from tools.bench_original import original_stage2_seconds
 from tools.verify_original import check_source
 
@@ -89,12 +88,6 @@ def parse_args(argv=None):
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
     p.add_argument("--datasetDir", default=None, help=f"dataset to read the batches from (default: synthetic data in {SYNTHETIC_DIR})")
     p.add_argument("--opInput", choices=("flat", "pooled"), default="flat", help="ms_op: the OP head's input")
-    p.add_argument("--fusedFp32", action="store_true",
-                   help="fp32 on the CPU: run the frozen trunk fused (models/fastconv.FUSE_FROZEN_FP32, off in the "
-                        "scripts until its gain is measured)")
-    p.add_argument("--plainToo", action="store_true",
-                   help="fp32 on the CPU: also time compute with the fused frozen trunk off (the plain definition), "
-                        "interleaved with the fused one, for the gain (compute_plain_clips_per_s)")
     p.add_argument("--compare-original", dest="compareOriginal", default=None, metavar="DIR",
                    help="stage 2 of rgb or ms_op: also time the original Ego-RNN stage 2 (main-run-rgb.py of a "
                         "checkout of https://github.com/swathikirans/ego-rnn in DIR) on the same batch, interleaved "
@@ -103,7 +96,7 @@ def parse_args(argv=None):
                    help="CPU: also time train with DataLoader workers at the main process's priority (before "
                         "issue 29 they were not lowered), interleaved, for the gain (train_nice0_clips_per_s)")
     p.add_argument("--computeOnly", action="store_true",
-                   help="time compute only (and what --plainToo / --compare-original add), not train and infer")
+                   help="time compute only (and what --compare-original adds), not train and infer")
     p.add_argument("--flops", action="store_true",
                    help="count the FLOP of one compute step (and of the original's with --compare-original), print "
                         "the GFLOP/s reached and this machine's rate for a large 3x3 convolution")
@@ -309,17 +302,17 @@ def main(argv=None):
     device = pick_device(a.device)
     configure_backends(device)
     dataset = a.datasetDir or ensure_synthetic()
-    kind, extra = MODELS[a.model]
+    experiment, extra = MODELS[a.model]
     out_dir = tempfile.mkdtemp(prefix="bench-")
     script_argv = ["--datasetDir", dataset, "--outDir", out_dir, "--stage", str(a.stage),
                    "--seqLen", str(a.seqLen), "--trainBatchSize", str(a.batchSize),
                    "--valBatchSize", str(a.batchSize), "--frameSize", str(a.frameSize),
                    "--memSize", str(a.memSize), "--numWorkers", str(a.numWorkers),
                    "--cacheDir", a.cacheDir, "--pretrained", "none", *extra,
-                   *(["--opInput", a.opInput] if kind == "ms_op" else []),
+                   *(["--opInput", a.opInput] if experiment == "ms_op" else []),
                    *(["--cpuTransforms"] if a.cpuTransforms else []), "--dataOnDevice", a.dataOnDevice]
-    args = base_parser(kind, "bench").parse_args(script_argv)
-    check_args(kind, args)
+    args = base_parser(experiment, "bench").parse_args(script_argv)
+    check_args(experiment, args)
     args.cacheDir = resolve_cache_dir(args)
     precisions = ["fp32", "bf16"] if a.precision == "both" else [pick_precision(a.precision, device)]
     load_before = load()
@@ -327,7 +320,7 @@ def main(argv=None):
           f"mem {a.memSize}, device {device}, {torch.get_num_threads()} threads, {a.numWorkers} workers, "
           f"cache {args.cacheDir}, load {load_before}", flush=True)
 
-    exp0 = Experiment(kind, args, a.stage, device, precisions[0], None, None)
+    exp0 = Experiment(experiment, args, a.stage, device=device, precision=precisions[0])
     train_set, test_set = stage_datasets(exp0)
     train_loader, _ = stage_loaders(exp0, train_set, test_set)
     if a.niceToo:  # the same loader with workers at the main process's priority
@@ -342,11 +335,11 @@ def main(argv=None):
     print(f"data pipeline: {data:.2f} clips/s ({len(train_set)} training clips)", flush=True)
     batch_cpu = next(iter(train_loader))
 
-    fastconv.FUSE_FROZEN_FP32 = a.fusedFp32
     results = {}
     for precision in precisions:
         torch.manual_seed(0)
-        exp = Experiment(kind, args, a.stage, device, precision, train_set.num_classes, train_set.classes)
+        exp = Experiment(experiment, args, a.stage, device=device, precision=precision,
+                         num_classes=train_set.num_classes, classes=train_set.classes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # random weights: bench.py times, it does not learn
             model = prepare_model(exp, build_stage_model(exp, train_set, from_scratch=True,
@@ -356,17 +349,12 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         batch = to_device(dict(batch_cpu), device)  # transformed and normalised as in training
-        samples = {"compute": [], "train": [], "infer": []} | ({"compute_plain": []} if a.plainToo else {})
+        samples = {"compute": [], "train": [], "infer": []}
         if a.compareOriginal:
             print("samples, clips/s: compute and train interleaved with the original Ego-RNN stage 2 "
                   "(original) and our compute right after it (ours_next_to_original)", flush=True)
         for _ in range(a.repeats):
             samples["compute"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup))
-            if a.plainToo:
-                fastconv.FUSE_FROZEN_FP32 = False
-                samples["compute_plain"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps,
-                                                                a.warmup))
-                fastconv.FUSE_FROZEN_FP32 = a.fusedFp32
             if a.compareOriginal:
                 seconds = original_stage2_seconds(a.compareOriginal, batch["rgb"], batch["label"],
                                                   train_set.num_classes, a.memSize, a.steps, a.warmup)
@@ -407,7 +395,6 @@ def main(argv=None):
         limit = (measure_limit(device, precision, a.batchSize * a.seqLen, a.frameSize, a.steps, a.warmup)
                  if a.limit else None)
         r = {"compute_clips_per_s": compute,
-             "compute_plain_clips_per_s": max(samples["compute_plain"]) if a.plainToo else None,
              "data_clips_per_s": data, "train_clips_per_s": train,
              "train_nice0_clips_per_s": max(samples["train_nice0"]) if "train_nice0" in samples else None,
              "infer_clips_per_s": infer, "ratio_train_to_compute": train / compute,
@@ -427,9 +414,6 @@ def main(argv=None):
             print(f"{precision}: ours / original Ego-RNN stage 2, side by side: "
                   + ", ".join(f"{o:.3f} / {g:.3f} = {o / g:.2f}x" for o, g in pairs), flush=True)
         results[precision] = r
-        if a.plainToo:
-            print(f"{precision}: compute samples {samples['compute']}, plain trunk {samples['compute_plain']}",
-                  flush=True)
         print(f"{precision}: compute {compute:.2f}, train {train:.2f}, infer {infer:.2f} clips/s"
               + (f"; ResNet-34 limit {limit:.0f} images/s" if limit else ""), flush=True)
         del model, optimizer
@@ -448,7 +432,7 @@ def main(argv=None):
     return report
 
 
-COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"), ("plain", "compute_plain_clips_per_s", "{:.2f}"),
+COLUMNS = [("compute", "compute_clips_per_s", "{:.2f}"),
            ("data", "data_clips_per_s", "{:.1f}"), ("train", "train_clips_per_s", "{:.2f}"),
            ("train nice0", "train_nice0_clips_per_s", "{:.2f}"), ("infer", "infer_clips_per_s", "{:.2f}"),
            ("train/compute", "ratio_train_to_compute", "{:.3f}"), ("data/compute", "ratio_data_to_compute", "{:.1f}"),

@@ -11,6 +11,7 @@ One concept per file, in reading order:
     twostream.py    flow + RGB two-stream model
     stages.py       which parameters train in each stage; train/eval modes; optimizer groups
     checkpoints.py  loading this project's and the original Ego-RNN checkpoints
+    speed.py        the same computations on faster kernels, installed on a model (install)
 """
 from .backbone import PretrainedWeightsError, ResNet34Backbone, feature_map_size, imagenet_cache_path
 from .checkpoints import CheckpointError, checkpoint_info, checkpoint_num_classes, load_checkpoint

@@ -21,8 +21,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from . import fast_backbone
-
 
 class PretrainedWeightsError(Exception):
     """The ImageNet weights the user asked for cannot be found or read (one-line message)."""
@@ -145,20 +143,24 @@ class ResNet34Backbone(nn.Module):
 
     def forward(self, x):
         """frames (N, 3, H, W) -> logits (N, 1000) in float32, f_bn, f_nobn (N, 512, h, w)."""
-        if fast_backbone.applies(self, x):
-            # Same definitions, faster kernels (bf16 on the CPU, channels_last): fast_backbone.py
-            f_bn, f_nobn = fast_backbone.layer4_maps(self, x)
-        else:
-            f_bn, f_nobn = self.layer4_maps(x)
+        f_bn, f_nobn = self.layer4_maps(x)
         return self.imagenet_logits(f_bn), f_bn, f_nobn
 
     def layer4_maps(self, x):
-        """f_bn and f_nobn of the frames x: the reference definition."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        """f_bn and f_nobn of the frames x."""
+        x = self.trunk(x)
         for block in self.layer4[:-1]:
             x = block(x)
-        # The last block, unrolled to read conv2 + residual before bn2 and the final ReLU.
+        return self.last_block(x)
+
+    def trunk(self, x):
+        """stem..layer3: the layers every stage keeps frozen."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def last_block(self, x):
+        """layer4's last block, unrolled to read conv2 + residual before bn2 and the final ReLU:
+        f_bn = relu(bn2(conv2) + residual), f_nobn = conv2 + residual."""
         last = self.layer4[-1]
         residual = x if last.downsample is None else last.downsample(x)
         out = last.conv2(last.relu(last.bn1(last.conv1(x))))

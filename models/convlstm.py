@@ -19,9 +19,8 @@ GATES = ("i", "f", "c", "o")
 
 
 class ConvLSTMCell(nn.Module):
-    # The convolution of the equations. models/fast_backbone.py, where the model's speed tricks
-    # live, replaces it with fastconv.conv3x3: F.conv2d itself everywhere but bf16 training on the
-    # CPU, where only its weight gradient is computed faster.
+    # The convolution `*` of the equations (models/speed.py gives a cell in CPU bf16 training the
+    # same function with a faster weight gradient).
     conv2d = staticmethod(F.conv2d)
 
     def __init__(self, input_size, hidden_size, kernel_size=3):

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 import torchvision
 
 from .backbone import adopt_trunk, load_resnet34_state, load_trunk, warn_untrained
-from .fast_backbone import like_weights
 
 
 class FlowResNet34(nn.Module):
@@ -40,11 +39,14 @@ class FlowResNet34(nn.Module):
         B = x.shape[0]
         if stacks:
             x = x.flatten(0, 1)
-        x = like_weights(x, self.conv1.weight)  # channels_last runs: convert the input once
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer4(self.trunk(x))
         features = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         logits = self.classifier(features)
         if stacks:
             features, logits = features.view(B, -1, 512).mean(1), logits.view(B, -1, self.num_classes).mean(1)
         return dict(logits=logits, features=features)
+
+    def trunk(self, x):
+        """stem..layer3."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))

@@ -1,4 +1,4 @@
-"""Speed work (issues 6 and 7): the frame cache gives byte-identical clips and follows changed
+"""Speed work: the frame cache gives byte-identical clips and follows changed
 files; fp32 training results are bit-identical to the run recorded before the speed work, with
 and without the cache; a bf16 step on the CPU trains exactly the stage's parameters with fp32
 state; frozen layers build no autograd graph in the real training step; GPU loaders' uint8 clips
@@ -24,6 +24,7 @@ from tests.conftest import one_thread_and_flushed_subnormals
 from datasets import GTEA61
 from datasets.cache import FrameCache
 from datasets.transforms import IMAGENET_STD as E_STD
+from models import speed
 from utils import experiment as E
 from utils.data import SeededDataset, make_loader
 from utils.train import train_step
@@ -262,7 +263,7 @@ def test_epoch_loss_check_catches_a_nan_without_a_per_step_read(tmp_path):
     from utils.train import Meter, check_finite
 
     class Exp:
-        stage, stage_dir = 2, str(tmp_path)
+        stage, stage_dir, device = 2, str(tmp_path), torch.device("cpu")
     meter = Meter()
     meter.add("total", torch.tensor(1.0), 2)
     check_finite(meter, "total", Exp, 1)
@@ -333,17 +334,13 @@ def golden_data(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("cache,fused", [("none", False), ("dir", False), ("none", True)])
-def test_fp32_results_unchanged(golden_data, tmp_path, monkeypatch, cache, fused):
+@pytest.mark.parametrize("cache", ["none", "dir"])
+def test_fp32_results_unchanged(golden_data, tmp_path, cache):
     """The tiny ms_op run (stages 1 and 2) recorded in tests/data/speed_golden.json with the code
     before the speed work, rerun with and without the frame cache: the same weights and log,
     bit for bit on the machine kind that recorded it (same torch, thread count, CPU vendor and
     instruction set: the kernels' results depend on all of them), to float tolerance elsewhere.
-    With the fp32 fused frozen trunk (fastconv.FUSE_FROZEN_FP32, on in training) the sums differ by
-    rounding only, so that run is held to the tolerance everywhere. The recording used the OP
-    head's pooled input, so this run asks for it."""
-    import models.fastconv as fastconv
-    monkeypatch.setattr(fastconv, "FUSE_FROZEN_FP32", fused)
+    The recording used the OP head's pooled input, so this run asks for it."""
     golden = json.loads(GOLDEN.read_text())
     out = tmp_path / "run"
     cache_arg = "none" if cache == "none" else str(tmp_path / "fc")
@@ -356,7 +353,7 @@ def test_fp32_results_unchanged(golden_data, tmp_path, monkeypatch, cache, fused
     args = json.loads((out / "stage2" / "args.json").read_text())
     assert args["precision"] == "fp32" and args["cacheDir"] == (None if cache == "none" else cache_arg)
     threads = str(torch.get_num_threads())
-    same_kernels = (not fused and golden["torch"] == torch.__version__ and threads in golden["threads"]
+    same_kernels = (golden["torch"] == torch.__version__ and threads in golden["threads"]
                     and golden["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
                     and same_cpu_kind(golden["cpu"]))
     for stage in ("stage1", "stage2"):
@@ -373,24 +370,23 @@ def test_frozen_trunk_in_chunks_gives_the_whole_batchs_maps(monkeypatch):
     """CPU fp32 training: the frozen stem..layer3 run CPU_TRUNK_CHUNK frames at a time (20 frames:
     chunks of 8, 8 and 4), and layer4's maps equal those of the definition on the whole batch (the
     same bits on the machine this was written on; float tolerance stated for other kernels)."""
-    from models import fast_backbone
     from models.backbone import ResNet34Backbone
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        b = ResNet34Backbone("none").eval()
+        b = speed.install(ResNet34Backbone("none").eval(), torch.device("cpu"), "fp32")
     for p in b.parameters():
         p.requires_grad = False
     for p in b.layer4.parameters():  # stage 2: layer4 trains, the trunk is frozen
         p.requires_grad = True
     x = torch.randn(20, 3, 64, 64)
     calls = []
-    plain = fast_backbone._plain_trunk
-    monkeypatch.setattr(fast_backbone, "_plain_trunk", lambda bb, frames: calls.append(len(frames)) or plain(bb, frames))
-    assert fast_backbone.applies(b, x)
-    f_bn, f_nobn = fast_backbone.layer4_maps(b, x)
+    plain = speed._plain_trunk
+    monkeypatch.setattr(speed, "_plain_trunk", lambda bb, frames: calls.append(len(frames)) or plain(bb, frames))
+    assert speed.chunked(b, x)
+    f_bn, f_nobn = b.layer4_maps(x)
     assert calls == [8, 8, 4]
-    monkeypatch.setattr(fast_backbone, "CPU_TRUNK_CHUNK", 0)  # the definition, all frames at once
+    monkeypatch.setattr(speed, "CPU_TRUNK_CHUNK", 0)  # the definition, all frames at once
     ref_bn, ref_nobn = b.layer4_maps(x)
     for got, ref in ((f_bn, ref_bn), (f_nobn, ref_nobn)):
         assert got.shape == ref.shape == (20, 512, 2, 2)
@@ -398,8 +394,49 @@ def test_frozen_trunk_in_chunks_gives_the_whole_batchs_maps(monkeypatch):
     assert f_bn.requires_grad  # layer4 still trains
     with torch.no_grad():  # evaluation keeps the definition
         calls.clear()
-        monkeypatch.setattr(fast_backbone, "CPU_TRUNK_CHUNK", 8)
-        assert not fast_backbone.applies(b, x)
+        monkeypatch.setattr(speed, "CPU_TRUNK_CHUNK", 8)
+        assert not speed.chunked(b, x)
+
+
+def test_install_changes_instances_not_classes():
+    """install puts the speed routes into the given model's instances only: no class changes,
+    so a model built afterwards is the plain definition; the state dict keeps its keys and
+    tensors; an fp32 model on the CPU computes exactly what the definition computes."""
+    import copy
+
+    import torch.nn.functional as F
+    from models import ConvLSTMCell, FlowResNet34, ResNet34Backbone
+    from models.recipe import build_model
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model("rgb", 3, {"memSize": 8, "frameSize": 32}, heads=False).eval()
+        flow = FlowResNet34(3, pretrained="none")
+    plain = copy.deepcopy(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    speed.install(model, cpu, "bf16")
+    speed.install(flow, cpu, "bf16")
+    bb, cell = model.egornn.backbone, model.egornn.convlstm
+    assert bb.trunk.__func__ is speed.backbone_trunk and flow.trunk.__func__ is speed.flow_trunk
+    assert cell.conv2d is speed.conv3x3
+    assert type(bb.layer4[1].conv2) is speed.FastGradConv2d
+    assert type(bb.layer4[0].downsample[0]) is torch.nn.Conv2d and type(bb.layer3[0].conv1) is torch.nn.Conv2d
+    # the classes are the definitions
+    assert ConvLSTMCell.conv2d is F.conv2d and ConvLSTMCell.__dict__["conv2d"].__func__ is F.conv2d
+    for cls, name in ((ResNet34Backbone, "trunk"), (FlowResNet34, "trunk")):
+        assert cls.__dict__[name].__module__ != speed.__name__
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = build_model("rgb", 3, {"memSize": 8, "frameSize": 32}, heads=False)
+    assert "trunk" not in vars(fresh.egornn.backbone) and "conv2d" not in vars(fresh.egornn.convlstm)
+    assert {n: type(m) for n, m in fresh.named_modules()} == {n: type(m) for n, m in plain.named_modules()}
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    fp32 = speed.install(copy.deepcopy(plain), cpu, "fp32")
+    x = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fp32(x)["logits"], plain(x)["logits"])
 
 
 # ----------------------------------------------------------------------------- training step
@@ -428,7 +465,7 @@ def step_and_check(exp, model, batch):
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     seen = {}
     bb = model.egornn.backbone
-    # what enters layer4 is layer3's output (however layer3 ran: modules or fused, fastconv.py)
+    # what enters layer4 is layer3's output (however layer3 ran: modules or fused, models/speed.py)
     hooks = [bb.layer4[0].downsample.register_forward_pre_hook(lambda m, i: seen.__setitem__("layer3", i[0])),
              bb.register_forward_hook(lambda m, i, o: seen.__setitem__("backbone", o))]
     optimizer = exp.make_optimizer(model)
@@ -462,7 +499,7 @@ def tiny_root(tree):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_training_step_trains_only_the_stage(tiny_root, tmp_path, precision, stage):
     exp, model, batch = tiny_experiment("ms_op", stage, precision, tiny_root, tmp_path)
-    assert E.channels_last(exp.device, precision) == (precision == "bf16")
+    assert speed.channels_last(exp.device, precision) == (precision == "bf16")
     out, changed, trainable = step_and_check(exp, model, batch)
     # fc.bias is trainable but gets no gradient: the CAM reads only rows of fc.weight
     assert changed == trainable - {"egornn.backbone.fc.bias"}
@@ -492,8 +529,8 @@ def test_bf16_convlstm_state_stays_float32(tiny_root, tmp_path, monkeypatch):
 
 def test_backend_choices_for_cuda_and_cpu():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert E.channels_last(cuda, "fp32") and E.channels_last(cuda, "bf16")
-    assert E.channels_last(cpu, "bf16") and not E.channels_last(cpu, "fp32")
+    assert speed.channels_last(cuda, "fp32") and speed.channels_last(cuda, "bf16")
+    assert speed.channels_last(cpu, "bf16") and not speed.channels_last(cpu, "fp32")
     old = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
@@ -533,8 +570,8 @@ def test_bench_tiny_writes_json(golden_data, tmp_path):
 # ----------------------------------------------------------------------------- bf16 fast weight gradient
 
 @pytest.mark.parametrize("stride,channels_last,size", [(1, True, 7), (1, False, 9), (2, False, 14), (2, True, 13)])
-def test_fastconv_gradients_exact_in_float64(stride, channels_last, size):
-    from models.fastconv import Conv3x3
+def test_fast_weight_gradient_exact_in_float64(stride, channels_last, size):
+    from models.speed import Conv3x3
     torch.manual_seed(0)
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     if channels_last:
@@ -545,8 +582,8 @@ def test_fastconv_gradients_exact_in_float64(stride, channels_last, size):
     assert torch.autograd.gradcheck(lambda x, w, b: Conv3x3.apply(x, w, b, stride), (x, w, b))
 
 
-def test_fastconv_only_for_cpu_bf16_training():
-    from models.fastconv import fast_path
+def test_fast_weight_gradient_only_for_cpu_bf16_training():
+    from models.speed import fast_path
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3, requires_grad=True)
     assert not fast_path(x, w)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -558,21 +595,20 @@ def test_fastconv_only_for_cpu_bf16_training():
         assert not fast_path(x, w)
 
 
-def test_bf16_step_same_forward_close_gradients_with_fastconv(tiny_root, tmp_path, monkeypatch):
+def test_bf16_step_same_forward_close_gradients_with_fast_weight_gradient(tiny_root, tmp_path, monkeypatch):
     """The fast weight gradient changes nothing in the forward (same losses, bit for bit) and
     gives the weight gradients of oneDNN's bf16 convolution backward to bf16 precision."""
     import copy
 
-    import models.fastconv as fastconv
     exp, model, batch = tiny_experiment("ms_op", 2, "bf16", tiny_root, tmp_path, frame_size=96)  # 3x3 maps
     exp.set_train_mode(model)
     uses = []
-    forward = fastconv.Conv3x3.forward
-    monkeypatch.setattr(fastconv.Conv3x3, "forward",
+    forward = speed.Conv3x3.forward
+    monkeypatch.setattr(speed.Conv3x3, "forward",
                         staticmethod(lambda ctx, *a: uses.append(a[0].shape) or forward(ctx, *a)))
     results = {}
     for enabled in (True, False):
-        monkeypatch.setattr(fastconv, "ENABLED", enabled)  # the fused frozen trunk stays on in both
+        monkeypatch.setattr(speed, "ENABLED", enabled)  # the fused frozen trunk stays on in both
         m = copy.deepcopy(model)
         torch.manual_seed(0)
         _, losses = train_step(exp, m, batch, exp.make_optimizer(m), torch.Generator().manual_seed(0))
@@ -593,14 +629,13 @@ def test_bf16_step_same_forward_close_gradients_with_fastconv(tiny_root, tmp_pat
 
 def test_fused_frozen_trunk_close_to_autocast_and_only_when_frozen(monkeypatch):
     """stem..layer3 under CPU bf16 autocast run with folded BatchNorms and fused ReLU / residual
-    additions (fastconv.py): the result is the autocast one to bf16 precision, and the fused
+    additions (models/speed.py): the result is the autocast one to bf16 precision, and the fused
     path is taken only when nothing there needs a gradient and every BatchNorm is in eval mode."""
-    import models.fastconv as fastconv
     from models import ResNet34Backbone
-    if fastconv._pointwise_ops() is None:
+    if speed._pointwise_ops() is None:
         x = torch.randn(1, 3, 32, 32)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not fastconv.frozen_bf16(x, [])  # never taken where oneDNN cannot run it
+            assert not speed.frozen_bf16(x, [])  # never taken where oneDNN cannot run it
         pytest.skip("oneDNN has no fused bf16 convolutions on this CPU (needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)")
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -612,7 +647,7 @@ def test_fused_frozen_trunk_close_to_autocast_and_only_when_frozen(monkeypatch):
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
-    bb = bb.eval().to(memory_format=torch.channels_last)
+    bb = speed.install(bb.eval(), torch.device("cpu"), "bf16")  # channels_last weights, the fused trunk
     for p in bb.parameters():
         p.requires_grad_(False)
     x = torch.randn(2, 3, 64, 64)
@@ -620,11 +655,11 @@ def test_fused_frozen_trunk_close_to_autocast_and_only_when_frozen(monkeypatch):
         exact = bb.double()(x.double())[1]
         bb.float()
     used = []
-    fuse = fastconv.basic_block
-    monkeypatch.setattr(fastconv, "basic_block", lambda b, x: used.append(1) or fuse(b, x))
+    fuse = speed.basic_block
+    monkeypatch.setattr(speed, "basic_block", lambda b, x: used.append(1) or fuse(b, x))
     outputs = {}
     for on in (True, False):
-        monkeypatch.setattr(fastconv, "FUSE_FROZEN", on)
+        monkeypatch.setattr(speed, "FUSE_FROZEN", on)
         used.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs[on] = bb(x)[1].double()
@@ -633,56 +668,13 @@ def test_fused_frozen_trunk_close_to_autocast_and_only_when_frozen(monkeypatch):
         assert (out - exact).norm() <= 0.02 * exact.norm()
     assert (outputs[True] - outputs[False]).norm() <= 0.02 * exact.norm()
     # not fused: fp32, a trunk parameter that trains, a BatchNorm in training mode
-    monkeypatch.setattr(fastconv, "FUSE_FROZEN", True)
+    monkeypatch.setattr(speed, "FUSE_FROZEN", True)
     x = torch.randn(1, 3, 32, 32)
-    assert not fastconv.frozen_bf16(x, [bb.layer1])
+    assert not speed.frozen_bf16(x, [bb.layer1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fastconv.frozen_bf16(x, [bb.layer1])
+        assert speed.frozen_bf16(x, [bb.layer1])
         bb.layer1[0].conv1.weight.requires_grad_(True)
-        assert not fastconv.frozen_bf16(x, [bb.layer1])
+        assert not speed.frozen_bf16(x, [bb.layer1])
         bb.layer1[0].conv1.weight.requires_grad_(False)
         bb.layer1[2].bn2.train()
-        assert not fastconv.frozen_bf16(x, [bb.layer1])
-
-
-def test_fp32_fused_trunk_logits_within_1e4_after_a_stage2_step(tiny_root, tmp_path, monkeypatch):
-    """fp32 training on the CPU runs the frozen stem..layer3 fused (BatchNorm folded, ReLU and
-    residual inside oneDNN's convolution, fastconv.frozen_fp32): the step's logits and the
-    logits of the trained model afterwards are those of the plain definition within 1e-4
-    relative; evaluation (no grad) never takes the fused path."""
-    import copy
-
-    import models.fastconv as fastconv
-    if fastconv._pointwise_ops(torch.float32) is None:
-        pytest.skip("oneDNN's fused convolutions are not available in this torch build")
-    exp, model, batch = tiny_experiment("ms_op", 2, "fp32", tiny_root, tmp_path, frame_size=64)
-    for m in model.egornn.backbone.modules():  # BatchNorm statistics of a trained network, not 0 / 1
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    used = []
-    fuse = fastconv.basic_block
-    monkeypatch.setattr(fastconv, "basic_block", lambda b, x: used.append(1) or fuse(b, x))
-    step_logits, eval_logits, uses = {}, {}, {}
-    for on in (True, False):
-        monkeypatch.setattr(fastconv, "FUSE_FROZEN_FP32", on)
-        m = copy.deepcopy(model)
-        used.clear()
-        exp.set_train_mode(m)
-        torch.manual_seed(0)
-        out, _ = train_step(exp, m, batch, exp.make_optimizer(m), torch.Generator().manual_seed(0))
-        uses[on] = len(used)
-        step_logits[on] = out["logits"].detach()
-        m.eval()
-        with torch.no_grad():
-            eval_logits[on] = exp.forward(m, batch, None, train=False)["logits"]
-        uses[on, "eval"] = len(used) - uses[on]
-    assert uses == {True: 3 + 4 + 6, (True, "eval"): 0, False: 0, (False, "eval"): 0}
-    for logits in (step_logits, eval_logits):
-        fast, plain = logits[True], logits[False]
-        assert fast.dtype == plain.dtype == torch.float32
-        assert not torch.equal(fast, plain) or logits is eval_logits  # the fused path really ran
-        assert (fast - plain).norm() <= 1e-4 * plain.norm()
-        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4 * plain.abs().max().item())
+        assert not speed.frozen_bf16(x, [bb.layer1])

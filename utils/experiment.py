@@ -23,6 +23,7 @@ from datasets.markers import preparation
 from models.batch_share import share_dropouts
 from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
 from models.recipe import DEFAULTS, FAMILY, STAGES, TEST_USERS, TRAIN_USERS, Recipe, build_model
+from models.speed import install
 from models.stages import set_stage
 from utils import distributed
 from utils.arguments import RECORD_KEYS, STAGE2_KEYS, base_parser, check_args
@@ -199,12 +200,6 @@ def configure_backends(device):
         torch.backends.cudnn.benchmark = True
 
 
-def channels_last(device, precision):
-    """NHWC weights and activations: the fast layout for cuDNN and for oneDNN's bf16 kernels.
-    Never for fp32 on the CPU, where it would change the results' last bits."""
-    return device.type == "cuda" or precision == "bf16"
-
-
 def prepare_model(exp, model):
     """Model on the run's device and memory format; trainable parameters of the stage set.
     Dropout masks are drawn per global batch, and under torchrun the BatchNorms that train use the
@@ -213,9 +208,7 @@ def prepare_model(exp, model):
     share_dropouts(model)
     if distributed.world_size() > 1:
         distributed.sync_batchnorms(model)
-    model = model.to(exp.device)
-    if channels_last(exp.device, exp.precision):
-        model = model.to(memory_format=torch.channels_last)
+    model = install(model.to(exp.device), exp.device, exp.precision)  # memory format, fast kernels: models/speed.py
     set_stage(model, exp.stage)
     return model
 
