@@ -79,3 +79,35 @@ def test_op_head_sees_its_clips_frames_in_the_labelled_order(tmp_path, monkeypat
     # the draw really varies: many classes, both directions, different frames
     assert len(classes) >= 8 and 0 < reversed_seen < B and len(frame_sets) >= 10
 
+
+
+def test_total_loss_weights_the_ms_and_op_losses_by_their_own_arguments(tmp_path):
+    """--msWeight 2 --opWeight 3: the total loss is CE + 2 MS + 3 OP (models/recipe.py), each loss
+    written out here from docs/design.md: the action cross-entropy, the MS head's cross-entropy
+    per position and frame (two logits: static, moving), the OP head's over its 12 classes."""
+    import types
+
+    import torch.nn.functional as F
+
+    from models.ms_head import MotionSegmentationHead
+    from models.op_head import OrderPredictionHead
+    args = E.base_parser("ms_op", "test").parse_args(
+        ["--datasetDir", str(tmp_path), "--outDir", str(tmp_path / "out"), "--frameSize", str(FRAME),
+         "--seqLen", "2", "--memSize", "8", "--pretrained", "none", "--msWeight", "2", "--opWeight", "3"])
+    exp = E.Experiment("ms_op", args, 2, torch.device("cpu"), "fp32", 5, [f"c{i}" for i in range(5)])
+    model = types.SimpleNamespace(ms_head=MotionSegmentationHead(4, size=S), op_head=OrderPredictionHead)
+    g = torch.Generator().manual_seed(0)
+    b, t = 3, 2
+    out = {"logits": torch.randn(b, 5, generator=g), "ms_out": torch.randn(b, t, 2, S, S, generator=g),
+           "op_logits": torch.randn(b, 12, generator=g), "op_target": torch.tensor([0, 7, 11])}
+    batch = {"label": torch.tensor([4, 0, 2]), "mmaps": torch.randint(0, 2, (b, t, S, S), generator=g).float()}
+
+    def nll(logits, target, dim=1):  # -log p(target), logits' classes along `dim`
+        return -F.log_softmax(logits, dim).gather(dim, target.unsqueeze(dim)).squeeze(dim)
+    ce = nll(out["logits"], batch["label"]).mean()
+    ms = nll(out["ms_out"], batch["mmaps"].long(), dim=2).mean()  # over clips, frames and positions
+    op = nll(out["op_logits"], out["op_target"]).mean()
+    got = exp.losses(model, out, batch)
+    assert torch.allclose(got["ce"], ce) and torch.allclose(got["ms_loss"], ms) and torch.allclose(got["op_loss"], op)
+    assert torch.allclose(got["loss"], ce + 2 * ms + 3 * op), (got["loss"], ce + 2 * ms + 3 * op)
+    assert abs(float(op) - float(ms)) > 0.1  # weights swapped or shared would change the total

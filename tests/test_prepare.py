@@ -576,3 +576,49 @@ def test_flow_scale_error_by_hand(tmp_path):
     out_moving, out_still = np.hypot(15 - 14.9803922, level), np.hypot(level, level)
     assert np.allclose(got["source"], ((src_moving + src_still) / 2, src_moving, 0.5), atol=1e-5)
     assert np.allclose(got["output"], ((out_moving + out_still) / 2, out_moving, 0.0), atol=1e-5)
+
+
+def test_panning_camera_backward_flow_and_motion_maps():
+    """3 frames of a camera panning by (3, -2) px per frame over a textured scene (the scene moves
+    by (-3, +2) in the image) while a square moves 4 px right per frame in the scene. By
+    construction a pixel x of frame k+1 shows the scene point seen at x + (3, -2) in frame k: the
+    backward warp (frame k seen from frame k+1's camera) has a source for columns 0..156 and rows
+    2..119 only, the background's backward compensated flow is 0 and the square's (-4, 0). The
+    last frame's map is made from that backward flow alone: the square marked, the background not."""
+    dx, dy, v = 3, -2, 4
+    scene = _textured(140, 180, seed=7)
+    square = _textured(24, 24, seed=8)
+    h, w = 120, 160
+    frames, squares = [], []
+    for k in range(3):
+        f = scene[10 + k * dy:10 + k * dy + h, 10 + k * dx:10 + k * dx + w].copy()
+        y, x = 40 - k * dy, 60 + v * k - k * dx  # the square's top-left corner in frame k
+        f[y:y + 24, x:x + 24] = square
+        frames.append(f)
+        squares.append((y, x))
+    m = warpflow.flow_method("tvl1")
+    _, H, _, ok = warpflow.warp_flow(frames[1], frames[2], m)
+    assert ok
+    back, valid = warpflow.backward_flow(frames[1], frames[2], m, H)
+    want = np.zeros((h, w), bool)
+    want[2:, :w - 3] = True
+    # H is fitted, so a pixel of slack at the borders of the source region
+    assert valid[3:, :w - 4].all() and not valid[:1].any() and not valid[:, w - 2:].any()
+    assert (back[~valid] == 0).all()
+    y, x = squares[2]
+    bg = want.copy()
+    bg[y - 10:y + 34, x - 14:x + 38] = False  # the square, its occlusion bands, and a margin
+    bg[:8], bg[-8:], bg[:, :8], bg[:, -8:] = False, False, False, False
+    mag = np.linalg.norm(back[bg & valid], axis=-1)
+    assert np.median(mag) < 0.1 and np.percentile(mag, 95) < 0.4, (np.median(mag), np.percentile(mag, 95))
+    assert np.allclose(np.median(back[y + 4:y + 20, x + 4:x + 20], axis=(0, 1)), (-v, 0), atol=1.0)
+
+    maps = [mm for _, _, _, mm in warpflow.flows_and_maps(frames, m)]
+    for k in (1, 2):  # frame 1: both directions; frame 2 (the last): backward only
+        y, x = squares[k]
+        moving = maps[k] > 0
+        still = np.ones((h, w), bool)
+        still[y - 10:y + 34, x - 14:x + 38] = False
+        still[:8], still[-8:], still[:, :8], still[:, -8:] = False, False, False, False
+        assert moving[y + 2:y + 22, x + 2:x + 22].mean() > 0.8, (k, moving[y + 2:y + 22, x + 2:x + 22].mean())
+        assert moving[still].mean() < 0.02, (k, moving[still].mean())

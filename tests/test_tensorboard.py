@@ -118,3 +118,42 @@ def test_curves_of_a_stage_with_heads_draw_ms_and_op(stages):
             rows = list(csv.reader(f))[1:]
         drawn = save_curves(rows, stages / f"c{stage}.png")
         assert drawn == ["train loss", "test loss", "train accuracy", "test accuracy"] + heads
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step", "ignore:pretrained=.none.")
+def test_clips_per_second_is_over_the_training_seconds_only(tmp_path, monkeypatch):
+    """A stage whose epochs take 4 s of training and 6 s of evaluation on utils.train's clock (a
+    fake one, moved only by the stubbed epoch and evaluation): time/clips_per_second is the training
+    clips / 4 s, time/epoch_seconds 10 s."""
+    import types
+
+    import datasets.prepare.synthetic as syn
+    import utils.train as T
+    from utils.experiment import run as run_experiment
+    from utils.tensorboard import epoch_scalars
+    # the function alone: clips over train_seconds, whatever the epoch's seconds
+    row = epoch_scalars(1, 0.1, {"loss": 1.0, "acc": 50.0}, {"loss": 1.0, "acc": 50.0}, {}, 10.0, 4.0, 9)
+    assert row["time/clips_per_second"] == 9 / 4 and row["time/epoch_seconds"] == 10.0
+
+    assert syn.main(["--outDir", str(tmp_path / "data"), "--classes", "3", "--instances", "1", "--size", "48x36"]) == 0
+    clock = [1000.0]
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(time=lambda: clock[0]))
+
+    def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
+        clock[0] += 4.0
+        nan = float("nan")
+        return {"loss": 1.0, "acc": 50.0, "ms_loss": nan, "op_loss": nan, "op_acc": nan}
+
+    def evaluate(exp, model, loader, keep_logits=False):
+        clock[0] += 6.0
+        return {"loss": 1.0, "acc": 50.0, "videos_per_process": [len(loader.dataset)]}
+    monkeypatch.setattr(T, "train_one_epoch", train_one_epoch)
+    monkeypatch.setattr(T, "evaluate", evaluate)
+    out = tmp_path / "rgb"
+    assert run_experiment("rgb", ["--datasetDir", str(tmp_path / "data"), "--outDir", str(out), "--stage", "1",
+                                  "--numEpochs", "2", *TINY, "--frameSize", "32", "--camVideos", "0"]) == 0
+    n_train = json.loads((out / "stage1" / "summary.json").read_text())["num_train_videos"]
+    ea = EventAccumulator(str(out / "stage1" / "tb"))
+    ea.Reload()
+    assert [e.value for e in ea.Scalars("time/epoch_seconds")] == [10.0, 10.0]
+    assert [e.value for e in ea.Scalars("time/clips_per_second")] == pytest.approx([n_train / 4] * 2, rel=1e-6)

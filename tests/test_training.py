@@ -362,3 +362,38 @@ def test_written_files_get_the_umask_permissions_and_stay_atomic(tmp_path, umask
     for path in written:
         assert os.stat(path).st_mode & 0o777 == mode, path
     assert not list(tmp_path.rglob(".tmp-*"))  # no temporary file left behind
+
+
+@pytest.mark.filterwarnings("ignore:pretrained=.none.")
+def test_mean_class_accuracy_is_the_mean_over_classes(tmp_path, monkeypatch):
+    """Test clips per class 3 / 1 / 2 (open_box / put_cup / take_cup) and a model that gets every
+    put_cup clip wrong and the others right. By hand: top-1 5/6 = 83.3333 %, per class 100 / 0 / 100,
+    mean class accuracy (100 + 0 + 100) / 3 = 66.6667 %; a mean over clips would give 83.3333 % again."""
+    import shutil
+
+    import datasets.prepare.synthetic as syn
+    from models import EgoRNN
+    from utils import evaluation
+    from tests.test_models import _original_rgb_state
+    data = tmp_path / "data"
+    assert syn.main(["--outDir", str(data), "--classes", "3", "--instances", "3", "--users", "S2", "--size", "48x36",
+                     "--noShort", "--noQuirks"]) == 0
+    for cls, inst in (("put_cup", 2), ("put_cup", 3), ("take_cup", 3)):
+        for top in ("processed_frames2", "flow_x_processed", "flow_y_processed"):
+            shutil.rmtree(data / top / "S2" / cls / str(inst))
+    path = tmp_path / "model_rgb_state_dict.pth"
+    torch.save(_original_rgb_state(EgoRNN(3, mem_size=16, pretrained="none")), path)
+
+    def forward(model, batch, family):  # put_cup (1) predicted as open_box (0), the rest right
+        label = batch["label"]
+        return {"logits": torch.nn.functional.one_hot(torch.where(label == 1, 0, label), 3).float()}
+    monkeypatch.setattr(evaluation, "forward", forward)
+    assert evaluation.main(["--model", "rgb", "--datasetDir", str(data), "--modelStateDict", str(path), "--seqLen", "4",
+                          "--memSize", "16", "--frameSize", "32", "--outDir", str(tmp_path / "ev"),
+                          "--numWorkers", "0"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
+    assert sorted(r["label"] for r in rows) == ["0", "0", "0", "1", "2", "2"]  # the counts the figures assume
+    s = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert s["per_class_accuracy"] == {"open_box": 100.0, "put_cup": 0.0, "take_cup": 100.0}
+    assert s["accuracy"] == pytest.approx(83.3333, abs=1e-3)
+    assert s["mean_class_accuracy"] == pytest.approx(66.6667, abs=1e-3)
