@@ -167,11 +167,11 @@ def measure_data(loader, device, epochs=2):
 def measure_compute(exp, model, optimizer, batch, generator, steps, warmup):
     exp.set_train_mode(model)
     for _ in range(warmup):
-        train_step(exp, model, batch, optimizer, generator)
+        train_step(exp, model, batch, optimizer, generator=generator)
     sync(exp.device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        _, losses = train_step(exp, model, batch, optimizer, generator)
+        _, losses = train_step(exp, model, batch, optimizer, generator=generator)
     losses["loss"].item()
     sync(exp.device)
     return rate(steps * batch["label"].shape[0], time.perf_counter() - t0)
@@ -181,12 +181,12 @@ def measure_train(exp, model, optimizer, loader, generator, steps, warmup):
     exp.set_train_mode(model)
     it = forever(loader)
     for _ in range(warmup):
-        train_step(exp, model, to_device(next(it), exp.device), optimizer, generator)
+        train_step(exp, model, to_device(next(it), exp.device), optimizer, generator=generator)
     sync(exp.device)
     t0, clips = time.perf_counter(), 0
     for _ in range(steps):
         batch = to_device(next(it), exp.device)
-        _, losses = train_step(exp, model, batch, optimizer, generator)
+        _, losses = train_step(exp, model, batch, optimizer, generator=generator)
         clips += batch["label"].shape[0]
     losses["loss"].item()
     sync(exp.device)
@@ -197,10 +197,10 @@ def profile_table(exp, model, optimizer, batch, generator, steps, rows=15):
     """torch.profiler over `steps` training steps on the batch in memory: top ops by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
     exp.set_train_mode(model)
-    train_step(exp, model, batch, optimizer, generator)  # warm-up outside the profile
+    train_step(exp, model, batch, optimizer, generator=generator)  # warm-up outside the profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            train_step(exp, model, batch, optimizer, generator)
+            train_step(exp, model, batch, optimizer, generator=generator)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -246,7 +246,7 @@ def step_flops(exp, model, optimizer, batch, generator):
     from torch.utils.flop_counter import FlopCounterMode
     exp.set_train_mode(model)
     with FlopCounterMode(display=False) as counter:
-        train_step(exp, model, batch, optimizer, generator)
+        train_step(exp, model, batch, optimizer, generator=generator)
     return counter.get_total_flops()
 
 
@@ -254,7 +254,8 @@ def original_step_flops(src, rgb, labels, num_classes, mem_size):
     """FLOP of one original Ego-RNN stage-2 step (its main_run, one epoch of one batch)."""
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
-    original_stage2_seconds(src, rgb, labels, num_classes, mem_size, 1, 0, around=counter)
+    original_stage2_seconds(src, rgb, labels, num_classes=num_classes, mem_size=mem_size, steps=1, warmup=0,
+                            around=counter)
     return counter.get_total_flops()
 
 
@@ -354,28 +355,31 @@ def main(argv=None):
             print("samples, clips/s: compute and train interleaved with the original Ego-RNN stage 2 "
                   "(original) and our compute right after it (ours_next_to_original)", flush=True)
         for _ in range(a.repeats):
-            samples["compute"].append(measure_compute(exp, model, optimizer, batch, generator, a.steps, a.warmup))
+            samples["compute"].append(measure_compute(exp, model, optimizer, batch, generator=generator, steps=a.steps,
+                                                     warmup=a.warmup))
             if a.compareOriginal:
                 seconds = original_stage2_seconds(a.compareOriginal, batch["rgb"], batch["label"],
-                                                  train_set.num_classes, a.memSize, a.steps, a.warmup)
+                                                  num_classes=train_set.num_classes, mem_size=a.memSize,
+                                                  steps=a.steps, warmup=a.warmup)
                 samples.setdefault("original", []).append(rate(a.steps * a.batchSize, sum(seconds)))
                 samples.setdefault("ours_next_to_original", []).append(
-                    measure_compute(exp, model, optimizer, batch, generator, a.steps, 0))  # warm already
+                    measure_compute(exp, model, optimizer, batch, generator=generator, steps=a.steps, warmup=0))  # warm already
             if not a.computeOnly:
-                samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator, a.steps,
-                                                      a.warmup))
-                samples["infer"].append(measure_infer(exp, model, batch, a.steps, a.warmup))
+                samples["train"].append(measure_train(exp, model, optimizer, train_loader, generator=generator,
+                                                      steps=a.steps, warmup=a.warmup))
+                samples["infer"].append(measure_infer(exp, model, batch, steps=a.steps, warmup=a.warmup))
                 if a.niceToo:
                     samples.setdefault("train_nice0", []).append(
-                        measure_train(exp, model, optimizer, train_loader_nice0, generator, a.steps, a.warmup))
+                        measure_train(exp, model, optimizer, train_loader_nice0, generator=generator, steps=a.steps,
+                                      warmup=a.warmup))
             print(f"repeat {len(samples['compute'])}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in samples.items()
                                                                   if v), flush=True)
         compute, train, infer = (max(samples[k], default=float("nan")) for k in ("compute", "train", "infer"))
         if a.profile:
-            print(profile_table(exp, model, optimizer, batch, generator, a.profile), flush=True)
+            print(profile_table(exp, model, optimizer, batch, generator=generator, steps=a.profile), flush=True)
         flops = {}
         if a.flops:
-            flops["flops_per_step"] = step_flops(exp, model, optimizer, batch, generator)
+            flops["flops_per_step"] = step_flops(exp, model, optimizer, batch, generator=generator)
             flops["gflops_per_s"] = flops["flops_per_step"] * compute / a.batchSize / 1e9
             flops["conv_gflops_per_s"] = conv_gflops(device, precision)
             text = (f"{precision}: FLOP per step (convolutions and matrix products) {flops['flops_per_step'] / 1e12:.3f} "
@@ -383,7 +387,7 @@ def main(argv=None):
                     f"batch 128) {flops['conv_gflops_per_s']:.0f} GFLOP/s")
             if a.compareOriginal:
                 flops["original_flops_per_step"] = original_step_flops(
-                    a.compareOriginal, batch["rgb"], batch["label"], train_set.num_classes, a.memSize)
+                    a.compareOriginal, batch["rgb"], batch["label"], num_classes=train_set.num_classes, mem_size=a.memSize)
                 flops["original_gflops_per_s"] = (flops["original_flops_per_step"] * max(samples["original"])
                                                   / a.batchSize / 1e9)
                 flops["ratio_allowed_at_conv_rate"] = (flops["conv_gflops_per_s"] * flops["original_flops_per_step"]
@@ -392,7 +396,8 @@ def main(argv=None):
                          f"{flops['original_gflops_per_s']:.0f} GFLOP/s: with this arithmetic, a step running entirely "
                          f"at the convolution's rate would be {flops['ratio_allowed_at_conv_rate']:.2f}x the original")
             print(text, flush=True)
-        limit = (measure_limit(device, precision, a.batchSize * a.seqLen, a.frameSize, a.steps, a.warmup)
+        limit = (measure_limit(device, precision, images=a.batchSize * a.seqLen, frame_size=a.frameSize,
+                               steps=a.steps, warmup=a.warmup)
                  if a.limit else None)
         r = {"compute_clips_per_s": compute,
              "data_clips_per_s": data, "train_clips_per_s": train,
