@@ -2,7 +2,7 @@
 camera-compensated warp flow and motion maps, in either layout the loaders read.
 
     python -m datasets.prepare --videos DIR --outDir DATASET [--layout course|egornn]
-        [--flow tvl1|farneback|raft] [--noWarp] [--flowScale output|source] [--maps flow|idt]
+        [--flow tvl1|farneback|raft] [--noWarp] [--flowScale output|source] [--maps idt|flow]
         [--fps N] [--shortSide 256] [--numWorkers N]
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
     python -m datasets.prepare --frames DATASET [--outDir DIR] [--only flow|mmaps ...] ...
@@ -46,11 +46,11 @@ label's start frame), as Ego-RNN's prepareGTEA61Dataset.py numbers its copies, s
 floor(linspace(1, N, T, endpoint=False)) picks the labelled frames start + floor(i) as the original
 pipeline does; flow stays numbered from 1. Flow k goes from the k-th frame written to the
 (k+1)-th, so there is one flow image fewer than RGB frames: a video's last frame has no next one
-to compute flow towards. Motion map k (datasets/prepare/warpflow.py) comes from
-the compensated flow towards frame k+1 and back towards frame k-1; the first frame's from the
-forward flow only, the last frame's (it has no next frame) from the backward flow only;
-with --maps idt they are trajectory maps instead (datasets/prepare/trajectories.py: the points of
-Improved Dense Trajectories tracked through the compensated flow).
+to compute flow towards. Motion map k belongs to frame k: by default (--maps idt) the points of
+Improved Dense Trajectories tracked through the compensated flow that lie on it, the paper's MS
+targets (datasets/prepare/trajectories.py); with --maps flow the moving regions of the
+compensated flow towards frame k+1 and back towards frame k-1 (datasets/prepare/warpflow.py; the
+first frame's from the forward flow only, the last frame's from the backward flow only).
 Flow values are in pixels of the written frames (--flowScale output) or, as dense_flow wrote
 them, of the source video (--flowScale source: x source / written short side).
 
@@ -102,7 +102,7 @@ VERSION = 2
 FOUND = ("sourceSize", "outputSize", "refused", "clippedAt")  # marker entries the run found (not settings)
 FLOW_SCALES = warpflow.FLOW_SCALES
 DEFAULT_FLOW_SCALE = "output"  # docs/data.md, "Flow scale": fewer clipped values at hand speeds
-DEFAULT_MAPS = "flow"  # docs/data.md, "Motion maps": idt maps measured against them
+DEFAULT_MAPS = "idt"  # the paper's MS targets (§2, §3); docs/data.md, "Motion maps": flow maps measured against them
 # per layout and folder kind: (folder pattern relative to the root, file name pattern)
 LAYOUTS = {
     "course": {"rgb": ("processed_frames2/{rel}/rgb", "rgb{:04d}.png"),
@@ -266,7 +266,7 @@ def _run_job(job, opts, progress):
             pending = 0
     if progress is not None and pending:
         progress(pending)
-    return staging, n, dict(sizes, **stats)
+    return staging, n, dict(sizes, **{k: stats[k] for k in FOUND if k in stats})
 
 
 def _place(job, opts, staging, found):
@@ -623,9 +623,9 @@ def parse_args(argv):
                    help="flow values in pixels of the written frames (output, the default) or of the source "
                    "video as dense_flow wrote them (source: x source/output short side)")
     p.add_argument("--maps", choices=warpflow.MAPS, default=DEFAULT_MAPS,
-                   help=f"motion maps: flow = moving regions of the compensated flow (datasets/prepare/warpflow.py), "
-                   f"idt = points of improved dense trajectories (datasets/prepare/trajectories.py); "
-                   f"default {DEFAULT_MAPS}")
+                   help=f"motion maps: idt = points of improved dense trajectories, the paper's MS targets "
+                   f"(datasets/prepare/trajectories.py); flow = moving regions of the compensated flow "
+                   f"(datasets/prepare/warpflow.py); default {DEFAULT_MAPS}")
     p.add_argument("--fps", type=float, default=None,
                    help="resample the videos to this rate: at each j / fps the nearest frame "
                    "(datasets/prepare/video.py; default: every frame)")
