@@ -10,8 +10,10 @@ set: all of the action's nouns).
 
 Takes this project's checkpoints and the original Ego-RNN release's alike. The test pipeline is
 the original's (short side to 256, centre crop 224, frames at floor(linspace(1, N, seqLen)),
-flow: the mean logits of --numSeg stacks), run in fp32 with TF32 off so that an original
-checkpoint gives the original code's logits to float precision.
+flow: the mean logits of --numSeg stacks), with TF32 off, in the precision the checkpoint's run
+recorded (bf16 where it trained in bf16), so that the accuracy printed is the test accuracy its
+training printed and selected it by; in fp32 for files without that record, so that an original
+checkpoint gives the original code's logits to float precision (--precision chooses).
 
     python evaluate.py --model ms_op --datasetDir DIR --modelStateDict experiments/main_ms_op_seq16/stage2/best_model.pth
     python evaluate.py --splitMean RUN1/stage2/eval_test_split1 RUN2/stage2/eval_test_split2 RUN3/stage2/eval_test_split3
@@ -36,12 +38,13 @@ from models import feature_map_size
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import TEST_USERS, build_model, forward
 from utils.arguments import default_workers
-from utils.checkpoint_record import EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config
+from utils.checkpoint_record import (EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config,
+                                     synthetic_note)
 from utils.cli import Parser
 from utils.data import make_loader, to_device
 from utils.device import pick_device
 from utils.errors import UserError
-from utils.experiment import dataset_class
+from utils.experiment import channels_last, dataset_class
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.paths import default_dataset_dir
 from utils.plots import save_confusion_matrix, save_per_class
@@ -76,8 +79,10 @@ def parse_args(argv):
     p.add_argument("--numWorkers", type=int, default=default_workers(),
                    help="DataLoader worker processes (default: one per core, up to 8; this machine: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="fp32 (default) reproduces the original's logits; bf16 is faster")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help="default: the precision the checkpoint's run trained and evaluated in, so that the accuracy "
+                   "is the one training recorded; fp32 for files without that record (it reproduces the original's "
+                   "logits)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
     p.add_argument("--topk", type=int, nargs="+", default=[5],
                    help="top-k accuracies to report besides top-1 (k >= the number of classes gives 100%%)")
@@ -181,6 +186,13 @@ def main(argv=None):
     seq_len = args.seqLen or meta.get("seqLen") or 25
     frame_size = args.frameSize or meta.get("frameSize") or 224
     config = saved_config(args.modelStateDict)
+    note = synthetic_note(args.modelStateDict, config)
+    if note:
+        print(note, flush=True)
+    precision = args.precision or config.get("precision") or "fp32"
+    where = ("--precision" if args.precision else "the precision of the run that trained it" if config.get("precision")
+             else "no precision recorded")
+    print(f"precision {precision} ({where})", flush=True)
     info = checkpoint_info(args.modelStateDict)
     # the ConvLSTM's weights say its size: an original two-stream file records no memSize
     mem_size = info["mem_size"] or cfg.get("memSize") or args.memSize or 512
@@ -254,6 +266,8 @@ def main(argv=None):
                             heads=False)
     load_checkpoint(model, args.modelStateDict)
     model.to(device).eval()
+    if channels_last(device, precision):  # as training's evaluation lays it out (utils/experiment.py)
+        model = model.to(memory_format=torch.channels_last)
     loader = make_loader(test_set, args.batchSize, shuffle=False, seed=0, num_workers=args.numWorkers,
                          pin_memory=device.type == "cuda")
 
@@ -261,7 +275,7 @@ def main(argv=None):
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
             batch = to_device(batch, device)
-            with autocast(device, args.precision):
+            with autocast(device, precision):
                 out = forward(model, batch, family)
             logits_all.append(out["logits"].float().cpu())
             labels_all.append(batch["label"].cpu())
@@ -291,7 +305,7 @@ def main(argv=None):
                "dataset_kind": dataset, "split": split,
                "class_index": getattr(test_set, "class_index", None),  # action_idx.txt's 1-based index of each id
                "checkpoint": args.modelStateDict, "dataset": args.datasetDir, "test_users": test_users,
-               "seqLen": seq_len, "frameSize": frame_size, "precision": args.precision}
+               "seqLen": seq_len, "frameSize": frame_size, "precision": precision}
     atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
     save_confusion_matrix(labels.tolist(), preds.tolist(), test_set.classes,
                           os.path.join(out_dir, "confusion_matrix.png"),

@@ -86,7 +86,7 @@ from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 
 import numpy as np
 
-from datasets.markers import STATE, read_json
+from datasets.markers import STATE, SYNTHETIC_MARKER, read_json
 from datasets.prepare import gtea61raw, warpflow
 from datasets.prepare.gtea61raw import frame_files
 from datasets.prepare.video import (VIDEO_EXTS, VideoError, estimated_frames, output_size, probe,
@@ -468,6 +468,17 @@ def _scan_gtea61(root):
     return ([(i.rel, i.source) for i in instances], [], {i.rel: i for i in instances}, errors)
 
 
+def _synthetic_marker(args):
+    """The synthetic generator's marker of the release being prepared, or None: at the root of an
+    --egtea or --gtea61 release, in a --videos folder or its parent (the generator's videos layout
+    puts them in DIR/videos/ and its marker in DIR)."""
+    source = args.egtea or args.gtea61 or args.videos
+    if not source:
+        return None
+    places = [source] + ([os.path.dirname(os.path.abspath(source))] if args.videos else [])
+    return next((m for m in (os.path.join(p, SYNTHETIC_MARKER) for p in places) if os.path.isfile(m)), None)
+
+
 def copy_release_files(paths, out):
     """Copy the index and split files (and a synthetic release's marker) into the dataset root."""
     for src in paths:
@@ -787,9 +798,8 @@ def main(argv=None):
         if not args.frames:
             check_space(jobs, layout, args)
             # a synthetic release's marker goes along, so that results on it say they are synthetic
-            release = args.egtea or args.gtea61
-            marker = os.path.join(release, ".complete") if release else None
-            copy_release_files(copies + ([marker] if marker and os.path.isfile(marker) else []), args.out)
+            marker = _synthetic_marker(args)
+            copy_release_files(copies + ([marker] if marker else []), args.out)
         worker_opts = {k: v for k, v in opts.items() if k not in ("_frames", "_videos", "_spans")}
         what = ", ".join(only)
         method = f"{args.flow}{'' if args.noWarp else ' + warp'}" if opts["_needs_method"] else ""
