@@ -46,7 +46,7 @@ from datasets.prepare.warpflow import FLOW_SCALES, RaftWeightsError, encode_flow
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_from_checkpoint, forward
 from utils.cli import Parser
-from utils.checkpoint_record import checkpoint_preparation, preparation_differences, saved_config
+from utils.checkpoint_record import checkpoint_preparation, preparation_differences, saved_config, synthetic_note
 from utils.data import to_device
 from utils.device import pick_device
 from utils.errors import UserError, run_cli
@@ -127,7 +127,8 @@ def resolve_model(args):
     return dict(family=family, name=name, classes=classes, attention=attention, seqLen=seq_len,
                 frameSize=config.get("frameSize") or 224, memSize=info["mem_size"] or 512,
                 stackSize=info["stack_size"] or 5, numSeg=args.numSeg if family == "flow" else 1,
-                recorded=bool(config), preparation=checkpoint_preparation(config))
+                recorded=bool(config), preparation=checkpoint_preparation(config),
+                synthetic_note=synthetic_note(path, config))
 
 
 def flow_settings(args, spec):
@@ -398,6 +399,8 @@ def main(argv=None):
 
 
     spec = resolve_model(args)
+    if spec["synthetic_note"]:
+        print(spec["synthetic_note"], flush=True)
     out_dir = args.outDir or os.path.join("experiments", "predict",
                                           os.path.splitext(os.path.basename(os.path.normpath(args.video)))[0])
     if os.path.exists(os.path.join(out_dir, "prediction.json")) and not args.overwrite:
@@ -492,7 +495,7 @@ def main(argv=None):
         "seqLen": spec["seqLen"], "frameSize": spec["frameSize"], "num_frames": len(source.times),
         "duration_s": round(source.duration, 4) if source.rate else None, "fps": args.fps, "shortSide": args.shortSide,
         "flow": (flow_name + (" + warp" if warp else "")) if method else None, "flowScale": flow_scale,
-        "precision": args.precision, "device": device.type,
+        "precision": args.precision, "device": device.type, "synthetic_training_data": bool(spec["synthetic_note"]),
         "top": top, "logits": [round(float(v), 7) for v in logits],
         "frame_numbers": frame_numbers, "frame_times_s": [round(source.times[i], 4) for i in clip["rgb"]],
         "flow_stacks": [[i + 1 for i in st] for st in clip["flow"]],

@@ -242,7 +242,9 @@ def _caption(opts, t, columns, shown, split_name, users, kind):
                      + f"one video = {100 / ntest[0]:.2f} points).")
     precisions = sorted({s["precision"] for s in (_read_summary(c) for c in shown) if s and s.get("precision")})
     if precisions:
-        lines.append(f"Precision: {'/'.join(precisions)}" + (" (cells differ)" if len(precisions) > 1 else "") + ".")
+        lines.append(f"Precision: {'/'.join(precisions)}" + (" (cells differ)" if len(precisions) > 1 else "")
+                     + ", in training and in its test evaluations; evaluate.py evaluates the checkpoints in the same "
+                     "precision by default, so it prints these accuracies.")
     other = sorted({s.get("dataset") for s in (_read_summary(c) for c in shown)
                     if s and s.get("dataset") and not _same_path(s["dataset"], opts.datasetDir)})
     if other:

@@ -96,7 +96,7 @@ def read_split(path, actions, index_path="action_idx.txt"):
             fields = line.split()
             if not fields:
                 continue
-            if len(fields) == 3 or not all(x.isdigit() for x in fields[1:]):
+            if len(fields) in (1, 3) or not all(x.isdigit() for x in fields[1:]):
                 raise DatasetError(f"{path} line {n}: expected '<clip> <action> <verb> <noun> [<noun2> ...]' "
                                    f"(1-based indices), got {line.strip()!r}")
             a = int(fields[1])
@@ -252,27 +252,29 @@ class EGTEA(GTEA61):
 
 
 def verb_noun_of(dataset):
-    """(class -> verb id, class -> nouns, verb names, noun names) of a dataset, or None when it
-    has no verbs and nouns. A class's nouns are what noun accuracy compares: for split-file
-    datasets the tuple of its noun ids (columns 4, 5, ...: "Put trash,trash_container" has two);
-    GTEA-61's class names are <verb>_<noun(s)> (take_cup, stir_spoon,cup), split at the first
-    underscore, the nouns compared as one string."""
+    """(class -> verb id, class -> noun id, class -> noun ids, verb names, noun names) of a
+    dataset, or None when it has no verbs and nouns. The noun is the split file's noun column
+    (column 4, the first noun), what published EGTEA noun accuracies and public readers of the
+    split files compare; the noun ids are all of them (columns 4, 5, ...: "Put trash,trash_container"
+    has two). GTEA-61's class names are <verb>_<noun(s)> (take_cup, stir_spoon,cup), split at the
+    first underscore, the nouns at the commas."""
     if hasattr(dataset, "class_verb"):
         if any(v is None for v in dataset.class_verb) or any(n is None for n in dataset.class_nouns):
             return None
-        return dataset.class_verb, dataset.class_nouns, dataset.verbs, dataset.nouns
+        return dataset.class_verb, dataset.class_noun, dataset.class_nouns, dataset.verbs, dataset.nouns
     if not all("_" in c for c in dataset.classes):
         return None
-    pairs = [c.split("_", 1) for c in dataset.classes]
+    pairs = [(v, tuple(n.split(","))) for v, n in (c.split("_", 1) for c in dataset.classes)]
     verbs = sorted({v for v, _ in pairs})
-    nouns = sorted({n for _, n in pairs})
-    return [verbs.index(v) for v, _ in pairs], [nouns.index(n) for _, n in pairs], verbs, nouns
+    nouns = sorted({n for _, ns in pairs for n in ns})
+    sets = [tuple(nouns.index(n) for n in ns) for _, ns in pairs]
+    return [verbs.index(v) for v, _ in pairs], [ns[0] for ns in sets], sets, verbs, nouns
 
 
 def derived_accuracy(labels, preds, class_to_part):
-    """% of videos whose predicted action has the true action's verb (or nouns: all of them, so
-    "Put trash" is wrong for "Put trash,trash_container"): the verb and noun accuracy of an action
-    classifier, with no verb or noun head."""
+    """% of videos whose predicted action has the true action's verb, noun (the first) or noun set
+    (all of them, so "Put trash" is wrong for "Put trash,trash_container"): the verb and noun
+    accuracy of an action classifier, with no verb or noun head."""
     if not len(labels):
         return None
     hits = sum(class_to_part[p] == class_to_part[t] for t, p in zip(labels, preds))

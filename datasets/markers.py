@@ -50,3 +50,10 @@ def preparation(root):
 def is_complete(path):
     """Whether the synthetic generator finished the dataset at `path`."""
     return os.path.isfile(os.path.join(path, SYNTHETIC_MARKER))
+
+
+def is_synthetic(path):
+    """Whether the dataset at `path` came from the synthetic generator: its marker, a JSON object
+    of the generator's settings, is there (datasets.prepare copies it into what it prepares from
+    a synthetic release)."""
+    return isinstance(read_json(os.path.join(path, SYNTHETIC_MARKER)), dict)

@@ -56,7 +56,9 @@ def test_checkpoints_record_their_configuration(models_):
     # the unit table below covers every recorded key checked on loading; the preparation is
     # followed by predict.py / evaluate.py (tests/test_predict.py), here None: the synthetic
     # generator's data, not made by datasets.prepare
-    assert set(rgb) == set(RECORDED) | {"preparation"} and rgb["preparation"] is None
+    assert set(rgb) == set(RECORDED) | {"preparation", "precision", "synthetic"} and rgb["preparation"] is None
+    # the precision it trained and evaluated in (TINY: fp32), and the generator's data
+    assert rgb["precision"] == "fp32" and rgb["synthetic"] is True
     flow = torch.load(models_ / "flow" / "stage1" / "best_model.pth", weights_only=True)
     assert flow["config"]["stackSize"] == 3 and flow["stackSize"] == 3
     assert flow["model"]["conv1.weight"].shape[1] == 6  # 2 x 3 flow frames
@@ -128,15 +130,38 @@ def test_stage2_refuses_a_stage1_of_another_configuration(models_, data, tmp_pat
     torch.save(ck, tmp_path / "s1_test.pth")
     assert_one_line_error(run("main_rgb.py", *base[:-len(TINY) - 1], tmp_path / "s1_test.pth", "--select", "val",
                               *TINY, check=False), "--select test", "--select val")
+    # a stage-2 checkpoint, or a model of another experiment, is no stage 1
+    ck = torch.load(s1, weights_only=True)
+    ck["stage"], ck["experiment"] = 2, "ms_op"
+    torch.save(ck, tmp_path / "s2.pth")
+    assert_one_line_error(run("main_ms_op.py", *base[:-len(TINY) - 1], tmp_path / "s2.pth", "--select", "val", *TINY,
+                              check=False), f"--stage1Dict {tmp_path / 's2.pth'} is a stage-2 checkpoint of ms_op")
+    flow = models_ / "flow" / "stage1" / "best_model.pth"
+    assert_one_line_error(run("main_ms.py", *base[:-len(TINY) - 1], flow, *TINY, check=False),
+                          f"--stage1Dict {flow} holds a flow model (flow), not an Ego-RNN stage 1")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
 
 
-def test_stage2_from_the_same_configuration_runs(models_, data, tmp_path):
-    run("main_ms_op.py", "--datasetDir", data, "--outDir", tmp_path, "--stage", "2", "--numEpochs", "1",
-        "--stage1Dict", models_ / "rgb" / "stage1" / "best_model.pth", "--select", "val", *TINY)
+def test_stage2_from_the_same_configuration_runs_and_evaluates_to_its_training_accuracy(models_, data, tmp_path):
+    # in bf16 (a stage 1 in fp32 is a configuration like any other): evaluate.py then evaluates in bf16 too
+    run("main_ms_op.py", "--datasetDir", data, "--outDir", tmp_path, "--stage", "2", "--numEpochs", "2",
+        "--stage1Dict", models_ / "rgb" / "stage1" / "best_model.pth", "--select", "val", *TINY, "--precision", "bf16")
     ck = torch.load(tmp_path / "stage2" / "best_model.pth", weights_only=True)
     assert ck["config"]["opInput"] == "flat" and ck["config"]["msKind"] == "classification"
     s = 2  # layer4 side at 64 px: fc6 reads the flattened map
     assert ck["model"]["op_head.fc6.0.weight"].shape == (1024, 512 * s * s)
+    assert ck["config"]["precision"] == "bf16"
+    p = run("evaluate.py", "--model", "ms_op", "--datasetDir", data, "--modelStateDict", tmp_path / "stage2" /
+            "best_model.pth", "--outDir", tmp_path / "ev", "--numWorkers", "0")
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("note: ") and "SYNTHETIC" in lines[0], p.stdout
+    assert lines[1] == "precision bf16 (the precision of the run that trained it)", p.stdout
+    trained = json.loads((tmp_path / "stage2" / "summary.json").read_text())
+    evaluated = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert evaluated["precision"] == "bf16"
+    # one accuracy per checkpoint: the selected epoch's test accuracy as training logged it
+    assert evaluated["accuracy"] == pytest.approx(trained["selected_test_accuracy"], abs=1e-3)
+    assert f"accuracy {trained['selected_test_accuracy']:.2f}% " in p.stdout
 
 
 def test_overlapping_train_and_test_users_are_refused(data, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from datasets.prepare import synthetic as syn
+from datasets import DatasetError
 from datasets.egtea import EGTEA, derived_accuracy, verb_noun_of
 from utils.errors import UserError
 
@@ -190,11 +191,13 @@ def test_verb_and_noun_columns_by_hand(tmp_path, index_files):
             ["plate"], ["trash", "trash_container"], ["trash"], ["bell_pepper"]]
     else:  # the indices as text
         assert ds.verbs == ["3", "10", "12"] and ds.nouns == ["4", "6", "8", "11"]
-    # noun accuracy compares all nouns: "Put trash" for "Put trash,trash_container" is a wrong noun
-    # (the first-noun rule would count it right: 75 %), the verb is right
-    verb, nouns, _, _ = verb_noun_of(ds)
+    # noun accuracy compares the noun column (the first noun), as published EGTEA figures: "Put trash"
+    # for "Put trash,trash_container" is the right noun; noun set accuracy compares all nouns: wrong
+    verb, noun, nouns, _, _ = verb_noun_of(ds)
+    assert noun == [0, 1, 1, 3] and nouns == [(0,), (1, 2), (1,), (3,)]
     labels, preds = [0, 1, 2, 3], [0, 2, 1, 0]
     assert derived_accuracy(labels, preds, verb) == pytest.approx(75.0)  # take=take, put=put, put=put, cut!=take
+    assert derived_accuracy(labels, preds, noun) == pytest.approx(75.0)  # plate, trash, trash; bell_pepper!=plate
     assert derived_accuracy(labels, preds, nouns) == pytest.approx(25.0)  # only plate=plate
 
 
@@ -207,6 +210,15 @@ def test_clips_disagreeing_on_verb_or_nouns_warn_once_and_keep_the_most_common(t
     err = [line for line in capsys.readouterr().err.splitlines() if "disagree" in line or "kept" in line]
     assert len(err) == 1, err
     assert "action 7" in err[0] and "test_split1.txt line 3" in err[0] and "test_split1.txt line 6" in err[0]
+
+
+@pytest.mark.parametrize("line", ["P01-R01-X-7-8-F7-F8", "P01-R01-X-7-8-F7-F8 9 3"])
+def test_split_line_of_one_or_three_columns_is_a_one_line_error(tmp_path, line):
+    _hand_made_root(tmp_path / "r", HAND_ACTIONS, HAND_ROWS[:3] + [line], HAND_VERBS, HAND_NOUNS)
+    with pytest.raises(DatasetError) as e:
+        EGTEA(tmp_path / "r", ["test_split1"], "rgb", train=False, seqLen=2, frameSize=32)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path / "r" / "test_split1.txt") + " line 4: expected"), msg
 
 
 def test_split_naming_an_absent_action_is_a_one_line_error(release, tmp_path):
@@ -238,9 +250,9 @@ def test_verb_and_noun_accuracy_by_hand():
 
     class GteaLike:  # GTEA-61 names are <verb>_<noun(s)>
         classes = ["close_jam", "open_jam", "stir_spoon,cup", "take_jam"]
-    v, n, verbs, nouns = verb_noun_of(GteaLike)
+    v, n, ns, verbs, nouns = verb_noun_of(GteaLike)
     assert verbs == ["close", "open", "stir", "take"] and v == [0, 1, 2, 3]
-    assert nouns == ["jam", "spoon,cup"] and n == [0, 0, 1, 0]
+    assert nouns == ["cup", "jam", "spoon"] and n == [1, 1, 2, 1] and ns == [(1,), (1,), (2, 0), (1,)]
 
 
 def test_dataset_arguments(release, prepared):
@@ -321,7 +333,7 @@ def test_prepare_train_both_stages_and_evaluate(prepared, tmp_path):
     # the expected figures, from the split files' verb and noun columns (ids are index - 1 here)
     verb_of = {a: v for a, v, _ in truth.values()}
     noun_of = {a: n for a, _, n in truth.values()}
-    hits = {"action": 0, "verb": 0, "noun": 0}
+    hits = {"action": 0, "verb": 0, "noun": 0, "noun_set": 0}
     per_class = {}
     for r in rows:
         clip = r["video"].split("/")[-1]
@@ -329,12 +341,14 @@ def test_prepare_train_both_stages_and_evaluate(prepared, tmp_path):
         assert t == truth[clip][0]
         hits["action"] += t == p_
         hits["verb"] += verb_of[t] == verb_of.get(p_, -1)
-        hits["noun"] += noun_of[t] == noun_of.get(p_, -1)
+        hits["noun"] += noun_of[t][0] == noun_of.get(p_, (-1,))[0]  # the noun column
+        hits["noun_set"] += noun_of[t] == noun_of.get(p_, -1)
         per_class.setdefault(names[t], []).append(t == p_)
     n = len(rows)
     assert summary["accuracy"] == pytest.approx(100 * hits["action"] / n, abs=1e-3)
     assert summary["verb_accuracy"] == pytest.approx(100 * hits["verb"] / n, abs=1e-3)
     assert summary["noun_accuracy"] == pytest.approx(100 * hits["noun"] / n, abs=1e-3)
+    assert summary["noun_set_accuracy"] == pytest.approx(100 * hits["noun_set"] / n, abs=1e-3)
     mca = np.mean([100 * np.mean(v) for v in per_class.values()])
     assert summary["mean_class_accuracy"] == pytest.approx(mca, abs=1e-3)
     assert summary["class_index"] == [1, 2, 3, 4, 5, 6]

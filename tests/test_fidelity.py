@@ -41,6 +41,16 @@ def test_auto_precision_is_fp32_when_onednn_has_no_bf16_kernels(monkeypatch):
     assert device.pick_precision("auto", torch.device("cpu")) == "fp32"
 
 
+@pytest.mark.parametrize("capability,expected", [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_on_cuda_is_bf16_only_where_it_is_native(monkeypatch, capability, expected):
+    # a Volta / Turing GPU: torch.cuda.is_bf16_supported() says True by default, bf16 being emulated there
+    native = capability >= (8, 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
+    assert device.pick_precision("auto", torch.device("cuda")) == expected
+    assert device.pick_precision("bf16", torch.device("cuda")) == "bf16"
+
+
 # ----------------------------------------------------------------------------- order prediction
 
 def _samsop(op_input, frame_size=64, classes=3):

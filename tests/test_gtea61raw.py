@@ -119,10 +119,116 @@ def test_egornn_layout_only_frames_and_rerun(raw, tmp_path, capsys):
     assert prepare.main(args) == 0
     start, end = label_range(raw, "S1_Tea_C1", 2)
     files = sorted(p.name for p in (out / "frames" / "S1" / "take_cup" / "3").iterdir())
-    assert files == [f"image_{k:05d}.jpg" for k in range(1, end - start + 2)]
+    assert files == [f"image_{k:05d}.jpg" for k in range(0, end - start + 1)]  # the original's: from 0
     assert not (out / "flow_x").exists()
     capsys.readouterr()
     assert prepare.main(args) == 0  # resumable: nothing left to do
     assert "preparing 0 video(s)" in capsys.readouterr().err
     with pytest.raises(UserError, match="--fps applies to"):
         prepare.main(["--gtea61", str(raw), "--outDir", str(tmp_path / "f"), "--fps", "10"])
+
+
+# ----------------------------------------------------------------------------- frames by number
+# Raw releases written here as frame folders whose file numbered f has grey level f, so every
+# frame read says which labelled frame it is.
+def grey_release(root, recordings):
+    """recordings: {stem: (frame numbers on disk, ["(start-end)" ...])}."""
+    (root / "labels").mkdir(parents=True)
+    for stem, (numbers, ranges) in recordings.items():
+        d = root / "png" / stem
+        d.mkdir(parents=True)
+        for f in numbers:
+            Image.fromarray(np.full((8, 8, 3), f, np.uint8)).save(d / f"{f:010d}.png")
+        lines = [f"{stem} (annotation)"] + [f"<take><cup> {r}" if k % 2 == 0 else f"<put><cup> {r}"
+                                             for k, r in enumerate(ranges)]
+        (root / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def greys(folder):
+    """The grey level of each written frame, in file-number order."""
+    files = sorted(folder.iterdir(), key=lambda p: int(re.search(r"(\d+)\.", p.name).group(1)))
+    return [int(round(np.asarray(Image.open(p)).mean())) for p in files]
+
+
+FRAMES = ["--only", "frames", "--shortSide", "0", "--numWorkers", "1", "--quiet"]
+
+
+@pytest.mark.parametrize("layout", ["course", "egornn"])
+def test_loader_shows_the_original_pipelines_labelled_frames(tmp_path, layout):
+    raw = grey_release(tmp_path / "raw", {"S1_Grey_C1": (range(1, 101), ["(20-59)"])})
+    out = tmp_path / "out"
+    assert prepare.main(["--gtea61", str(raw), "--outDir", str(out), "--layout", layout, *FRAMES]) == 0
+    from datasets import GTEA61
+    from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+    ds = GTEA61(out, ["S1"], "rgb", train=False, seqLen=16, frameSize=32)
+    rgb = ds[0]["rgb"][:, 0]  # (T, F, F), the red channel: grey frames
+    shown = [int(round(((x * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255).mean().item())) for x in rgb]
+    # N = 40 frames (20..59), T = 16: i = 1 + k 39/16 = 1, 3.4375, 5.875, 8.3125, ..., 37.5625 by hand;
+    # the original shows image_%05d % floor(i) of its copies numbered from 0, the labelled frame 20 + floor(i)
+    assert shown == [21, 23, 25, 28, 30, 33, 35, 38, 40, 42, 45, 47, 50, 52, 55, 57]
+    assert shown == [20 + int(i) for i in np.floor(np.linspace(1, 40, 16, endpoint=False))]
+
+
+def test_frame_folders_are_read_by_number(tmp_path, capsys):
+    raw = grey_release(tmp_path / "raw", {
+        "S1_Zero_C1": (range(0, 100), ["(20-59)", "(70-79)"]),                           # numbered from 0
+        "S2_Gap_C1": ([f for f in range(1, 101) if f != 30], ["(20-59)", "(70-79)"]),    # 30 missing
+        "S3_Plain_C1": (range(1, 101), ["(20-59)"])})                                   # 1, 2, ...: no warning
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert prepare.main(["--gtea61", str(raw), "--outDir", str(out), *FRAMES]) == 0
+    err = capsys.readouterr().err
+    rgb = out / "processed_frames2"
+    assert greys(rgb / "S1" / "take_cup" / "1" / "rgb") == list(range(20, 60))
+    assert greys(rgb / "S1" / "put_cup" / "1" / "rgb") == list(range(70, 80))
+    assert greys(rgb / "S2" / "take_cup" / "1" / "rgb") == [f for f in range(20, 60) if f != 30]
+    assert greys(rgb / "S2" / "put_cup" / "1" / "rgb") == list(range(70, 80))  # not shifted by the gap
+    assert greys(rgb / "S3" / "take_cup" / "1" / "rgb") == list(range(20, 60))
+    warning = [ln for ln in err.splitlines() if "numbered otherwise" in ln]
+    assert len(warning) == 1, err
+    assert "S1_Zero_C1 (files numbered 0..99)" in warning[0], warning
+    assert "S2_Gap_C1 (files numbered 1..100, 1 number(s) missing)" in warning[0], warning
+    assert "S3_Plain_C1" not in warning[0]
+
+
+def test_a_range_past_the_end_keeps_the_frames_that_exist(tmp_path, capsys):
+    raw = grey_release(tmp_path / "raw", {
+        "S1_Long_C1": (range(1, 101), ["(10-49)", "(90-110)"]),   # 90..100 exist: 11 frames kept
+        "S2_Long_C1": (range(1, 51), ["(44-60)", "(48-70)"])})    # 44..50: 7 kept; 48..50: 3, an error
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert prepare.main(["--gtea61", str(raw), "--outDir", str(out), *FRAMES]) == 1
+    err = capsys.readouterr().err
+    rgb = out / "processed_frames2"
+    assert greys(rgb / "S1" / "take_cup" / "1" / "rgb") == list(range(10, 50))
+    assert greys(rgb / "S1" / "put_cup" / "1" / "rgb") == list(range(90, 101))
+    assert greys(rgb / "S2" / "take_cup" / "1" / "rgb") == list(range(44, 51))
+    assert not (rgb / "S2" / "put_cup").exists()
+    clipped = [ln for ln in err.splitlines() if "past the end of their recording" in ln]
+    assert len(clipped) == 1 and clipped[0].startswith("warning: 2 instance(s)"), err
+    assert "S1/put_cup/1 (" in clipped[0] and "S1_Long_C1.txt line 3: frames 90-110, the recording ends at 100" \
+        in clipped[0], clipped
+    assert "S2/take_cup/1 (" in clipped[0] and "frames 44-60, the recording ends at 50" in clipped[0], clipped
+    assert "S2/put_cup" not in clipped[0] and "S1/take_cup" not in clipped[0]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert any("S2_Long_C1.txt line 3" in e and "(48-70)" in e and "holds 3 of them" in e for e in errors), err
+
+
+def test_a_video_labelled_past_its_end_keeps_its_frames(raw, tmp_path, capsys):
+    bad = tmp_path / "raw"
+    shutil.copytree(raw, bad)
+    labels = bad / "labels" / "S3_Cheese_C1.txt"
+    lines = labels.read_text().splitlines()
+    start, end = (int(x) for x in re.search(r"\((\d+)-(\d+)\)", lines[-1]).groups())
+    total = end + syn.GTEA61RAW_GAP  # the recording's frames, by the generator's table
+    lines[-1] = f"<put><tea> ({start}-{total + 20})"
+    labels.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert prepare.main(["--gtea61", str(bad), "--outDir", str(out), *FRAMES]) == 0
+    err = capsys.readouterr().err
+    frames = list((out / "processed_frames2" / "S3" / "put_tea" / "1" / "rgb").glob("rgb*.png"))
+    assert len(frames) == total - start + 1, err
+    clipped = [ln for ln in err.splitlines() if "past the end of their recording" in ln]
+    assert len(clipped) == 1 and f"S3/put_tea/1 (" in clipped[0] and f"the recording ends at {total}" in clipped[0], err

@@ -126,16 +126,16 @@ def test_scales_follow_the_frame_size():
 
 
 def test_prepare_maps_idt_writes_maps_and_records_them(tmp_path):
-    """`--maps idt` through datasets.prepare's command line: one 0/255 map per frame, more
-    marks on the moving square than elsewhere, `maps: idt` in the marker and the record; the
-    same dataset asked for flow maps is a conflict of settings."""
+    """`--maps idt`, the default (the paper's MS targets), through datasets.prepare's command line:
+    one 0/255 map per frame, more marks on the moving square than elsewhere, `maps: idt` in the
+    marker and the record; the same dataset asked for flow maps is a conflict of settings."""
     frames, _, _ = square_scene(8, 2, 0)
     (tmp_path / "v" / "S1" / "c").mkdir(parents=True)
     write_video(str(tmp_path / "v" / "S1" / "c" / "1.mkv"), np.stack(frames), 25, "ffv1", pix_fmt="yuv444p")
     out = tmp_path / "out"
     args = ["--videos", str(tmp_path / "v"), "--outDir", str(out), "--flow", "farneback", "--shortSide", "0",
             "--numWorkers", "1", "--quiet"]
-    assert prepare.main([*args, "--maps", "idt"]) == 0
+    assert prepare.main(args) == 0  # no --maps: the default
     from PIL import Image
     folder = out / "processed_frames2" / "S1" / "c" / "1" / "mmaps"
     maps = np.stack([np.asarray(Image.open(folder / f"map{k:04d}.png")) for k in range(1, 9)])

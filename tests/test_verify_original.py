@@ -140,6 +140,22 @@ def test_training_check_agrees_for_the_same_model_and_stage(tmp_path, seed_and_b
     assert "objectAttentionModelConvLSTM" not in sys.modules and "tensorboardX" not in sys.modules
 
 
+def test_modules_of_the_originals_names_imported_before_are_set_aside_and_put_back(tmp_path, monkeypatch):
+    # another checkout's (or anything else's) spatial_transforms, imported before the tool runs
+    dummy = types.ModuleType("spatial_transforms")
+    monkeypatch.setitem(sys.modules, "spatial_transforms", dummy)
+    monkeypatch.setitem(sys.modules, "makeDatasetFlow", types.ModuleType("makeDatasetFlow"))
+    orig = V.Original(str(full_tree(tmp_path / "tree")))
+    with orig.runtime():
+        transform = orig.test_transform()  # the tree's Compose, Scale, CenterCrop, ToTensor, Normalize
+        import spatial_transforms
+        assert spatial_transforms is not dummy and spatial_transforms.__file__ == str(tmp_path / "tree" /
+                                                                                       "spatial_transforms.py")
+        assert hasattr(orig.module("makeDatasetFlow"), "makeDataset")
+    assert type(transform).__name__ == "Compose"
+    assert sys.modules["spatial_transforms"] is dummy and not hasattr(sys.modules["makeDatasetFlow"], "makeDataset")
+
+
 def _number(text, after):
     return float(text.split(after)[1].split()[0].rstrip(",;"))
 
@@ -525,6 +541,54 @@ def _number(text, after):
     return float(text.split(after)[1].split()[0].rstrip(",;"))
 
 
+def rgb_stage2_check(tmp_path, seed_and_batch):
+    """The RGB stage-2 training check on the stand-in tree, from the seed as its stage 1."""
+    path, batch = seed_and_batch
+    orig = V.Original(str(full_tree(tmp_path / "tree")))
+    args = types.SimpleNamespace(datasetDir=str(tmp_path), seqLen=2, memSize=MEM, steps=STEPS, seed=0, frameSize=224)
+    kwargs = dict(dataset="gtea61", stage=2, train_data_dir="train", val_data_dir=None, stage1_dict=path,
+                  seqLen=2, trainBatchSize=2, valBatchSize=2, numEpochs=STEPS, lr1=1e-4, decay_factor=0.1,
+                  decay_step=[25], memSize=MEM, out_dir=str(tmp_path / "out"))
+    return V.training_check(orig, "rgb", 2, "main-run-rgb.py", "attentionModel", lambda: orig.rgb_model(C, MEM),
+                            path, batch, kwargs, args, C, str(tmp_path / "work"))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_arithmetic_plants_are_caught_by_the_numbers_with_the_settings_agreeing(tmp_path, seed_and_batch):
+    """The self-test's two plants that change only arithmetic: each training check still finds the
+    same trainable set and optimiser settings, and reports the difference by its numbers."""
+    verdict = rgb_stage2_check(tmp_path / "honest", seed_and_batch)
+    assert verdict[0] and verdict.settings, verdict[1]
+    # layer4's BatchNorms in train mode in stage 2: batch statistics instead of the running ones
+    with V.planted("layer4_bn"):
+        verdict = rgb_stage2_check(tmp_path / "layer4_bn", seed_and_batch)
+    text = verdict[1]
+    assert not verdict[0] and verdict.settings is True, text
+    # stage 1's 149,819 + layer4's convolutions 256*512*9 + 5 * 512*512*9 + the ImageNet fc 512*1000 + 1000, by hand
+    assert "same Adam settings" in text and "trainable 13,638,947 = 13,638,947" in text, text
+    assert _number(text, "step 1: |loss diff| ") > V.LOSS_TOL, text
+    # the flow BatchNorms in eval mode, seen by the float64 flow check (at 96 px, where it agrees honestly)
+    with V.planted("flow_bn"):
+        verdict = flow_check(tmp_path / "flow_bn")
+    text = verdict[1]
+    assert not verdict[0] and verdict.settings is True, text
+    assert "same SGD settings" in text and _number(text, "step 1: |loss diff| ") > V.FLOAT64_TOL, text
+
+
+def test_self_test_outcome_counts_only_checks_that_agreed_and_for_arithmetic_plants_by_the_numbers():
+    honest = V.Report()
+    honest.results = {"training rgb stage 1": (True, True), "training rgb stage 2": (True, True),
+                      "training flow": (False, True)}
+    planted = V.Report()
+    planted.results = {"training rgb stage 1": (True, True), "training rgb stage 2": (False, True)}
+    assert V.self_test_outcome(honest, planted, arithmetic=True)[0] == "caught"
+    planted.results["training rgb stage 2"] = (False, False)  # seen only as other settings
+    assert V.self_test_outcome(honest, planted, arithmetic=True)[0] == "missed"
+    assert V.self_test_outcome(honest, planted, arithmetic=False)[0] == "caught"
+    planted.results = {"training flow": (False, True)}  # its check differed without the plant
+    assert V.self_test_outcome(honest, planted, arithmetic=True)[0] == "not shown"
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_flow_training_check_runs_both_codes_in_float64(tmp_path):
     ok, text = flow_check(tmp_path / "honest")
@@ -617,9 +681,15 @@ def test_every_check_runs_to_the_end_and_the_self_test_catches_the_plants(tmp_pa
         share = float(text.split(" % of how far")[0].rsplit("= ", 1)[1])
         assert share <= 5, text
     assert "estimated time: about" in out
+    # the arithmetic plants: only the numbers of the training check they reach differ, its settings
+    # comparison agreeing (layer4's BatchNorms in train mode in RGB stage 2, flow BatchNorms in eval mode)
+    assert verdicts("layer4_bn") == {"training rgb stage 1": "OK", "training rgb stage 2": "DIFFERENT"}, out
+    assert verdicts("flow_bn") == {"training flow": "DIFFERENT"}, out
+    for run, check in (("layer4_bn", "training rgb stage 2"), ("flow_bn", "training flow")):
+        assert "optimisers differ" not in line(run, check), out
     for name in V.PLANTS:
         assert f"self-test {name}: CAUGHT" in out, out
-    assert "self-test: 3 of 3 planted differences caught; honest run agrees" in out
+    assert f"self-test: {len(V.PLANTS)} of {len(V.PLANTS)} planted differences caught; honest run agrees" in out
     assert status == 0, out
 
 

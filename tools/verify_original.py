@@ -89,13 +89,18 @@ FLOW_CHECK_DTYPE = torch.float64
 MAX_SHARE = 0.05   # ... and that tolerance at most this share of how far the steps moved the parameters
 CAM_MARGIN = 2.0   # training seed: the CAM class's ImageNet logit this many logit ranges above the rest
 
-# --selfTest: differences planted on this project's side, and the checks that can see each (the
+# --selfTest: differences planted on this project's side, the checks that can see each (the
 # training batch comes from the original's transforms, so frame choice and crop reach the forward
-# checks only; the optimiser only the training checks; flow trains with SGD, which has no eps).
+# checks only; the optimiser only the training checks; flow trains with SGD, which has no eps),
+# and whether it changes only arithmetic: the training checks compare the trainable set and the
+# optimiser settings before any number, so those plants leave that comparison agreeing and must be
+# reported by the numbers (the step-1 and last-step tolerances, float64 for flow).
 PLANTS = {
-    "frames": ("RGB frames shifted by one (each clip frame the next file)", ("forward",)),
-    "crop": ("centre crop moved by one pixel to the right", ("forward",)),
-    "eps": ("Adam eps 1e-8 instead of 1e-4", ("training rgb",)),
+    "frames": ("RGB frames shifted by one (each clip frame the next file)", ("forward",), False),
+    "crop": ("centre crop moved by one pixel to the right", ("forward",), False),
+    "eps": ("Adam eps 1e-8 instead of 1e-4", ("training rgb",), False),
+    "layer4_bn": ("layer4's BatchNorms left in train mode in RGB stage 2", ("training rgb",), True),
+    "flow_bn": ("the flow model's BatchNorms in eval mode", ("training flow",), True),
 }
 
 PATCHES = [
@@ -149,9 +154,11 @@ def parse_args(argv):
                    "classes) and training videos: a quicker, weaker check (default: all)")
     p.add_argument("--frameSize", type=int, default=224, help="crop side of both test pipelines (the original "
                    "models pool a 7x7 map, so they need 224; smaller sizes serve stand-in trees)")
-    p.add_argument("--selfTest", action="store_true", help="then rerun the checks with three differences planted "
+    p.add_argument("--selfTest", action="store_true", help="then rerun the checks with five differences planted "
                    "on this project's side (RGB frames shifted by one, centre crop moved by one pixel, Adam eps "
-                   "1e-8): exit 0 only when each is reported as a difference and the honest run agrees")
+                   "1e-8, and two that change only arithmetic: layer4's BatchNorms in train mode in RGB stage 2, "
+                   "the flow BatchNorms in eval mode): exit 0 only when the honest run agrees and each plant turns "
+                   "a check that agreed into a difference (the arithmetic ones with the settings comparison agreeing)")
     p.add_argument("--workDir", default=None, help="keep the checkpoints and logs here (default: a temporary "
                    "folder, deleted at the end)")
     args = p.parse_args(argv)
@@ -196,12 +203,23 @@ class Original:
         self.imagenet = None  # "cache" | "none", set when a pretrained model is built
         self.frame_size = 224  # the test transforms' crop (--frameSize)
 
+    def module_names(self):
+        """The top-level names the original's files import each other by: ORIGINAL_MODULES and every
+        .py file of the checkout."""
+        files = {os.path.splitext(f)[0] for f in os.listdir(self.src) if f.endswith(".py")}
+        return sorted(set(ORIGINAL_MODULES) | {f for f in files if f.isidentifier()})
+
     @contextlib.contextmanager
     def runtime(self):
-        """The patches, applied while the original code runs, undone afterwards."""
+        """The patches, applied while the original code runs, undone afterwards. Modules of the
+        original's names imported before (another checkout's, or anything else called
+        spatial_transforms) are set aside, so that its imports find its own files, and put back."""
         import torch.utils.model_zoo as model_zoo
+        names = self.module_names()
         saved = dict(tensor_cuda=torch.Tensor.cuda, module_cuda=nn.Module.cuda, load_url=model_zoo.load_url,
-                     modules={n: sys.modules.get(n) for n in ORIGINAL_MODULES}, path=list(sys.path))
+                     modules={n: sys.modules.get(n) for n in names}, path=list(sys.path))
+        for name in names:
+            sys.modules.pop(name, None)
         torch.Tensor.cuda = lambda self, *a, **k: self
         nn.Module.cuda = lambda self, *a, **k: self
         model_zoo.load_url = self._load_url
@@ -365,10 +383,23 @@ def spread(n, k):
 class Report:
     def __init__(self):
         self.ok = True
+        self.results = {}  # check -> (ok, whether its settings comparison agreed; None: it has none)
 
-    def line(self, ok, text):
+    def line(self, ok, text, check=None, settings=None):
         self.ok &= bool(ok)
+        if check is not None:
+            self.results[check] = (bool(ok), settings)
         print(f"{text}: {'OK' if ok else 'DIFFERENT'}", flush=True)
+
+
+class Verdict(tuple):
+    """(ok, text) of a training check, and .settings: whether its trainable parameter count and
+    optimiser settings agreed (None when it stopped before comparing them)."""
+
+    def __new__(cls, ok, text, settings=None):
+        verdict = super().__new__(cls, (ok, text))
+        verdict.settings = settings
+        return verdict
 
 
 def compare_logits(ref, ours):
@@ -444,9 +475,9 @@ def compare_training(ref, ours, noisy, dtype=torch.float32):
     the steps moved them (L2), else the check could not tell a real difference from rounding and fails."""
     if set(ref["final"]) != set(ours["final"]):
         only = sorted(set(ref["final"]) ^ set(ours["final"]))
-        return False, f"different parameters and buffers, e.g. {only[0]}"
+        return Verdict(False, f"different parameters and buffers, e.g. {only[0]}")
     if len(ref["losses"]) != len(ours["losses"]) or not ours["losses"]:
-        return False, f"{len(ref['losses'])} and {len(ours['losses'])} losses"
+        return Verdict(False, f"{len(ref['losses'])} and {len(ours['losses'])} losses")
     (t1, c1, g1), (t2, c2, g2) = ref["optimizer"], ours["optimizer"]
     same_opt = t1 == t2 and [sorted(g.items()) for g in g1] == [sorted(g.items()) for g in g2]
     parts = [f"trainable {c1:,} {'=' if c1 == c2 else '!='} {c2:,}",
@@ -482,7 +513,7 @@ def compare_training(ref, ours, noisy, dtype=torch.float32):
                  f"spread {spread:.1e} ({spread_worst})"
                  + (f"; counters differ: {counters[0]}" if counters else "")
                  + ("" if share <= MAX_SHARE else ": the check cannot tell a difference from rounding here"))
-    return ok and ok1 and okn, "; ".join(parts)
+    return Verdict(ok and ok1 and okn, "; ".join(parts), ok)
 
 
 # ----------------------------------------------------------------------------- running both codes
@@ -632,7 +663,7 @@ def training_check(orig, kind, stage, script, factory_name, build, seed_path, ba
         return _training_check(orig, kind, stage, script, factory_name, build, seed_path, batch, kwargs, args, C,
                                work, classes, dtype)
     except NonFiniteLossError as e:  # reported, and the other checks go on
-        return False, f"this project's run stopped: {str(e).split(';')[0]}"
+        return Verdict(False, f"this project's run stopped: {str(e).split(';')[0]}")
 
 
 def _training_check(orig, kind, stage, script, factory_name, build, seed_path, batch, kwargs, args, C, work, classes,
@@ -750,7 +781,8 @@ def _revision(src):
 @contextlib.contextmanager
 def planted(name):
     """One of PLANTS on this project's side while the block runs (None: nothing planted)."""
-    saved = dict(choice=G.rgb_choice, frame=ClipTransform.frame, optimizer=E.Experiment.make_optimizer)
+    saved = dict(choice=G.rgb_choice, frame=ClipTransform.frame, optimizer=E.Experiment.make_optimizer,
+                 train_mode=E.Experiment.set_train_mode)
     if name == "frames":
         def rgb_choice(numbers, seq_len):
             chosen, ok = saved["choice"](numbers, seq_len)
@@ -772,11 +804,23 @@ def planted(name):
                     g["eps"] = 1e-8
             return opt
         E.Experiment.make_optimizer = make_optimizer
+    elif name in ("layer4_bn", "flow_bn"):
+        def set_train_mode(self, model):
+            saved["train_mode"](self, model)
+            if name == "layer4_bn" and self.family == "rgb" and self.stage == 2:
+                for m in _core(model).backbone.layer4.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.train()
+            if name == "flow_bn" and self.family == "flow":
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        E.Experiment.set_train_mode = set_train_mode
     try:
         yield
     finally:
         G.rgb_choice, ClipTransform.frame = saved["choice"], saved["frame"]
-        E.Experiment.make_optimizer = saved["optimizer"]
+        E.Experiment.make_optimizer, E.Experiment.set_train_mode = saved["optimizer"], saved["train_mode"]
 
 
 def dropout_layout(model, *inputs):
@@ -882,7 +926,7 @@ def estimate_seconds(orig, args, C, clip):
     forward = per_frame * (2 * args.seqLen + 2 * (FLOW_SEGS + 1) + 2 * args.seqLen) * args.n_test
     training = per_frame * 3 * 3 * args.steps * args.batchSize * args.seqLen * 3  # 3 runs, fwd + bwd
     honest = forward + training
-    return honest, honest + (2 * forward + training * 2 / 3 if args.selfTest else 0)
+    return honest, honest + (2 * forward + training * 5 / 3 if args.selfTest else 0)  # rgb checks twice, flow once
 
 
 def _main(args, orig, work):
@@ -964,18 +1008,40 @@ def _main(args, orig, work):
           f"far the steps moved the parameters)")
     if not args.selfTest:
         return 0 if report.ok else 1
-    caught = []
-    for name, (what, reaches) in PLANTS.items():
+    outcomes = []
+    for name, (what, reaches, arithmetic) in PLANTS.items():
         print(f"self-test, planted on this project's side: {what} (rerun: the {' and '.join(reaches)} checks, "
               f"the ones it can reach)", flush=True)
         planted_report = Report()
         with planted(name):
             run_checks(ctx, planted_report, name, reaches)
-        caught.append(not planted_report.ok)
-        print(f"self-test {name}: {'CAUGHT (reported as a difference)' if caught[-1] else 'MISSED'}")
-    print(f"self-test: {sum(caught)} of {len(caught)} planted differences caught; honest run "
-          f"{'agrees' if report.ok else 'DIFFERS'}")
-    return 0 if report.ok and all(caught) else 1
+        outcomes.append(self_test_outcome(report, planted_report, arithmetic))
+        print(f"self-test {name}: {outcomes[-1][1]}")
+    caught = sum(o == "caught" for o, _ in outcomes)
+    unshown = sum(o == "not shown" for o, _ in outcomes)
+    print(f"self-test: {caught} of {len(outcomes)} planted differences caught"
+          + (f", {unshown} not shown (every check they reach differs in the honest run)" if unshown else "")
+          + f"; honest run {'agrees' if report.ok else 'DIFFERS'}")
+    return 0 if report.ok and caught == len(outcomes) else 1
+
+
+def self_test_outcome(honest, planted_report, arithmetic):
+    """("caught" | "missed" | "not shown", text) of one plant: caught when a check that agreed in the
+    honest run reports a difference with the plant (an arithmetic plant: with that check's settings
+    comparison still agreeing, so that the numbers, not the settings, caught it); not shown when every
+    check the plant reached already differed in the honest run."""
+    agreed = [c for c in planted_report.results if honest.results.get(c, (False, None))[0]]
+    if not agreed:
+        return "not shown", ("NOT SHOWN (every check it reaches differs in the honest run already: "
+                             f"{', '.join(planted_report.results)})")
+    turned = [c for c in agreed if not planted_report.results[c][0]]
+    if arithmetic:
+        turned = [c for c in turned if planted_report.results[c][1]]
+    if not turned:
+        return "missed", "MISSED" + (" (no check reported it with the settings comparison agreeing)" if arithmetic
+                                     else "")
+    return "caught", (f"CAUGHT (reported as a difference by {', '.join(turned)}"
+                      + (", the settings comparison agreeing: by the numbers)" if arithmetic else ")"))
 
 
 def pin_cam_class(model, clips, path):
@@ -1005,10 +1071,12 @@ def run_checks(ctx, report, label, reaches=("forward", "training rgb", "training
                 ref = original_logits(orig, kind, paths[kind], ctx["test_root"], args, C)
             ours = project_logits(kind, ctx["subset"], paths[kind], args, os.path.join(work, f"eval_{kind}"))
             ok, text = compare_logits(ref, ours)
-            report.line(ok, f"forward {kind:9s} evaluate.py vs the original test pipeline ({what}): {text}")
+            report.line(ok, f"forward {kind:9s} evaluate.py vs the original test pipeline ({what}): {text}",
+                        f"forward {kind}")
             if kind == "rgb":
                 ok, text = compare_frame_numbers(opened.numbers, ctx["test"])
-                report.line(ok, f"frame numbers: the files the original opens vs the frames this project reads: {text}")
+                report.line(ok, f"frame numbers: the files the original opens vs the frames this project reads: {text}",
+                            "frame numbers")
     if "training rgb" in reaches:
         for stage in (1, 2):
             d = DEFAULTS["rgb"][stage]
@@ -1016,22 +1084,24 @@ def run_checks(ctx, report, label, reaches=("forward", "training rgb", "training
                           stage1_dict=paths["rgb_train"], seqLen=args.seqLen, trainBatchSize=args.batchSize,
                           valBatchSize=args.batchSize, numEpochs=args.steps, lr1=d["lr"], decay_factor=d["decayRate"],
                           decay_step=d["stepSize"], memSize=args.memSize, out_dir=os.path.join(work, "original"))
-            ok, text = training_check(orig, "rgb", stage, "main-run-rgb.py", "attentionModel",
-                                      lambda: orig.rgb_model(C, args.memSize), paths["rgb_train"], ctx["rgb_batch"],
-                                      kwargs, args, C, os.path.join(work, f"rgb_stage{stage}"), ctx["classes"])
-            report.line(ok, f"training rgb stage {stage} (main-run-rgb.py main_run vs utils.train.train_step, Adam lr "
-                            f"{d['lr']:g}, {args.steps} steps, CAM class pinned): {text}")
+            verdict = training_check(orig, "rgb", stage, "main-run-rgb.py", "attentionModel",
+                                     lambda: orig.rgb_model(C, args.memSize), paths["rgb_train"], ctx["rgb_batch"],
+                                     kwargs, args, C, os.path.join(work, f"rgb_stage{stage}"), ctx["classes"])
+            report.line(verdict[0], f"training rgb stage {stage} (main-run-rgb.py main_run vs utils.train.train_step, "
+                                    f"Adam lr {d['lr']:g}, {args.steps} steps, CAM class pinned): {verdict[1]}",
+                        f"training rgb stage {stage}", verdict.settings)
     if "training flow" in reaches:
         d = DEFAULTS["flow"][1]
         kwargs = dict(dataset="gtea61", trainDir="train", valDir="val", stackSize=STACK, trainBatchSize=args.batchSize,
                       valBatchSize=args.batchSize, numEpochs=args.steps, lr1=d["lr"], decay_factor=d["decayRate"],
                       decay_step=d["stepSize"], outDir=os.path.join(work, "original"))
-        ok, text = training_check(orig, "flow", 1, "main-run-flow.py", "flow_resnet34",
-                                  lambda: orig.flow_model(C, False), paths["flow"], ctx["flow_batch"], kwargs, args, C,
-                                  os.path.join(work, "flow"), ctx["classes"], FLOW_CHECK_DTYPE)
-        report.line(ok, f"training flow (main-run-flow.py main_run vs utils.train.train_step, SGD lr {d['lr']:g}, "
-                        f"BatchNorm in train mode, {args.steps} steps, both codes in float64: in float32 the random "
-                        f"start and train-mode BatchNorm amplify rounding past what the check can tell apart): {text}")
+        verdict = training_check(orig, "flow", 1, "main-run-flow.py", "flow_resnet34",
+                                 lambda: orig.flow_model(C, False), paths["flow"], ctx["flow_batch"], kwargs, args, C,
+                                 os.path.join(work, "flow"), ctx["classes"], FLOW_CHECK_DTYPE)
+        report.line(verdict[0], f"training flow (main-run-flow.py main_run vs utils.train.train_step, SGD lr "
+                                f"{d['lr']:g}, BatchNorm in train mode, {args.steps} steps, both codes in float64: in "
+                                f"float32 the random start and train-mode BatchNorm amplify rounding past what the "
+                                f"check can tell apart): {verdict[1]}", "training flow", verdict.settings)
 
 
 if __name__ == "__main__":

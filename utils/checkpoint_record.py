@@ -8,6 +8,8 @@ example, a ConvLSTM trained on attended features is never fed plain layer4 featu
 checkpoint is never scored on the users it was trained on. Files without a record (the original
 Ego-RNN release's) cannot be checked and are taken as they are.
 """
+import os
+
 from models.checkpoints import CheckpointError, read_metadata
 from utils.errors import UserError
 
@@ -25,6 +27,31 @@ def saved_config(path):
             if key in meta:
                 config[key] = meta[key]
     return config
+
+
+def check_stage1(path, family, what):
+    """A one-line UserError unless `path` is a stage-1 checkpoint of `family` (stage 1 of rgb, ms
+    and ms_op is one model, Ego-RNN's); files without a record (the original's) are taken as they are."""
+    try:
+        meta = read_metadata(path)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    kind, stage, experiment = meta.get("family"), meta.get("stage"), meta.get("experiment")
+    if kind is not None and kind != family:
+        raise UserError(f"{what} {path} holds a {experiment} model ({kind}), not an Ego-RNN stage 1: pass the "
+                        f"stage1/best_model.pth of a main_rgb.py, main_ms.py or main_ms_op.py run")
+    if stage is not None and stage != 1:
+        stage1 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "stage1", "best_model.pth")
+        raise UserError(f"{what} {path} is a stage-{stage} checkpoint of {experiment}: stage 2 starts from a stage-1 "
+                        f"one (such as {stage1})")
+
+
+def synthetic_note(path, config):
+    """The line evaluate.py and predict.py print first for a model trained on synthetic data, or None."""
+    if not config.get("synthetic"):
+        return None
+    return (f"note: {path} was trained on SYNTHETIC data (datasets.prepare.synthetic): its predictions say "
+            "nothing about real videos")
 
 
 def _show(key, value):

@@ -38,9 +38,17 @@ def _onednn_bf16():
         return True
 
 
+def cuda_has_native_bf16(device=None):
+    """True on GPUs of compute capability 8.0 on (Ampere, Hopper, ...), whose tensor cores run bf16.
+    torch.cuda.is_bf16_supported() by default also says True where bf16 is emulated (Volta,
+    Turing), where it runs slower than fp32."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def pick_precision(name, device):
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cuda_has_native_bf16(device) else "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"

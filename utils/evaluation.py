@@ -5,19 +5,22 @@ Reports action top-1 and top-5 accuracy (--topk: other k), mean class accuracy (
 per-class accuracies, the measure EGTEA papers quote; per_class.png draws them) and, where classes
 are verb + noun (EGTEA's split files, GTEA-61's <verb>_<noun> names), verb and noun accuracy
 derived from the action predictions: the share of videos whose predicted action has the true verb
-(noun).
+(noun: the split file's noun column, the first noun, as published EGTEA figures count it; noun
+set: all of the action's nouns).
 
 Takes this project's checkpoints and the original Ego-RNN release's alike. The test pipeline is
 the original's (short side to 256, centre crop 224, frames at floor(linspace(1, N, seqLen)),
-flow: the mean logits of --numSeg stacks), run in fp32 with TF32 off so that an original
-checkpoint gives the original code's logits to float precision.
+flow: the mean logits of --numSeg stacks), with TF32 off, in the precision the checkpoint's run
+recorded (bf16 where it trained in bf16), so that the accuracy printed is the test accuracy its
+training printed and selected it by; in fp32 for files without that record, so that an original
+checkpoint gives the original code's logits to float precision (--precision chooses).
 
     python evaluate.py --model ms_op --datasetDir DIR --modelStateDict experiments/main_ms_op_seq16/stage2/best_model.pth
     python evaluate.py --splitMean RUN1/stage2/eval_test_split1 RUN2/stage2/eval_test_split2 RUN3/stage2/eval_test_split3
 
 --splitMean reads the summary.json of EGTEA evaluations of splits 1, 2 and 3 (one model trained per
 split) and prints each split's and the mean top-1 and mean class accuracy, the figures EGTEA papers
-quote (also verb and noun accuracy), into splits_mean.json next to the first.
+quote (also verb, noun and noun set accuracy), into splits_mean.json next to the first.
 """
 import argparse
 import json
@@ -34,8 +37,10 @@ from datasets.markers import preparation
 from models import feature_map_size
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import TEST_USERS, build_model, forward
+from models.speed import install
 from utils.arguments import default_workers
-from utils.checkpoint_record import EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config
+from utils.checkpoint_record import (EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config,
+                                     synthetic_note)
 from utils.cli import Parser
 from utils.data import make_loader, to_device
 from utils.device import pick_device
@@ -75,8 +80,10 @@ def parse_args(argv):
     p.add_argument("--numWorkers", type=int, default=default_workers(),
                    help="DataLoader worker processes (default: one per core, up to 8; this machine: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="fp32 (default) reproduces the original's logits; bf16 is faster")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help="default: the precision the checkpoint's run trained and evaluated in, so that the accuracy "
+                   "is the one training recorded; fp32 for files without that record (it reproduces the original's "
+                   "logits)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
     p.add_argument("--topk", type=int, nargs="+", default=[5],
                    help="top-k accuracies to report besides top-1 (k >= the number of classes gives 100%%)")
@@ -107,7 +114,7 @@ def read_meta(path):
     return {}
 
 
-MEAN_KEYS = ("accuracy", "mean_class_accuracy", "verb_accuracy", "noun_accuracy")
+MEAN_KEYS = ("accuracy", "mean_class_accuracy", "verb_accuracy", "noun_accuracy", "noun_set_accuracy")
 
 
 def split_mean(paths):
@@ -180,6 +187,13 @@ def main(argv=None):
     seq_len = args.seqLen or meta.get("seqLen") or 25
     frame_size = args.frameSize or meta.get("frameSize") or 224
     config = saved_config(args.modelStateDict)
+    note = synthetic_note(args.modelStateDict, config)
+    if note:
+        print(note, flush=True)
+    precision = args.precision or config.get("precision") or "fp32"
+    where = ("--precision" if args.precision else "the precision of the run that trained it" if config.get("precision")
+             else "no precision recorded")
+    print(f"precision {precision} ({where})", flush=True)
     info = checkpoint_info(args.modelStateDict)
     # the ConvLSTM's weights say its size: an original two-stream file records no memSize
     mem_size = info["mem_size"] or cfg.get("memSize") or args.memSize or 512
@@ -252,7 +266,9 @@ def main(argv=None):
         model = build_model(family, C, {"memSize": mem_size, "stackSize": stack_size, "attention": attention},
                             heads=False)
     load_checkpoint(model, args.modelStateDict)
-    model.to(device).eval()
+    # frozen and installed as in training's evaluation, so that the same kernels give the same
+    # number (the frozen trunk runs fused under CPU bf16 there: models/speed.py)
+    model = install(model.requires_grad_(False).to(device), device, precision).eval()
     loader = make_loader(test_set, args.batchSize, shuffle=False, seed=0, num_workers=args.numWorkers,
                          pin_memory=device.type == "cuda")
 
@@ -260,7 +276,7 @@ def main(argv=None):
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
             batch = to_device(batch, device)
-            with autocast(device, args.precision):
+            with autocast(device, precision):
                 out = forward(model, batch, family)
             logits_all.append(out["logits"].float().cpu())
             labels_all.append(batch["label"].cpu())
@@ -279,17 +295,18 @@ def main(argv=None):
     present = [v for v in per_class.values() if v is not None]
     acc = 100.0 * (preds == labels).float().mean().item()
     parts = verb_noun_of(test_set)
-    verb_acc, noun_acc = ((derived_accuracy(labels.tolist(), preds.tolist(), parts[0]),
-                           derived_accuracy(labels.tolist(), preds.tolist(), parts[1])) if parts else (None, None))
+    verb_acc, noun_acc, noun_set_acc = ([derived_accuracy(labels.tolist(), preds.tolist(), part) for part in parts[:3]]
+                                        if parts else (None, None, None))
     summary = {"accuracy": round(acc, 4), "mean_class_accuracy": round(float(np.mean(present)), 4) if present else None,
                "verb_accuracy": None if verb_acc is None else round(verb_acc, 4),
                "noun_accuracy": None if noun_acc is None else round(noun_acc, 4),
+               "noun_set_accuracy": None if noun_set_acc is None else round(noun_set_acc, 4),
                **{f"top{k}_accuracy": round(topk_accuracy(logits, labels, k), 4) for k in sorted(set(args.topk))},
                "per_class_accuracy": per_class, "num_videos": len(labels), "model": args.model,
                "dataset_kind": dataset, "split": split,
                "class_index": getattr(test_set, "class_index", None),  # action_idx.txt's 1-based index of each id
                "checkpoint": args.modelStateDict, "dataset": args.datasetDir, "test_users": test_users,
-               "seqLen": seq_len, "frameSize": frame_size, "precision": args.precision}
+               "seqLen": seq_len, "frameSize": frame_size, "precision": precision}
     atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
     save_confusion_matrix(labels.tolist(), preds.tolist(), test_set.classes,
                           os.path.join(out_dir, "confusion_matrix.png"),
@@ -300,7 +317,7 @@ def main(argv=None):
     topk = ", ".join(f"top-{k} {summary[f'top{k}_accuracy']:.2f}%" for k in sorted(set(args.topk)))
     print(f"accuracy {acc:.2f}% ({int((preds == labels).sum())}/{len(labels)} videos), {topk}, "
           f"mean class accuracy {summary['mean_class_accuracy']}%"
-          + (f", verb accuracy {verb_acc:.2f}%, noun accuracy {noun_acc:.2f}% (from the action predictions)"
-             if parts else "") + f"; results in {out_dir}")
+          + (f", verb accuracy {verb_acc:.2f}%, noun accuracy {noun_acc:.2f}% (first noun), noun set accuracy "
+             f"{noun_set_acc:.2f}% (all nouns; from the action predictions)" if parts else "") + f"; results in {out_dir}")
     return 0
 

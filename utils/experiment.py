@@ -19,7 +19,7 @@ import torch
 from datasets import GTEA61
 from datasets.cache import _writable_dir, default_cache_dir
 from datasets.egtea import EGTEA, INDEX_FILES
-from datasets.markers import preparation
+from datasets.markers import is_synthetic, preparation
 from models.batch_share import share_dropouts
 from models.checkpoints import CheckpointError, checkpoint_info, load_checkpoint
 from models.recipe import DEFAULTS, FAMILY, STAGES, TEST_USERS, TRAIN_USERS, Recipe, build_model
@@ -28,7 +28,7 @@ from models.stages import set_stage
 from utils import distributed
 from utils.arguments import RECORD_KEYS, STAGE2_KEYS, base_parser, check_args
 from utils.batchnorm import calibrate_batchnorm
-from utils.checkpoint_record import check_config, saved_config
+from utils.checkpoint_record import check_config, check_stage1, saved_config
 from utils.data import CPU_WORKER_NICE, make_loader
 from utils.device import pick_precision
 from utils.errors import UserError, run_cli
@@ -78,8 +78,12 @@ class Experiment(Recipe):
             record["stackSize"] = None  # RGB models read no flow
         if self.args.select != "val":
             record["valFraction"] = None
+        # precision: the test accuracy recorded with the checkpoint was measured in it, and
+        # evaluate.py evaluates in it by default (one accuracy per checkpoint); synthetic: the
+        # generator's data, which evaluate.py and predict.py say first
         return {"classes": list(self.classes), **record, "msKind": self.ms if self.heads_on else None,
-                "preparation": self.preparation()}
+                "preparation": self.preparation(), "precision": self.precision,
+                "synthetic": bool(self.args.datasetDir) and is_synthetic(self.args.datasetDir)}
 
     def preparation(self):
         """The dataset's preparation as datasets.prepare recorded it (None: made elsewhere), read
@@ -171,7 +175,9 @@ def build_stage_model(exp, train_set, from_scratch=False, calibration_clips=32):
     path = a.stage1Dict or os.path.join(a.outDir, "stage1", "best_model.pth")
     if not os.path.isfile(path):
         raise UserError(missing_stage1_message(exp.experiment, a, path, base_parser(exp.experiment, "").parse_args([])))
-    check_config(path, saved_config(path), expected_config(exp), "--stage1Dict" if a.stage1Dict else "stage 1")
+    what = "--stage1Dict" if a.stage1Dict else "stage 1"
+    check_stage1(path, exp.family, what)
+    check_config(path, saved_config(path), expected_config(exp), what)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the backbone's weights come from the checkpoint
         model = exp.build_model("none")

@@ -2,7 +2,7 @@
 camera-compensated warp flow and motion maps, in either layout the loaders read.
 
     python -m datasets.prepare --videos DIR --outDir DATASET [--layout course|egornn]
-        [--flow tvl1|farneback|raft] [--noWarp] [--flowScale output|source] [--maps flow|idt]
+        [--flow tvl1|farneback|raft] [--noWarp] [--flowScale output|source] [--maps idt|flow]
         [--fps N] [--shortSide 256] [--numWorkers N]
         [--only frames|flow|mmaps ...] [--overwrite] [--skipBad] [--raftWeights PATH]
     python -m datasets.prepare --frames DATASET [--outDir DIR] [--only flow|mmaps ...] ...
@@ -41,12 +41,16 @@ What is written per video (N frames), numbered as the loaders read them (dataset
   egornn   frames/<u>/<c>/<i>/image_00001.jpg .. N
            mmaps/<u>/<c>/<i>/map_00001.png .. N
            flow_x/<u>/<c>/<i>/flow_x_00001.jpg .. N-1             (and flow_y)
-Flow k goes from frame k to frame k+1, so there is one flow image fewer than RGB frames (as in
-GTEA-61's releases and the synthetic generator). Motion map k (datasets/prepare/warpflow.py) comes from
-the compensated flow towards frame k+1 and back towards frame k-1; the first frame's from the
-forward flow only, the last frame's (it has no next frame) from the backward flow only;
-with --maps idt they are trajectory maps instead (datasets/prepare/trajectories.py: the points of
-Improved Dense Trajectories tracked through the compensated flow).
+--gtea61 numbers RGB frames and motion maps from 0 instead (rgb0000.png, image_00000.jpg: the
+label's start frame), as Ego-RNN's prepareGTEA61Dataset.py numbers its copies, so that the loaders'
+floor(linspace(1, N, T, endpoint=False)) picks the labelled frames start + floor(i) as the original
+pipeline does; flow stays numbered from 1. Flow k goes from the k-th frame written to the
+(k+1)-th, so there is one flow image fewer than RGB frames: a video's last frame has no next one
+to compute flow towards. Motion map k belongs to frame k: by default (--maps idt) the points of
+Improved Dense Trajectories tracked through the compensated flow that lie on it, the paper's MS
+targets (datasets/prepare/trajectories.py); with --maps flow the moving regions of the
+compensated flow towards frame k+1 and back towards frame k-1 (datasets/prepare/warpflow.py; the
+first frame's from the forward flow only, the last frame's from the backward flow only).
 Flow values are in pixels of the written frames (--flowScale output) or, as dense_flow wrote
 them, of the source video (--flowScale source: x source / written short side).
 
@@ -82,7 +86,7 @@ from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 
 import numpy as np
 
-from datasets.markers import STATE, read_json
+from datasets.markers import STATE, SYNTHETIC_MARKER, read_json
 from datasets.prepare import gtea61raw, warpflow
 from datasets.prepare.gtea61raw import frame_files
 from datasets.prepare.video import (VIDEO_EXTS, VideoError, estimated_frames, output_size, probe,
@@ -95,10 +99,10 @@ PARTS = ("frames", "flow", "mmaps")
 # Version of what is written: 2 = dense_flow's 8-bit mapping, warp border and homography rule,
 # --flowScale, motion-map threshold relative to the frame size (1: before). In every marker.
 VERSION = 2
-FOUND = ("sourceSize", "outputSize", "refused")  # marker entries the run found (not settings)
+FOUND = ("sourceSize", "outputSize", "refused", "clippedAt")  # marker entries the run found (not settings)
 FLOW_SCALES = warpflow.FLOW_SCALES
 DEFAULT_FLOW_SCALE = "output"  # docs/data.md, "Flow scale": fewer clipped values at hand speeds
-DEFAULT_MAPS = "flow"  # docs/data.md, "Motion maps": idt maps measured against them
+DEFAULT_MAPS = "idt"  # the paper's MS targets (§2, §3); docs/data.md, "Motion maps": flow maps measured against them
 # per layout and folder kind: (folder pattern relative to the root, file name pattern)
 LAYOUTS = {
     "course": {"rgb": ("processed_frames2/{rel}/rgb", "rgb{:04d}.png"),
@@ -180,10 +184,10 @@ class Job:
         self.frame_numbers = frame_numbers  # --frames: the frames' own numbers
 
 
-def _frames_of(job, opts, sizes):
+def _frames_of(job, opts, sizes, stats):
     """The video's frames scaled to --shortSide (sizes: datasets.prepare.video.resized)."""
     if job.span is not None:
-        frames = _span_frames(job.span)
+        frames = _span_frames(job.span, stats)
     elif isinstance(job.source, str):
         frames = read_frames(job.source, opts["fps"])
     else:
@@ -191,11 +195,13 @@ def _frames_of(job, opts, sizes):
     return resized(frames, opts["shortSide"], sizes)
 
 
-def _span_frames(inst):
-    """Frames start..end (1-based, inclusive) of a --gtea61 recording (a video is decoded up to
-    the end only; a frame folder's length was checked when the labels were read)."""
-    if os.path.isdir(inst.source):
-        for path in frame_files(inst.source)[inst.start - 1:inst.end]:
+def _span_frames(inst, stats):
+    """Frames start..end (1-based, inclusive) of a --gtea61 recording: a frame folder's files of
+    those numbers (found when the labels were read), a video's decoded frames, decoded up to the
+    end only. A video that ends first keeps the frames it has (stats["clippedAt"]: its last frame),
+    as the original's copy of the files that exist, unless they are fewer than MIN_FRAMES."""
+    if inst.frames is not None:
+        for path in inst.frames:
             yield read_rgb(path)
         return
     n = 0
@@ -204,7 +210,10 @@ def _span_frames(inst):
             yield rgb
         if n == inst.end:
             return
-    raise VideoError(f"{inst.where}: frames ({inst.start}-{inst.end}) but {inst.source} has {n} frames")
+    if n - inst.start + 1 < gtea61raw.MIN_FRAMES:
+        raise VideoError(f"{inst.where}: frames ({inst.start}-{inst.end}) but {inst.source} has {n} frames "
+                         f"(an instance needs {gtea61raw.MIN_FRAMES})")
+    stats["clippedAt"] = n
 
 
 def _run_job(job, opts, progress):
@@ -224,19 +233,21 @@ def _run_job(job, opts, progress):
         write_image(os.path.join(staging, kind, filename(layout, kind, number)), arr)
 
     want_flow, want_maps = "flow" in job.parts, "mmaps" in job.parts
-    sizes = {}
-    frames = _frames_of(job, opts, sizes)
-    stats = {"refused": 0}
+    sizes, stats = {}, {"refused": 0}
+    frames = _frames_of(job, opts, sizes, stats)
     if want_flow or want_maps:
         frames = warpflow.flows_and_maps(frames, opts["_method"], opts["warp"], want_flow, want_maps, stats,
                                          kind=opts["maps"])
     else:
         frames = ((k, rgb, None, None) for k, rgb in enumerate(frames))
     numbers = job.frame_numbers
+    # --gtea61: numbered from 0 as the original's copies, so that the loaders' floor(linspace(1, N, T))
+    # picks the labelled frames the original pipeline shows
+    first = 0 if job.span is not None else 1
     n = pending = 0
     for k, rgb, flow, mmap in frames:
         n += 1
-        num = numbers[k] if numbers else k + 1
+        num = numbers[k] if numbers else k + first
         if "frames" in job.parts:
             if isinstance(job.source, str):
                 put("rgb", num, rgb)
@@ -255,7 +266,7 @@ def _run_job(job, opts, progress):
             pending = 0
     if progress is not None and pending:
         progress(pending)
-    return staging, n, dict(sizes, refused=stats["refused"])
+    return staging, n, dict(sizes, **{k: stats[k] for k in FOUND if k in stats})
 
 
 def _place(job, opts, staging, found):
@@ -303,8 +314,9 @@ def _write_json(path, obj):
 
 
 def process(job, opts, progress=None):
-    """Prepare one video; returns (job.rel, frames, error message or None, frame pairs whose
-    homography was refused)."""
+    """Prepare one video; returns (job.rel, frames, error message or None, what the run found:
+    sizes, the frame pairs whose homography was refused, a --gtea61 video's last frame when the
+    labelled range ran past it)."""
     try:
         staging, n, found = _run_job(job, opts, progress)
     except OSError:
@@ -312,11 +324,11 @@ def process(job, opts, progress=None):
     except Exception as e:  # noqa: BLE001 - one strange video must not stop a long run
         shutil.rmtree(_staging(opts["out"], job.rel), ignore_errors=True)
         if isinstance(e, VideoError):
-            return job.rel, 0, str(e), 0
+            return job.rel, 0, str(e), {}
         msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
-        return job.rel, 0, f"{job.source if isinstance(job.source, str) else job.rel}: {type(e).__name__}: {msg}", 0
+        return job.rel, 0, f"{job.source if isinstance(job.source, str) else job.rel}: {type(e).__name__}: {msg}", {}
     _place(job, opts, staging, found)
-    return job.rel, n, None, found["refused"]
+    return job.rel, n, None, found
 
 
 # ---- worker processes -----------------------------------------------------------------------
@@ -456,6 +468,17 @@ def _scan_gtea61(root):
     return ([(i.rel, i.source) for i in instances], [], {i.rel: i for i in instances}, errors)
 
 
+def _synthetic_marker(args):
+    """The synthetic generator's marker of the release being prepared, or None: at the root of an
+    --egtea or --gtea61 release, in a --videos folder or its parent (the generator's videos layout
+    puts them in DIR/videos/ and its marker in DIR)."""
+    source = args.egtea or args.gtea61 or args.videos
+    if not source:
+        return None
+    places = [source] + ([os.path.dirname(os.path.abspath(source))] if args.videos else [])
+    return next((m for m in (os.path.join(p, SYNTHETIC_MARKER) for p in places) if os.path.isfile(m)), None)
+
+
 def copy_release_files(paths, out):
     """Copy the index and split files (and a synthetic release's marker) into the dataset root."""
     for src in paths:
@@ -571,7 +594,8 @@ def plan(args, opts):
             done += 1
             continue
         if rel in spans:
-            est = spans[rel].end - spans[rel].start + 1
+            span = spans[rel]
+            est = len(span.frames) if span.frames is not None else span.end - span.start + 1
         elif isinstance(source, str):
             try:
                 est = estimated_frames(source, args.fps)
@@ -610,9 +634,9 @@ def parse_args(argv):
                    help="flow values in pixels of the written frames (output, the default) or of the source "
                    "video as dense_flow wrote them (source: x source/output short side)")
     p.add_argument("--maps", choices=warpflow.MAPS, default=DEFAULT_MAPS,
-                   help=f"motion maps: flow = moving regions of the compensated flow (datasets/prepare/warpflow.py), "
-                   f"idt = points of improved dense trajectories (datasets/prepare/trajectories.py); "
-                   f"default {DEFAULT_MAPS}")
+                   help=f"motion maps: idt = points of improved dense trajectories, the paper's MS targets "
+                   f"(datasets/prepare/trajectories.py); flow = moving regions of the compensated flow "
+                   f"(datasets/prepare/warpflow.py); default {DEFAULT_MAPS}")
     p.add_argument("--fps", type=float, default=None,
                    help="resample the videos to this rate: at each j / fps the nearest frame "
                    "(datasets/prepare/video.py; default: every frame)")
@@ -774,9 +798,8 @@ def main(argv=None):
         if not args.frames:
             check_space(jobs, layout, args)
             # a synthetic release's marker goes along, so that results on it say they are synthetic
-            release = args.egtea or args.gtea61
-            marker = os.path.join(release, ".complete") if release else None
-            copy_release_files(copies + ([marker] if marker and os.path.isfile(marker) else []), args.out)
+            marker = _synthetic_marker(args)
+            copy_release_files(copies + ([marker] if marker else []), args.out)
         worker_opts = {k: v for k, v in opts.items() if k not in ("_frames", "_videos", "_spans")}
         what = ", ".join(only)
         method = f"{args.flow}{'' if args.noWarp else ' + warp'}" if opts["_needs_method"] else ""
@@ -795,11 +818,16 @@ def main(argv=None):
     secs = time.time() - t0
     print(f"done: {len(results) - len(bad)} video(s), {frames_done} frames in {secs:.1f} s "
           f"({frames_done / max(secs, 1e-9):.1f} frames/s) -> {args.out}", file=sys.stderr)
-    refused = sorted((rel, r) for rel, _, _, r in results if r)
+    refused = sorted((rel, found["refused"]) for rel, _, _, found in results if found.get("refused"))
     if refused:  # dense_flow's rule: no homography from <= 50 matches or <= 25 inliers
         listing = ", ".join(f"{rel} {r}" for rel, r in refused[:10]) + (", ..." if len(refused) > 10 else "")
         print(f"camera homography refused (identity used) on {sum(r for _, r in refused)} frame pair(s) in "
               f"{len(refused)} video(s): {listing}", file=sys.stderr)
+    if args.gtea61:
+        for rel, _, _, found in results:
+            if found.get("clippedAt"):
+                spans[rel].last = found["clippedAt"]
+        gtea61raw.print_clipped([inst.clipped() for rel, inst in sorted(spans.items()) if inst.last is not None])
     if bad:
         listing = "; ".join(f"{rel}" for rel, _ in bad)
         msg = (f"{len(bad)} video(s) could not be read and were skipped: {listing} (errors above; fix or "

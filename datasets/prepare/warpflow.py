@@ -37,14 +37,15 @@ the surface it is about to cover has no match in the next frame, and flow method
 object's motion, a band as wide as the step in front of the object; towards the previous
 frame the same happens behind it, so the band shows in only one of the two. Then the mask is
 smoothed by a guided filter with the frame as guide (radius 8 px at a 120 px short side), so
-its edges follow the image's, and cut at 0.5: maps are 0 or 255 (the loaders' 0.4 threshold
-keeps them as they are). Pixels the warp brings in from outside the frame are 0. 0.5 px at
+its edges follow the image's, and cut at 0.5: maps are 0 or 255 (the loaders resize them to
+the map size and binarise at datasets/transforms.py's MMAP_THRESHOLD, which then decides only at
+the edges of moving regions). Pixels the warp brings in from outside the frame are 0. 0.5 px at
 120 px is above what the camera compensation leaves on the static background (median 0.07 px
 on the synthetic videos) and below the hands' motion; 1/240 gave higher IoU than 1/120 at
 both 160x120 and 320x240 (docs/benchmarks.md); datasets/prepare/quality.py measures the maps
 against ground truth.
 
-Trajectory maps (kind "idt", `--maps idt`): the points of improved dense trajectories tracked
+Trajectory maps (kind "idt", `--maps idt`, datasets.prepare's default): the points of improved dense trajectories tracked
 through the forward compensated flow and the homography (datasets/prepare/trajectories.py); no backward
 flow is needed.
 """
