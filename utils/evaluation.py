@@ -12,8 +12,12 @@ the original's (short side to 256, centre crop 224, frames at floor(linspace(1, 
 flow: the mean logits of --numSeg stacks), run in fp32 with TF32 off so that an original
 checkpoint gives the original code's logits to float precision.
 
-    python evaluate.py --model ms_op --datasetDir DIR --modelStateDict experiments/main_ms_op_seq16/stage2/best_model.pth
+    python evaluate.py --datasetDir DIR --modelStateDict experiments/main_ms_op_seq16/stage2/best_model.pth
+    python evaluate.py --model rgb --datasetDir DIR --modelStateDict best_model_state_dict_rgb_split2.pth
     python evaluate.py --splitMean RUN1/stage2/eval_test_split1 RUN2/stage2/eval_test_split2 RUN3/stage2/eval_test_split3
+
+The model's experiment comes from the checkpoint; --model confirms it (a contradiction is refused)
+or, for an original Ego-RNN file, which records none, names it (default: the kind its weights show).
 
 --splitMean reads the summary.json of EGTEA evaluations of splits 1, 2 and 3 (one model trained per
 split) and prints each split's and the mean top-1 and mean class accuracy, the figures EGTEA papers
@@ -36,9 +40,9 @@ from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import TEST_USERS, build_model, forward
 from utils.arguments import default_workers
 from utils.checkpoint_record import EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config
-from utils.cli import Parser
+from utils.cli import Parser, show_progress
 from utils.data import make_loader, to_device
-from utils.device import pick_device
+from utils.device import PRECISIONS, pick_device, pick_precision
 from utils.errors import UserError
 from utils.experiment import dataset_class
 from utils.io import atomic_write_csv, atomic_write_json
@@ -51,7 +55,9 @@ MODELS = ["rgb", "convlstm", "flow", "twostream", "ms", "ms_op"]
 
 def parse_args(argv):
     p = Parser(description=__doc__)
-    p.add_argument("--model", choices=MODELS, help="required unless --splitMean")
+    p.add_argument("--model", choices=MODELS,
+                   help="default: the checkpoint's experiment (convlstm: rgb trained with --noAttention); an "
+                   "original Ego-RNN file: the kind its weights show (rgb, flow, twostream)")
     p.add_argument("--datasetDir", default=None,
                    help="default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61")
     p.add_argument("--modelStateDict", help="checkpoint (this project's or the original Ego-RNN's); required unless --splitMean")
@@ -75,16 +81,18 @@ def parse_args(argv):
     p.add_argument("--numWorkers", type=int, default=default_workers(),
                    help="DataLoader worker processes (default: one per core, up to 8; this machine: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="fp32 (default) reproduces the original's logits; bf16 is faster")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default) reproduces the original's logits; bf16 is faster; auto: bf16 where the hardware "
+                   "runs it natively")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (drawn on a terminal only anyway)")
     p.add_argument("--topk", type=int, nargs="+", default=[5],
                    help="top-k accuracies to report besides top-1 (k >= the number of classes gives 100%%)")
     args = p.parse_args(argv)
     if args.splitMean:
         return args
-    if args.model is None or args.modelStateDict is None:
-        p.error("--model and --modelStateDict are required (or --splitMean DIR ...)")
+    if args.modelStateDict is None:
+        p.error("--modelStateDict is required (or --splitMean DIR ...)")
     if any(k <= 0 for k in args.topk):
         raise UserError(f"--topk must be positive (got {' '.join(map(str, args.topk))})")
     if args.datasetDir is None and args.dataset == "egtea":
@@ -107,6 +115,25 @@ def read_meta(path):
     return {}
 
 
+def model_of(path, meta, asked):
+    """The --model of the checkpoint at `path`: the experiment its record names (convlstm: an rgb
+    one trained without attention). A file without a record (the original Ego-RNN release's) shows
+    only its family in its weights, which --model may narrow. A --model that contradicts the file
+    is refused."""
+    recorded = meta.get("experiment")
+    if recorded:
+        name = "convlstm" if recorded == "rgb" and not meta.get("model_config", {}).get("attention", True) \
+            else recorded
+    else:
+        name = checkpoint_info(path)["family"]
+        if asked is not None and FAMILY_OF[asked] == name:
+            return asked
+    if asked is not None and asked != name:
+        raise UserError(f"--model {asked}: {path} holds a '{name}' model; pass --model {name} or leave --model out")
+    return name
+
+
+FAMILY_OF = {"rgb": "rgb", "convlstm": "rgb", "ms": "rgb", "ms_op": "rgb", "flow": "flow", "twostream": "twostream"}
 MEAN_KEYS = ("accuracy", "mean_class_accuracy", "verb_accuracy", "noun_accuracy")
 
 
@@ -170,13 +197,9 @@ def main(argv=None):
         return 0
 
     meta = read_meta(args.modelStateDict)
-    family = {"rgb": "rgb", "convlstm": "rgb", "ms": "rgb", "ms_op": "rgb"}.get(args.model, args.model)
-    if meta.get("family") and meta["family"] != family:
-        raise UserError(f"{args.modelStateDict} holds a '{meta.get('experiment')}' model, not a '{args.model}' one")
+    args.model = model_of(args.modelStateDict, meta, args.model)
+    family = FAMILY_OF[args.model]
     cfg = meta.get("model_config", {})
-    if family == "rgb" and "attention" in cfg and cfg["attention"] != (args.model != "convlstm"):
-        raise UserError(f"{args.modelStateDict} was trained {'with' if cfg['attention'] else 'without'} attention: "
-                        f"use --model {'rgb' if cfg['attention'] else 'convlstm'}")
     seq_len = args.seqLen or meta.get("seqLen") or 25
     frame_size = args.frameSize or meta.get("frameSize") or 224
     config = saved_config(args.modelStateDict)
@@ -216,6 +239,7 @@ def main(argv=None):
             raise UserError(f"--{name} must be positive (got {v})")
 
     device = pick_device(args.device)
+    args.precision = pick_precision(args.precision, device)
     torch.set_flush_denormal(True)  # subnormals only slow the CPU down; they are below float precision here
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -258,7 +282,7 @@ def main(argv=None):
 
     logits_all, labels_all, index_all = [], [], []
     with torch.no_grad():
-        for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
+        for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True, disable=not show_progress(args.quiet)):
             batch = to_device(batch, device)
             with autocast(device, args.precision):
                 out = forward(model, batch, family)
