@@ -1,7 +1,7 @@
 """Training and data-pipeline speed of one experiment stage, measured in one process.
 
     python bench.py --model ms_op --stage 2 --seqLen 16 --batchSize 8 --frameSize 224 --steps 5 \\
-        --precision both --json bench.json
+        --precision fp32 bf16 --json bench.json
 
 It builds the stage exactly as the training scripts do (utils/experiment.py: Experiment,
 datasets with the frame cache, loaders, model on device and memory format, trainable
@@ -17,7 +17,7 @@ parameters, optimiser) and times, after warm-up:
            and matrix products, forward and backward), the GFLOP/s compute reaches, and the
            GFLOP/s of one large 3x3 convolution (512 -> 512 channels on 7x7 maps, batch 128,
            channels_last: the layer4 / ConvLSTM shape) on this machine, the rate the step's
-           convolutions could reach at best; with --compare-original the same for the original's
+           convolutions could reach at best; with --compareOriginal the same for the original's
            step, and the ratio to the original that this rate would allow with the same arithmetic.
 Rates are clips per second, except *_images_per_s (clips x seqLen); ratio_train_to_compute =
 train / compute, ratio_train_to_limit = train images/s / limit images/s. Peak memory: the
@@ -48,7 +48,7 @@ from utils.experiment import (Experiment, build_stage_model, configure_backends,
                               stage_datasets, stage_loaders)
 from utils.cli import Parser
 from utils.data import set_epoch, to_device
-from utils.device import pick_device, pick_precision
+from utils.device import PRECISIONS, pick_device, pick_precision
 from utils.errors import UserError, run_cli
 from utils.train import autocast, train_step
 from tools.bench_original import original_stage2_seconds
@@ -75,8 +75,8 @@ def parse_args(argv=None):
                         "of each (shared machines: other processes only ever slow a measurement down)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="both",
-                   help="auto: the scripts' choice for this hardware; both: fp32, then bf16")
+    p.add_argument("--precision", choices=PRECISIONS, nargs="+", default=["fp32", "bf16"],
+                   help="the precisions to time, one after the other; auto: the scripts' choice for this hardware")
     p.add_argument("--numWorkers", type=int, default=default_workers(),
                    help="DataLoader workers (default: the scripts', one per core up to 8)")
     p.add_argument("--cpuTransforms", action="store_true",
@@ -88,17 +88,17 @@ def parse_args(argv=None):
     p.add_argument("--cacheDir", default="auto", help="frame cache, as in the scripts (auto | none | DIR)")
     p.add_argument("--datasetDir", default=None, help=f"dataset to read the batches from (default: synthetic data in {SYNTHETIC_DIR})")
     p.add_argument("--opInput", choices=("flat", "pooled"), default="flat", help="ms_op: the OP head's input")
-    p.add_argument("--compare-original", dest="compareOriginal", default=None, metavar="DIR",
+    p.add_argument("--compareOriginal", dest="compareOriginal", default=None, metavar="DIR",
                    help="stage 2 of rgb or ms_op: also time the original Ego-RNN stage 2 (main-run-rgb.py of a "
                         "checkout of https://github.com/swathikirans/ego-rnn in DIR) on the same batch, interleaved "
                         "with ours, and print the ratio")
     p.add_argument("--niceToo", action="store_true",
-                   help="CPU: also time train with DataLoader workers at the main process's priority (before "
-                        "issue 29 they were not lowered), interleaved, for the gain (train_nice0_clips_per_s)")
+                   help="CPU: also time train with DataLoader workers at the main process's priority (the scripts "
+                        "lower it), interleaved, for the gain (train_nice0_clips_per_s)")
     p.add_argument("--computeOnly", action="store_true",
-                   help="time compute only (and what --compare-original adds), not train and infer")
+                   help="time compute only (and what --compareOriginal adds), not train and infer")
     p.add_argument("--flops", action="store_true",
-                   help="count the FLOP of one compute step (and of the original's with --compare-original), print "
+                   help="count the FLOP of one compute step (and of the original's with --compareOriginal), print "
                         "the GFLOP/s reached and this machine's rate for a large 3x3 convolution")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="also profile this many compute steps (torch.profiler) and print the top ops by self CPU time")
@@ -107,16 +107,16 @@ def parse_args(argv=None):
     if a.model == "flow" and a.stage != 1:
         p.error("the flow model has one stage: use --stage 1")
     if a.compareOriginal and not (a.model in ("rgb", "ms_op") and a.stage == 2):
-        p.error("--compare-original times the original Ego-RNN stage 2: use it with --model rgb or ms_op, --stage 2")
+        p.error("--compareOriginal times the original Ego-RNN stage 2: use it with --model rgb or ms_op, --stage 2")
     if a.compareOriginal:
         try:
             check_source(a.compareOriginal)
         except UserError as e:
-            p.error(str(e).replace("--egornnSrc", "--compare-original"))
+            p.error(str(e).replace("--egornnSrc", "--compareOriginal"))
     if a.compareOriginal and a.frameSize != 224:
-        p.error("--compare-original: the original Ego-RNN model takes 224 px frames (its 7x7 pooling): use --frameSize 224")
-    if a.compareOriginal and a.precision == "both":
-        p.error("--compare-original: choose one --precision (auto, fp32 or bf16); the original runs fp32")
+        p.error("--compareOriginal: the original Ego-RNN model takes 224 px frames (its 7x7 pooling): use --frameSize 224")
+    if a.compareOriginal and len(a.precision) > 1:
+        p.error("--compareOriginal: choose one --precision (auto, fp32 or bf16); the original runs fp32")
     for name in ("seqLen", "batchSize", "frameSize", "memSize", "steps", "repeats"):
         if getattr(a, name) <= 0:
             p.error(f"--{name} must be positive")
@@ -315,7 +315,7 @@ def main(argv=None):
     args = base_parser(experiment, "bench").parse_args(script_argv)
     check_args(experiment, args)
     args.cacheDir = resolve_cache_dir(args)
-    precisions = ["fp32", "bf16"] if a.precision == "both" else [pick_precision(a.precision, device)]
+    precisions = list(dict.fromkeys(pick_precision(p, device) for p in a.precision))
     load_before = load()
     print(f"bench: {a.model} stage {a.stage}, seqLen {a.seqLen}, batch {a.batchSize}, frame {a.frameSize}, "
           f"mem {a.memSize}, device {device}, {torch.get_num_threads()} threads, {a.numWorkers} workers, "

@@ -28,6 +28,7 @@ cam.png; with --window / --stride (seconds), every window is classified too: tim
 (start, end, first frame and frame count, top-k) and timeline.png. A window [s, s + window)
 holds the frames whose time t has s <= t < s + window: a frame exactly on its end is the next's.
 """
+import hashlib
 import math
 import os
 import sys
@@ -45,10 +46,10 @@ from datasets.prepare.video import VideoError, VideoWriter, frame_times, natural
 from datasets.prepare.warpflow import FLOW_SCALES, RaftWeightsError, encode_flow, flow_factor, flow_method, warp_flow
 from models.checkpoints import checkpoint_info, load_checkpoint
 from models.recipe import build_from_checkpoint, forward
-from utils.cli import Parser
+from utils.cli import Parser, show_progress
 from utils.checkpoint_record import checkpoint_preparation, preparation_differences, saved_config, synthetic_note
 from utils.data import to_device
-from utils.device import pick_device
+from utils.device import PRECISIONS, pick_device, pick_precision
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.plots import cam_maps, cam_overlay, save_cam_strip, save_timeline
@@ -62,12 +63,14 @@ def parse_args(argv):
     p.add_argument("--video", required=True, help="a video file, or a folder of frames")
     p.add_argument("--modelStateDict", required=True, help="checkpoint (this project's or the original Ego-RNN's)")
     p.add_argument("--topk", type=int, default=5, help="actions listed, most probable first")
-    p.add_argument("--outDir", default=None, help="default: experiments/predict/<video name>")
+    p.add_argument("--outDir", default=None,
+                   help="default: experiments/predict/<folder>_<name>-<8 hex digits of the video's path>")
     p.add_argument("--window", type=float, default=None, help="also classify windows of this many seconds")
     p.add_argument("--stride", type=float, default=None, help="seconds between window starts (default: --window)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="fp32 (default) gives evaluate.py's logits; bf16 is faster on GPUs and bf16 CPUs")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default) gives evaluate.py's logits; bf16 is faster on GPUs and bf16 CPUs; auto: bf16 "
+                   "where the hardware runs it natively")
     p.add_argument("--batchSize", type=int, default=8, help="clips per forward pass (windows)")
     p.add_argument("--fps", type=float, default=None,
                    help="video: resample to this rate, as datasets.prepare --fps; frame folder: its frame rate")
@@ -86,11 +89,23 @@ def parse_args(argv):
                    help="text file, one class name per line in class-id order (needed for original Ego-RNN files)")
     p.add_argument("--camFps", type=float, default=4.0, help="frame rate of cam.mp4")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (drawn on a terminal only anyway)")
     return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- the model
+
+def default_out_dir(video):
+    """experiments/predict/<folder>_<name>-<hash>: the video's folder and name to read, and a hash of
+    its path, so that S2/take_cup/1.mp4 and S2/open_box/1.mp4, or two recordings named 1.mp4
+    anywhere, never write to the same folder. The path is hashed as given (normalised): the folder
+    is under the current one, as a relative path is read from it."""
+    path = os.path.normpath(video)
+    folder, name = os.path.split(os.path.abspath(path))
+    stem = name if os.path.isdir(path) else os.path.splitext(name)[0]
+    digest = hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return os.path.join("experiments", "predict", f"{os.path.basename(folder)}_{stem}-{digest}")
+
 
 def resolve_model(args):
     """Everything the checkpoint says about its model (or what its weights imply), as a dict."""
@@ -401,11 +416,11 @@ def main(argv=None):
     spec = resolve_model(args)
     if spec["synthetic_note"]:
         print(spec["synthetic_note"], flush=True)
-    out_dir = args.outDir or os.path.join("experiments", "predict",
-                                          os.path.splitext(os.path.basename(os.path.normpath(args.video)))[0])
+    out_dir = args.outDir or default_out_dir(args.video)
     if os.path.exists(os.path.join(out_dir, "prediction.json")) and not args.overwrite:
         raise UserError(f"{out_dir} already holds prediction.json; pass --overwrite or another --outDir")
     device = pick_device(args.device)
+    args.precision = pick_precision(args.precision, device)
     # evaluate.py's settings, so that the logits are its logits
     torch.set_flush_denormal(True)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -440,7 +455,8 @@ def main(argv=None):
     cam_video = CamVideo(os.path.join(out_dir, "cam.mp4"), args.camFps) if with_cam else None
     window_order = {name: i for i, name in enumerate(
         c["name"] for c in sorted(clips, key=lambda c: c["start"]) if c["name"] != "video")}
-    bar = tqdm(total=len(clips), unit="clip", desc="predict", disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=len(clips), unit="clip", desc="predict", disable=not show_progress(args.quiet),
+               dynamic_ncols=True)
     model_secs = 0.0
 
     def run(batch):

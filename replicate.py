@@ -6,7 +6,7 @@ This file holds the paper's numbers, the tables' captions and figures and the co
 plan (which cells, what each needs first) and its execution are in tools/replicate_plan.py.
 
     python replicate.py --table all --datasetDir DIR                 # everything, paper settings
-    python replicate.py --table 2 --datasetDir DIR --dry-run         # print the commands only
+    python replicate.py --table 2 --datasetDir DIR --dryRun         # print the commands only
     python replicate.py --table 1 --datasetDir DIR --epochs1 30 --epochs2 15 --epochsFlow 75 \\
         --epochsTwoStream 25 --extra "--trainBatchSize 8 --numWorkers 2"
     python replicate.py --table all --datasetDir DIR --crossval       # 4 leave-one-user-out splits
@@ -456,11 +456,16 @@ def parse_args(argv):
     p.add_argument("--devices", default=None,
                    help="comma-separated devices the jobs go round, e.g. cuda:0,cuda:1 (--jobs 4: two cells per GPU) "
                         "or cpu; default: every cell sees what replicate.py sees")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--dryRun", dest="dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--tablesOnly", action="store_true",
                    help="write the tables from the cells finished in --outDir, train nothing")
     p.add_argument("--verbose", action="store_true", help="show the scripts' output (always in <outDir>/logs/)")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only failed or skipped cells and where the tables are (each cell's output is in "
+                        "<outDir>/logs/)")
     opts = p.parse_args(argv)
+    if opts.quiet and opts.verbose:
+        raise UsageError("--quiet and --verbose exclude each other")
     if opts.dataset == "egtea":
         if opts.datasetDir is None or opts.crossval:
             raise UsageError("--dataset egtea needs --datasetDir (a root prepared by datasets.prepare --egtea) and "
@@ -469,7 +474,7 @@ def parse_args(argv):
     elif opts.split is not None:
         raise UsageError(f"--split {opts.split} applies to --dataset egtea")
     if opts.datasetDir is None:
-        try:  # --dry-run keeps stdout for the commands
+        try:  # --dryRun keeps stdout for the commands
             opts.datasetDir = default_dataset_dir(lambda m: print(m, file=sys.stderr if opts.dry_run else sys.stdout))
         except UserError as e:
             raise UsageError(str(e)) from None
@@ -566,14 +571,15 @@ def _tables_only(opts, tables, columns, plan, all_cells, kind):
 
 
 def _run(opts, tables, columns, plan, all_cells, kind):
-    print(f"dataset {opts.datasetDir}: {kind[0]} ({kind[1]}); output {opts.outDir}")
+    if not opts.quiet:
+        print(f"dataset {opts.datasetDir}: {kind[0]} ({kind[1]}); output {opts.outDir}")
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _sigterm)
     interrupted = False
     per_split = []
     try:
         for name, split_dir, users, cells in plan:
-            if opts.crossval:
+            if opts.crossval and not opts.quiet:
                 print(f"--- split test {name} ({split_dir})")
 
             def progress(cells=cells, split_dir=split_dir, users=users, name=name):
@@ -581,7 +587,7 @@ def _run(opts, tables, columns, plan, all_cells, kind):
 
             try:
                 execute(cells, opts.extra_args, os.path.join(split_dir, "logs"), opts.verbose, progress,
-                        opts.jobs, opts.devices)
+                        opts.jobs, opts.devices, opts.quiet)
             except Interrupted:
                 interrupted = True
             per_split.append((name, split_dir, write_split_outputs(opts, tables, columns, cells, name, split_dir,

@@ -1,4 +1,4 @@
-"""bench.py --compare-original: the original's stage 2 timed step by step (tools/bench_original.py),
+"""bench.py --compareOriginal: the original's stage 2 timed step by step (tools/bench_original.py),
 on the fake "original" tree of tests/test_verify_original.py (this project's EgoRNN under the
 original's names, run by a main-run-rgb.py in the original's style); a bad DIR is a usage error."""
 import pytest
@@ -23,9 +23,9 @@ def test_original_steps_timed_from_forward_to_forward(tmp_path):
 
 
 def test_compare_original_needs_a_checkout_and_stage2(tmp_path, capsys):
-    for argv, needle in [(["--compare-original", str(tmp_path / "nope")], "no such folder"),
-                         (["--model", "ms", "--compare-original", str(tmp_path)], "--model rgb or ms_op"),
-                         (["--precision", "both", "--compare-original", str(fake_tree(tmp_path / "o"))],
+    for argv, needle in [(["--compareOriginal", str(tmp_path / "nope")], "no such folder"),
+                         (["--model", "ms", "--compareOriginal", str(tmp_path)], "--model rgb or ms_op"),
+                         (["--precision", "fp32", "bf16", "--compareOriginal", str(fake_tree(tmp_path / "o"))],
                           "choose one --precision")]:
         with pytest.raises(SystemExit) as e:
             bench.parse_args(argv)

@@ -33,7 +33,7 @@ def models_(data, tmp_path_factory):
     """A val-selected RGB stage 1 (attention) and a last-epoch flow model with 3-frame stacks."""
     out = tmp_path_factory.mktemp("cfg")
     run("main_rgb.py", "--datasetDir", data, "--outDir", out / "rgb", "--stage", "1", "--numEpochs", "2",
-        "--select", "val", *TINY)
+        "--select", "val", "--keepLast", *TINY)
     run("main_flow.py", "--datasetDir", data, "--outDir", out / "flow", "--numEpochs", "2", "--stackSize", "3",
         "--select", "last", "--lr", "0.05", *TINY)
     return out

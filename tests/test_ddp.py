@@ -23,7 +23,7 @@ PY = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
 TINY = ["--pretrained", "none", "--frameSize", "32", "--seqLen", "4", "--memSize", "8", "--trainBatchSize", "3",
         "--valBatchSize", "2", "--numWorkers", "0", "--precision", "fp32", "--numEpochs", "2", "--cacheDir", "none",
-        "--camVideos", "0"]
+        "--camVideos", "0", "--keepLast"]
 STAGES = ("stage1", "stage2")
 
 

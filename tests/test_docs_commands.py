@@ -102,3 +102,23 @@ def test_the_scan_sees_the_commands_and_a_stale_path(tmp_path):
 ])
 def test_runnable(module, expected):
     assert runnable(module) is expected
+
+
+def test_every_make_target_is_defined_and_listed_by_make_help():
+    """A target declared .PHONY but never defined does nothing and exits 0; `make help` lists
+    every target with its line of help."""
+    import shutil
+    import subprocess
+    text = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
+    phony = re.search(r"^\.PHONY:(.*)$", text, re.M).group(1).split()
+    defined = re.findall(r"^([a-z][\w-]*):(?!=)", text, re.M)
+    assert {"help", "test", "demo", "clean-demo"} <= set(phony)
+    assert not set(phony) - set(defined), f"declared, never defined: {set(phony) - set(defined)}"
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    listed = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    names = [line.split()[0] for line in listed.splitlines() if line.startswith("  ")]
+    assert sorted(names) == sorted(phony), listed
+    # clean-demo removes the demo's outputs and nothing else
+    dry = subprocess.run(["make", "-n", "clean-demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert dry.split() == ["rm", "-rf", "experiments/demo_ms_op", "data/synthetic_gtea61"], dry

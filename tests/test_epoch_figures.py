@@ -65,3 +65,31 @@ def test_train_one_epoch_figures_are_means_over_clips(tmp_path, monkeypatch):
     assert result["op_acc"] == pytest.approx(100 * 3 / 7)
     assert result["loss"] == pytest.approx(sum(ce(r, C) for r in clips) / 7, rel=1e-5)
     assert result["op_loss"] == pytest.approx(sum(ce(r, 12) for r in orders) / 7, rel=1e-5)
+
+
+def test_the_epoch_line_shows_the_heads_where_they_are_on():
+    from utils.train import epoch_line
+    test, no_val = {"loss": 1.0, "acc": 40.0}, {"loss": None, "acc": None}
+    heads = {"loss": 1.25, "acc": 50.0, "ms_loss": 0.5, "op_loss": 2.4, "op_acc": 12.5}
+    assert epoch_line(3, 1e-4, heads, test, no_val, 3.2) == (
+        "epoch   3  lr 0.0001  train loss 1.2500 acc  50.0  ms loss 0.5000  op loss 2.4000 acc  12.5  "
+        "test loss 1.0000 acc  40.0  (3.2s)")
+    op_only = dict(heads, ms_loss=float("nan"))  # --noMS
+    assert "ms loss" not in epoch_line(3, 1e-4, op_only, test, no_val, 3.2)
+    assert "op loss 2.4000 acc  12.5" in epoch_line(3, 1e-4, op_only, test, no_val, 3.2)
+    nan = float("nan")
+    stage1 = {"loss": 1.25, "acc": 50.0, "ms_loss": nan, "op_loss": nan, "op_acc": nan}
+    assert epoch_line(1, 1e-3, stage1, test, {"loss": 0.9, "acc": 60.0}, 1.0) == (
+        "epoch   1  lr 0.001  train loss 1.2500 acc  50.0  val acc  60.0  test loss 1.0000 acc  40.0  (1.0s)")
+
+
+def test_progress_bars_on_a_terminal_only():
+    import io
+
+    from utils.cli import show_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    assert show_progress(stream=Terminal()) and not show_progress(quiet=True, stream=Terminal())
+    assert not show_progress(stream=io.StringIO())  # redirected to a file or a pipe

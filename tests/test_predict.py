@@ -353,3 +353,14 @@ def test_long_video_is_one_action_after_another(tmp_path):
     with open(tmp_path / "long.csv") as f:
         rows = [(float(r["start_s"]), float(r["end_s"]), r["action"]) for r in csv.DictReader(f)]
     assert rows == [(0.0, 0.7, "take_cup"), (0.7, 1.4, "put_cup"), (1.4, 2.0, "take_cup")]  # the generator's order
+
+
+def test_the_default_output_folder_is_one_per_video_path():
+    """Two videos named 1.mp4 in different class folders (GTEA-61's layout) must not write to the
+    same folder; the same path, however spelled, goes to the same one."""
+    from predict import default_out_dir
+    take, open_ = default_out_dir("S2/take_cup/1.mp4"), default_out_dir("S2/open_box/1.mp4")
+    assert take != open_
+    assert default_out_dir("S3/take_cup/1.mp4") != take  # same folder name, other user
+    assert default_out_dir("./S2/take_cup/1.mp4") == default_out_dir("S2//take_cup/1.mp4") == take
+    assert take.startswith(os.path.join("experiments", "predict", "take_cup_1-"))

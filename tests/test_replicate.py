@@ -43,7 +43,7 @@ def call(*args):
 
 
 def dry(*args):
-    p = call(*args, "--dry-run")
+    p = call(*args, "--dryRun")
     assert p.returncode == 0, p.stderr[-3000:]
     return [shlex.split(line) for line in p.stdout.splitlines() if line.strip()]
 
@@ -86,7 +86,7 @@ def assert_one_line_error(p, needle=""):
 def test_dry_run_lists_every_cell_with_its_arguments(tmp_path):
     out = str(tmp_path / "rep")
     cmds = dry("--table", "all", "--datasetDir", "DATA", "--outDir", out)
-    assert not os.path.exists(out), "--dry-run must not write anything"
+    assert not os.path.exists(out), "--dryRun must not write anything"
     assert len(cmds) == 31  # Table 1: 4 stage-1 + 7; Tables 2-3: 2 x (9 + OP-only)
     outs = by_out(cmds)
     assert len(outs) == len(cmds), "every cell has its own folder"
@@ -210,18 +210,18 @@ def test_dry_run_crossval_has_four_leave_one_user_out_splits(tmp_path):
     (["--frameSize", "64", "--extra", "--frameSize 64"], "once"),
 ])
 def test_bad_arguments_give_one_line_errors(args, needle):
-    assert_one_line_error(call("--table", "2", "--datasetDir", "D", "--dry-run", *args), needle)
+    assert_one_line_error(call("--table", "2", "--datasetDir", "D", "--dryRun", *args), needle)
 
 
 def test_errors_from_the_command_line(tmp_path):
     assert_one_line_error(rep("--table", "2", "--datasetDir", tmp_path / "nope", "--outDir", tmp_path / "o"),
                           "--datasetDir")
     assert not (tmp_path / "o").exists()
-    assert_one_line_error(rep("--table", "2", "--datasetDir", "D", "--dry-run", "--extra", "--bogus 1"), "--bogus")
-    assert_one_line_error(rep("--table", "4", "--datasetDir", "D", "--dry-run"), "--table")
+    assert_one_line_error(rep("--table", "2", "--datasetDir", "D", "--dryRun", "--extra", "--bogus 1"), "--bogus")
+    assert_one_line_error(rep("--table", "4", "--datasetDir", "D", "--dryRun"), "--table")
     # no --datasetDir and no default dataset in the working directory
     env = {k: v for k, v in os.environ.items() if k != "GTEA61_DIR"}
-    assert_one_line_error(subprocess.run([PY, ROOT / "replicate.py", "--table", "1", "--dry-run"], cwd=tmp_path,
+    assert_one_line_error(subprocess.run([PY, ROOT / "replicate.py", "--table", "1", "--dryRun"], cwd=tmp_path,
                                          env=env, capture_output=True, text=True, timeout=120), "--datasetDir")
 
 
@@ -518,8 +518,8 @@ def test_jobs_run_cells_side_by_side_after_the_cells_they_need(tmp_path, monkeyp
 
 
 def test_jobs_and_devices_arguments():
-    assert_one_line_error(call("--table", "1", "--datasetDir", "D", "--jobs", "0", "--dry-run"), "--jobs")
-    assert_one_line_error(call("--table", "1", "--datasetDir", "D", "--devices", "gpu0", "--dry-run"), "--devices")
+    assert_one_line_error(call("--table", "1", "--datasetDir", "D", "--jobs", "0", "--dryRun"), "--jobs")
+    assert_one_line_error(call("--table", "1", "--datasetDir", "D", "--devices", "gpu0", "--dryRun"), "--devices")
     from tools.replicate_plan import device_env
     assert [device_env(["cuda:0", "cuda:1"], s, 4)["CUDA_VISIBLE_DEVICES"] for s in range(4)] == ["0", "1", "0", "1"]
     assert device_env(["cpu"], 0, 1) == {"CUDA_VISIBLE_DEVICES": ""}
@@ -545,6 +545,6 @@ def test_egtea_split_is_passed_to_every_cell_and_tables_have_no_paper_column(tmp
     assert "42.24" not in t1 and "the paper's S2" not in t1
     assert (out / "tables.png").read_bytes()[:4] == b"\x89PNG"
     # --split belongs to EGTEA, --crossval to GTEA-61
-    assert_one_line_error(call("--table", "1", "--split", "2", "--datasetDir", data, "--outDir", out, "--dry-run"), "--split 2")
+    assert_one_line_error(call("--table", "1", "--split", "2", "--datasetDir", data, "--outDir", out, "--dryRun"), "--split 2")
     assert_one_line_error(call("--table", "1", "--dataset", "egtea", "--crossval", "--datasetDir", data, "--outDir", out,
-                               "--dry-run"), "--crossval")
+                               "--dryRun"), "--crossval")

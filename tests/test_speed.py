@@ -347,7 +347,7 @@ def test_fp32_results_unchanged(golden_data, tmp_path, cache):
     E.run("ms_op", ["--datasetDir", str(golden_data), "--outDir", str(out), "--numEpochs", "1",
                     "--pretrained", "none", "--frameSize", "64", "--seqLen", "4", "--trainBatchSize", "4",
                     "--memSize", "16", "--valBatchSize", "8", "--numWorkers", "0", "--precision", "fp32",
-                    "--camVideos", "0", "--cacheDir", cache_arg, "--opInput", "pooled"])
+                    "--camVideos", "0", "--cacheDir", cache_arg, "--opInput", "pooled", "--keepLast"])
     if cache == "dir":
         assert any((tmp_path / "fc").rglob("*.frame"))
     args = json.loads((out / "stage2" / "args.json").read_text())
@@ -549,7 +549,7 @@ def test_bench_tiny_writes_json(golden_data, tmp_path):
     path = tmp_path / "b.json"
     report = bench.main(["--model", "ms_op", "--stage", "2", "--seqLen", "4", "--batchSize", "2",
                          "--frameSize", "32", "--memSize", "8", "--steps", "1", "--warmup", "1",
-                         "--numWorkers", "1", "--precision", "both", "--datasetDir", str(golden_data),
+                         "--numWorkers", "1", "--precision", "fp32", "bf16", "--datasetDir", str(golden_data),
                          "--cacheDir", str(tmp_path / "fc"), "--limit", "--json", str(path)])
     data = json.loads(path.read_text())
     assert data["results"].keys() == {"fp32", "bf16"} == report["results"].keys()

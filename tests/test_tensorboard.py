@@ -13,7 +13,7 @@ from tests.test_training import TINY, run, synthetic_data
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader  # noqa: E402
-from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2  # noqa: E402
 
 EPOCHS = 2
 # tag: log.csv column it must equal (None: not in log.csv)
@@ -99,6 +99,21 @@ def test_hparams_hold_the_settings_and_result_metrics(stages):
     assert start.hparams["trainUsers"].string_value == "S1 S3 S4"
     exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert sorted(m.name.tag for m in exp.metric_infos) == sorted(RESULT_TAGS)
+    # the settings that define the run, the most compared first (TensorBoard's columns in this
+    # order); housekeeping flags left out
+    names = [h.name for h in exp.hparam_infos]
+    assert names[:7] == ["experiment", "stage", "lr", "seqLen", "numEpochs", "trainBatchSize", "precision"]
+    assert start.hparams["experiment"].string_value == "ms_op" and start.hparams["numEpochs"].number_value == EPOCHS
+    for housekeeping in ("cacheDir", "camVideos", "cpuTransforms", "numWorkers", "outDir", "device", "resume",
+                         "overwrite", "quiet", "keepLast", "valBatchSize"):
+        assert housekeeping not in names and housekeeping not in start.hparams, housekeeping
+    assert {"seed", "memSize", "frameSize", "noMS", "opInput", "msWeight"} <= set(names)
+    assert "flowLr" not in names  # two-stream's own
+    # booleans as booleans, not the numbers 0 and 1
+    types = {h.name: api_pb2.DataType.Name(h.type) for h in exp.hparam_infos}
+    assert types["noMS"] == types["regression"] == "DATA_TYPE_BOOL", types
+    assert start.hparams["noMS"].WhichOneof("kind") == "bool_value" and start.hparams["noMS"].bool_value is False
+    assert types["lr"] == "DATA_TYPE_FLOAT64" and types["experiment"] == "DATA_TYPE_STRING"
 
 
 def test_cam_figures_are_images_of_the_run(stages):
@@ -157,3 +172,14 @@ def test_clips_per_second_is_over_the_training_seconds_only(tmp_path, monkeypatc
     ea.Reload()
     assert [e.value for e in ea.Scalars("time/epoch_seconds")] == [10.0, 10.0]
     assert [e.value for e in ea.Scalars("time/clips_per_second")] == pytest.approx([n_train / 4] * 2, rel=1e-6)
+
+
+def test_curves_mark_the_selected_epoch_and_the_lr_decays(tmp_path):
+    from utils.plots import save_curves
+    # log.csv rows: epoch, lr, train loss/acc, test loss/acc, ms, op, op acc, seconds, val loss/acc
+    lrs = ["0.001", "0.001", "0.0001", "0.0001", "1e-05", "1e-05"]
+    rows = [[e, lr, "1.0", "50", "1.1", str(40 + e), "", "", "", "1.0", "", ""] for e, lr in enumerate(lrs, 1)]
+    drawn = save_curves(rows, tmp_path / "c.png", selected=4)
+    assert drawn[4:] == ["lr decay before epoch 3", "lr decay before epoch 5", "selected epoch 4"]
+    assert save_curves(rows[:2], tmp_path / "c.png", selected=None)[4:] == []  # no decay yet, none selected
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -58,13 +58,15 @@ def runs(data, tmp_path_factory):
     """rgb (stages 1+2) and flow, shared by the tests below."""
     out = tmp_path_factory.mktemp("runs")
     run("main_rgb.py", "--datasetDir", data, "--outDir", out / "rgb", "--numEpochs", "2", *TINY)
-    run("main_flow.py", "--datasetDir", data, "--outDir", out / "flow", "--numEpochs", "1", *TINY)
+    run("main_flow.py", "--datasetDir", data, "--outDir", out / "flow", "--numEpochs", "1", "--keepLast", *TINY)
     return out
 
 
-def check_stage_dir(d, epochs, cam):
-    for f in ["args.json", "log.csv", "best_model.pth", "last.pth", "curves.png", "summary.json"]:
+def check_stage_dir(d, epochs, cam, keep_last=False):
+    for f in ["args.json", "log.csv", "best_model.pth", "curves.png", "summary.json"]:
         assert (d / f).is_file(), d / f
+    # a finished stage drops last.pth (the optimiser's state: --resume skips a finished stage)
+    assert (d / "last.pth").is_file() == keep_last, d / "last.pth"
     rows = read_log(d / "log.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
@@ -94,8 +96,17 @@ def test_rgb_two_stages_write_everything(runs):
 
 
 def test_flow_single_stage(runs):
-    check_stage_dir(runs / "flow" / "stage1", 1, cam=False)
+    check_stage_dir(runs / "flow" / "stage1", 1, cam=False, keep_last=True)
     assert not (runs / "flow" / "stage2").exists()
+
+
+def test_resume_skips_a_finished_stage_without_last_pth(runs, data):
+    stage = runs / "rgb" / "stage2"
+    before = {f: (stage / f).stat().st_mtime_ns for f in ["log.csv", "best_model.pth", "summary.json"]}
+    p = run("main_rgb.py", "--datasetDir", data, "--outDir", runs / "rgb", "--numEpochs", "2", "--resume", *TINY)
+    assert p.stdout.count("finished earlier") == 2, p.stdout
+    assert before == {f: (stage / f).stat().st_mtime_ns for f in before}
+    assert not (stage / "last.pth").exists()
 
 
 @pytest.mark.parametrize("script,extra", [("main_ms.py", []), ("main_ms.py", ["--regression", "--msInput", "layer4"]),
@@ -137,7 +148,8 @@ def test_twostream_from_flow_and_rgb(runs, data, tmp_path):
 
 def test_evaluate_writes_predictions(runs, data, tmp_path):
     out = tmp_path / "ev"
-    p = run("evaluate.py", "--model", "rgb", "--datasetDir", data, "--outDir", out, "--numWorkers", "0",
+    # no --model: the checkpoint's experiment
+    p = run("evaluate.py", "--datasetDir", data, "--outDir", out, "--numWorkers", "0",
             "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", "--topk", "2", "5")
     rows = list(csv.reader(open(out / "predictions.csv")))
     assert rows[0] == ["video", "label", "pred", "logit_0", "logit_1", "logit_2"]
@@ -146,6 +158,7 @@ def test_evaluate_writes_predictions(runs, data, tmp_path):
         logits = [float(v) for v in r[3:]]
         assert int(r[2]) == max(range(3), key=logits.__getitem__)
     s = json.loads((out / "summary.json").read_text())
+    assert s["model"] == "rgb"
     acc = 100 * sum(r[1] == r[2] for r in rows[1:]) / (len(rows) - 1)
     assert s["accuracy"] == pytest.approx(acc, abs=1e-3) and s["num_videos"] == len(rows) - 1
     assert set(s["per_class_accuracy"]) == {"open_box", "put_cup", "take_cup"}
@@ -157,9 +170,11 @@ def test_evaluate_writes_predictions(runs, data, tmp_path):
     assert s["top5_accuracy"] == 100.0  # 3 classes
     assert f"top-2 {s['top2_accuracy']:.2f}%" in p.stdout
     # the checkpoint's model kind and the asked one disagree
-    p = run("evaluate.py", "--model", "flow", "--datasetDir", data, "--outDir", tmp_path / "ev2",
-            "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", check=False)
-    assert_one_line_error(p, "best_model.pth")
+    for other in ("flow", "ms_op", "convlstm"):  # another family, another experiment, no attention
+        p = run("evaluate.py", "--model", other, "--datasetDir", data, "--outDir", tmp_path / "ev2",
+                "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", check=False)
+        assert_one_line_error(p, "best_model.pth", f"--model {other}", "'rgb'")
+        assert not (tmp_path / "ev2").exists()
 
 
 def test_loss_falls_on_tiny_set(data, tmp_path):
@@ -183,7 +198,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(runs, data, tmp_path):
     import shutil
     shutil.copy(runs / "rgb" / "stage1" / "best_model.pth", tmp_path / "s1.pth")
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run(*_resume_args(data, full))
+    run(*_resume_args(data, full), "--keepLast")
     proc = subprocess.Popen([PY, *map(str, _resume_args(data, killed))], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = killed / "stage2" / "log.csv"
@@ -195,7 +210,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(runs, data, tmp_path):
     proc.wait()
     done = len(read_log(log))
     assert done < 3, "the run finished before it could be killed"
-    run(*_resume_args(data, killed), "--resume")
+    assert (killed / "stage2" / "last.pth").is_file(), "an unfinished stage keeps last.pth for --resume"
+    run(*_resume_args(data, killed), "--resume", "--keepLast")
 
     a, b = read_log(full / "stage2" / "log.csv"), read_log(killed / "stage2" / "log.csv")
     assert [r["epoch"] for r in b] == ["1", "2", "3"]

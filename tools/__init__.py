@@ -2,7 +2,7 @@
 
     verify_original.py  the original Ego-RNN code run next to this one, compared step by step
                         (`python -m tools.verify_original`)
-    bench_original.py   the original's stage 2 timed, for `bench.py --compare-original`
+    bench_original.py   the original's stage 2 timed, for `bench.py --compareOriginal`
     replicate_plan.py   replicate.py's cells, what each needs first, and running them
     bench_gpu.sh        the GPU speed check of docs/speed.md
     demo.sh             `make demo`: both stages on the synthetic dataset, then evaluate.py"""

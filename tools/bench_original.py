@@ -1,4 +1,4 @@
-"""The original Ego-RNN stage 2, timed step by step, for bench.py --compare-original DIR.
+"""The original Ego-RNN stage 2, timed step by step, for bench.py --compareOriginal DIR.
 
 The original code runs from a checkout of https://github.com/swathikirans/ego-rnn under the
 run-time patches of tools/verify_original.py (CPU, no download, no TensorBoard) and through its

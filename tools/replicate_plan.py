@@ -377,18 +377,20 @@ def progress_line(cells, running, elapsed, trained_epochs):
             f"elapsed {_clock(elapsed)}, {left}")
 
 
-def execute(cells, extra, log_dir, verbose, on_progress, jobs=1, devices=None):
+def execute(cells, extra, log_dir, verbose, on_progress, jobs=1, devices=None, quiet=False):
     """Run the cells, skipping finished ones, each after the cells it needs; statuses in
     cell.status / cell.message. jobs > 1: that many cells at a time (subprocesses watched by
     threads); a cell starts as soon as the cells it needs are done, in the plan's order, so
     --jobs 1 runs exactly the sequential order. Results do not depend on the order: each cell
-    reads only the finished files of the cells it needs."""
+    reads only the finished files of the cells it needs. quiet: print the failed and skipped
+    cells only."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
     from concurrent.futures import TimeoutError as FutureTimeout
 
     by_key = {c.key: c for c in cells}
     todo = [c for c in cells if not c.finished()]
-    print(f"{len(cells)} cells, {len(cells) - len(todo)} finished earlier, {len(todo)} to run"
+    say = (lambda *a, **k: None) if quiet else print
+    say(f"{len(cells)} cells, {len(cells) - len(todo)} finished earlier, {len(todo)} to run"
           + (f", {jobs} at a time" if jobs > 1 else ""))
     for cell in cells:
         if cell.finished():
@@ -405,7 +407,7 @@ def execute(cells, extra, log_dir, verbose, on_progress, jobs=1, devices=None):
             cell.status = "done"
             trained += cell_epochs(cell)
             s = cell.summary() or {}
-            print(f"    {cell.key if jobs > 1 else ''}{': ' if jobs > 1 else ''}done in {time.time() - t0:.0f} s: "
+            say(f"    {cell.key if jobs > 1 else ''}{': ' if jobs > 1 else ''}done in {time.time() - t0:.0f} s: "
                   f"best {fmt_acc(_selected_accuracy(s))}% (epoch {s.get('selected_epoch', s.get('best_epoch'))}), "
                   f"final {fmt_acc(s.get('final_test_accuracy'))}%", flush=True)
         else:
@@ -430,10 +432,10 @@ def execute(cells, extra, log_dir, verbose, on_progress, jobs=1, devices=None):
                     env = device_env(devices, slot, jobs)
                     where = f"  [{env['CUDA_VISIBLE_DEVICES'] and 'cuda:' + env['CUDA_VISIBLE_DEVICES'] or 'cpu'}]" \
                         if "CUDA_VISIBLE_DEVICES" in env else ""
-                    print(f"[{started}/{len(todo)}] {cell.key}: {shlex.join([cell.script] + cell.args[4:])}{where}",
+                    say(f"[{started}/{len(todo)}] {cell.key}: {shlex.join([cell.script] + cell.args[4:])}{where}",
                           flush=True)
                     t0 = time.time()
-                    print(progress_line(cells, [c.key for c, _, _ in running.values()] + [cell.key],
+                    say(progress_line(cells, [c.key for c, _, _ in running.values()] + [cell.key],
                                         t0 - t_start, trained), flush=True)
                     if pool is None:
                         try:

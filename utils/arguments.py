@@ -21,6 +21,7 @@ from datasets.egtea import split_names
 from models.recipe import (EXPERIMENTS, FLOW_LR, MS_WEIGHT, OP_FRAMES, OP_WEIGHT, STAGES, TEST_USERS,
                            TRAIN_USERS)
 from utils.cli import Parser
+from utils.device import PRECISIONS
 from utils.errors import UserError
 
 SELECT = ("test", "val", "last")
@@ -101,10 +102,15 @@ ARGS = (
         "without a DataLoader (RGB models; auto: on a GPU when they take under a quarter of its free memory; "
         "on: also on the CPU; utils/on_device.py)", resume=True, options=dict(choices=("auto", "on", "off"))),
     Arg("precision", "auto", "bf16 autocast where the hardware runs it natively (auto), or force one",
-        resume=True, options=dict(choices=("auto", "fp32", "bf16"))),
+        resume=True, options=dict(choices=PRECISIONS)),
     Arg("resume", False, "continue an interrupted run from last.pth", options=dict(action="store_true")),
     Arg("overwrite", False, "replace the results in the stage folder", options=dict(action="store_true")),
     Arg("camVideos", 3, "test videos drawn in cam/ (RGB models)", options=dict(type=int)),
+    Arg("keepLast", False, "keep last.pth (weights, optimiser state and RNGs of the last epoch) when the stage "
+        "finishes; an unfinished stage always keeps it for --resume", options=dict(action="store_true")),
+    Arg("quiet", False, "no progress bars and no per-epoch lines (log.csv has them): only the run's first line, "
+        "each stage's start and result, warnings and errors. Bars are drawn on a terminal only anyway",
+        options=dict(action="store_true")),
     # RGB models
     Arg("stage1Dict", None, "stage-1 checkpoint (default: <outDir>/stage1/best_model.pth)", RGB, resume=True),
     Arg("noAttention", False, "plain ConvLSTM: layer4 features, no CAM", RGB, resume=True, stage2=True,
@@ -134,6 +140,16 @@ ARGS = (
 RESUME_KEYS = tuple(a.name for a in ARGS if a.resume)
 RECORD_KEYS = tuple(a.name for a in ARGS if a.record)
 STAGE2_KEYS = tuple(a.name for a in ARGS if a.stage2)
+# the settings most compared between runs, first in TensorBoard's hparams table
+HPARAMS_FIRST = ("experiment", "stage", "lr", "seqLen", "numEpochs", "trainBatchSize", "precision")
+
+
+def hparam_names(experiment):
+    """The arguments that define a run's numbers, as TensorBoard's hparams (utils/tensorboard.py):
+    HPARAMS_FIRST, then the experiment's rows marked `resume` in table order. Housekeeping flags
+    (folders, workers, cache, device, output) are left out."""
+    rows = [a.name for a in ARGS if a.resume and experiment in a.experiments and a.name not in HPARAMS_FIRST]
+    return HPARAMS_FIRST + tuple(rows)
 
 
 def base_parser(experiment, description):

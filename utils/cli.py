@@ -2,6 +2,7 @@
 
 Imports nothing heavy (no torch), so the data tools start fast."""
 import argparse
+import sys
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -30,3 +31,10 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
+
+
+def show_progress(quiet=False, stream=None):
+    """Whether to draw progress bars: on a terminal only, and not with --quiet. Redirected to a
+    file, a bar's redraws would fill the log with hundreds of lines."""
+    stream = sys.stderr if stream is None else stream
+    return not quiet and hasattr(stream, "isatty") and stream.isatty()

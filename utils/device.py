@@ -4,6 +4,9 @@ import torch
 
 from utils.errors import UserError
 
+# --precision of every script: bf16 autocast where the hardware runs it natively (auto), or one of them
+PRECISIONS = ("auto", "fp32", "bf16")
+
 
 def pick_device(name):
     if name == "auto":

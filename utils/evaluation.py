@@ -15,8 +15,12 @@ recorded (bf16 where it trained in bf16), so that the accuracy printed is the te
 training printed and selected it by; in fp32 for files without that record, so that an original
 checkpoint gives the original code's logits to float precision (--precision chooses).
 
-    python evaluate.py --model ms_op --datasetDir DIR --modelStateDict experiments/main_ms_op_seq16/stage2/best_model.pth
+    python evaluate.py --datasetDir DIR --modelStateDict experiments/main_ms_op_seq16/stage2/best_model.pth
+    python evaluate.py --model rgb --datasetDir DIR --modelStateDict best_model_state_dict_rgb_split2.pth
     python evaluate.py --splitMean RUN1/stage2/eval_test_split1 RUN2/stage2/eval_test_split2 RUN3/stage2/eval_test_split3
+
+The model's experiment comes from the checkpoint; --model confirms it (a contradiction is refused)
+or, for an original Ego-RNN file, which records none, names it (default: the kind its weights show).
 
 --splitMean reads the summary.json of EGTEA evaluations of splits 1, 2 and 3 (one model trained per
 split) and prints each split's and the mean top-1 and mean class accuracy, the figures EGTEA papers
@@ -41,9 +45,9 @@ from models.speed import install
 from utils.arguments import default_workers
 from utils.checkpoint_record import (EGORNN_PREPARATION, checkpoint_preparation, preparation_differences, saved_config,
                                      synthetic_note)
-from utils.cli import Parser
+from utils.cli import Parser, show_progress
 from utils.data import make_loader, to_device
-from utils.device import pick_device
+from utils.device import PRECISIONS, pick_device, pick_precision
 from utils.errors import UserError
 from utils.experiment import dataset_class
 from utils.io import atomic_write_csv, atomic_write_json
@@ -56,7 +60,9 @@ MODELS = ["rgb", "convlstm", "flow", "twostream", "ms", "ms_op"]
 
 def parse_args(argv):
     p = Parser(description=__doc__)
-    p.add_argument("--model", choices=MODELS, help="required unless --splitMean")
+    p.add_argument("--model", choices=MODELS,
+                   help="default: the checkpoint's experiment (convlstm: rgb trained with --noAttention); an "
+                   "original Ego-RNN file: the kind its weights show (rgb, flow, twostream)")
     p.add_argument("--datasetDir", default=None,
                    help="default: $GTEA61_DIR, else data/GTEA61, else make demo's data/synthetic_gtea61")
     p.add_argument("--modelStateDict", help="checkpoint (this project's or the original Ego-RNN's); required unless --splitMean")
@@ -80,18 +86,19 @@ def parse_args(argv):
     p.add_argument("--numWorkers", type=int, default=default_workers(),
                    help="DataLoader worker processes (default: one per core, up to 8; this machine: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="default: the precision the checkpoint's run trained and evaluated in, so that the accuracy "
                    "is the one training recorded; fp32 for files without that record (it reproduces the original's "
-                   "logits)")
+                   "logits); auto: bf16 where the hardware runs it natively")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --outDir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (drawn on a terminal only anyway)")
     p.add_argument("--topk", type=int, nargs="+", default=[5],
                    help="top-k accuracies to report besides top-1 (k >= the number of classes gives 100%%)")
     args = p.parse_args(argv)
     if args.splitMean:
         return args
-    if args.model is None or args.modelStateDict is None:
-        p.error("--model and --modelStateDict are required (or --splitMean DIR ...)")
+    if args.modelStateDict is None:
+        p.error("--modelStateDict is required (or --splitMean DIR ...)")
     if any(k <= 0 for k in args.topk):
         raise UserError(f"--topk must be positive (got {' '.join(map(str, args.topk))})")
     if args.datasetDir is None and args.dataset == "egtea":
@@ -114,6 +121,25 @@ def read_meta(path):
     return {}
 
 
+def model_of(path, meta, asked):
+    """The --model of the checkpoint at `path`: the experiment its record names (convlstm: an rgb
+    one trained without attention). A file without a record (the original Ego-RNN release's) shows
+    only its family in its weights, which --model may narrow. A --model that contradicts the file
+    is refused."""
+    recorded = meta.get("experiment")
+    if recorded:
+        name = "convlstm" if recorded == "rgb" and not meta.get("model_config", {}).get("attention", True) \
+            else recorded
+    else:
+        name = checkpoint_info(path)["family"]
+        if asked is not None and FAMILY_OF[asked] == name:
+            return asked
+    if asked is not None and asked != name:
+        raise UserError(f"--model {asked}: {path} holds a '{name}' model; pass --model {name} or leave --model out")
+    return name
+
+
+FAMILY_OF = {"rgb": "rgb", "convlstm": "rgb", "ms": "rgb", "ms_op": "rgb", "flow": "flow", "twostream": "twostream"}
 MEAN_KEYS = ("accuracy", "mean_class_accuracy", "verb_accuracy", "noun_accuracy", "noun_set_accuracy")
 
 
@@ -177,13 +203,9 @@ def main(argv=None):
         return 0
 
     meta = read_meta(args.modelStateDict)
-    family = {"rgb": "rgb", "convlstm": "rgb", "ms": "rgb", "ms_op": "rgb"}.get(args.model, args.model)
-    if meta.get("family") and meta["family"] != family:
-        raise UserError(f"{args.modelStateDict} holds a '{meta.get('experiment')}' model, not a '{args.model}' one")
+    args.model = model_of(args.modelStateDict, meta, args.model)
+    family = FAMILY_OF[args.model]
     cfg = meta.get("model_config", {})
-    if family == "rgb" and "attention" in cfg and cfg["attention"] != (args.model != "convlstm"):
-        raise UserError(f"{args.modelStateDict} was trained {'with' if cfg['attention'] else 'without'} attention: "
-                        f"use --model {'rgb' if cfg['attention'] else 'convlstm'}")
     seq_len = args.seqLen or meta.get("seqLen") or 25
     frame_size = args.frameSize or meta.get("frameSize") or 224
     config = saved_config(args.modelStateDict)
@@ -193,7 +215,6 @@ def main(argv=None):
     precision = args.precision or config.get("precision") or "fp32"
     where = ("--precision" if args.precision else "the precision of the run that trained it" if config.get("precision")
              else "no precision recorded")
-    print(f"precision {precision} ({where})", flush=True)
     info = checkpoint_info(args.modelStateDict)
     # the ConvLSTM's weights say its size: an original two-stream file records no memSize
     mem_size = info["mem_size"] or cfg.get("memSize") or args.memSize or 512
@@ -230,6 +251,8 @@ def main(argv=None):
             raise UserError(f"--{name} must be positive (got {v})")
 
     device = pick_device(args.device)
+    precision = pick_precision(precision, device)
+    print(f"precision {precision} ({where})", flush=True)
     torch.set_flush_denormal(True)  # subnormals only slow the CPU down; they are below float precision here
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -274,7 +297,7 @@ def main(argv=None):
 
     logits_all, labels_all, index_all = [], [], []
     with torch.no_grad():
-        for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
+        for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True, disable=not show_progress(args.quiet)):
             batch = to_device(batch, device)
             with autocast(device, precision):
                 out = forward(model, batch, family)

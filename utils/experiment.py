@@ -37,7 +37,7 @@ from utils.paths import dataset_suffixed, default_dataset_dir, missing_stage1_me
 from utils.plots import save_cam_figures
 from utils.run_state import RESULT_FILES, seed_everything
 from utils.tensorboard import add_images
-from utils.train import fit
+from utils.train import bars, fit
 
 FLOW_MODEL = "experiments/main_flow/stage1/best_model.pth"  # two-stream's default --flowModel
 
@@ -269,7 +269,8 @@ def stage_loaders(exp, train_set, test_set):
     if mode == "auto" and a.cpuTransforms:
         mode = "off"  # --cpuTransforms asks for the PIL transforms in DataLoader workers
     if use_on_device(mode, train_set, exp.device):
-        train_loader = DeviceLoader(train_set, a.trainBatchSize, seed=a.seed, device=exp.device, process=process)
+        train_loader = DeviceLoader(train_set, a.trainBatchSize, seed=a.seed, device=exp.device, process=process,
+                                    progress=bars(exp))
         print(f"training set on {exp.device}: {train_loader.nbytes / 1e9:.2f} GB of decoded frames, no DataLoader")
     else:
         train_loader = make_loader(train_set, a.trainBatchSize, shuffle=True, nice=0 if gpu else CPU_WORKER_NICE,

@@ -76,9 +76,9 @@ def _size(n):
 
 class DeviceLoader:
     """Iterates like `make_loader(dataset, batch_size, True, seed, ..., source=True)`, on `device`.
-    process=(rank, world size) under torchrun."""
+    process=(rank, world size) under torchrun; progress: draw a bar while the frames are decoded."""
 
-    def __init__(self, dataset, batch_size, seed, device, process=None):
+    def __init__(self, dataset, batch_size, seed, device, process=None, progress=False):
         self.dataset, self.device = dataset, device
         self.sampler = EpochSampler(len(dataset), True, seed)
         if process is not None and process[1] > 1:
@@ -87,7 +87,7 @@ class DeviceLoader:
             self.batch_sampler = BatchSampler(self.sampler, batch_size, drop_last=False)
         frames, self.sizes = [], []
         for i, v in enumerate(tqdm(dataset._videos, desc=f"training frames to {device}", leave=False,
-                                   dynamic_ncols=True)):
+                                   dynamic_ncols=True, disable=not progress)):
             arrays = [np.asarray(dataset._image(os.path.join(v["rgb_dir"], name), "RGB"))
                       for _, name in dataset.rgb_chosen(i)]
             if any(a.shape != arrays[0].shape for a in arrays):

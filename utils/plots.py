@@ -16,10 +16,18 @@ def _col(rows, i):
     return [float(r[i]) if r[i] != "" else np.nan for r in rows]
 
 
-def save_curves(rows, path, title=""):
+def lr_decays(rows):
+    """The epochs that start at a lower lr than the epoch before (rows as in log.csv)."""
+    lrs = _col(rows, 1)
+    return [int(rows[i][0]) for i in range(1, len(rows)) if lrs[i] < lrs[i - 1]]
+
+
+def save_curves(rows, path, title="", selected=None):
     """Loss and accuracy against epoch, train and test (rows as in log.csv); a stage with heads
     adds a third panel: the MS loss, the OP loss and (right axis) the OP accuracy, the two
-    self-supervised tasks. Returns the labels of the lines drawn."""
+    self-supervised tasks. Every panel marks the lr decays (dotted, between the last epoch at the
+    old lr and the first at the new one) and the `selected` epoch, the one best_model.pth holds
+    (dashed; a dot on its test accuracy). Returns the labels of the lines drawn."""
     epochs = _col(rows, 0)
     heads = {label: _col(rows, i) for label, i in (("MS loss", 6), ("OP loss", 7), ("OP accuracy", 8))}
     heads = {k: v for k, v in heads.items() if not np.all(np.isnan(v))}
@@ -34,13 +42,11 @@ def save_curves(rows, path, title=""):
     plot(ax1, epochs, _col(rows, 4), "test loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
-    ax1.legend()
     plot(ax2, epochs, _col(rows, 3), "train accuracy")
     plot(ax2, epochs, _col(rows, 5), "test accuracy")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.set_ylim(0, 100)
-    ax2.legend()
     if heads:
         ax3 = axes[2]
         for label in ("MS loss", "OP loss"):
@@ -55,8 +61,20 @@ def save_curves(rows, path, title=""):
             right.set_ylabel("OP accuracy (%)")
             right.set_ylim(0, 100)
             lines = lines + right.get_lines()
-        ax3.legend(lines, [ln.get_label() for ln in lines])
+        ax3.legend(lines, [ln.get_label() for ln in lines], fontsize=8)
         ax3.set_title("self-supervised heads", fontsize=9)
+    for i, e in enumerate(lr_decays(rows)):
+        for ax in axes:
+            ax.axvline(e - 0.5, color="0.5", linestyle=":", linewidth=1, label="lr decay" if i == 0 else None)
+        drawn.append(f"lr decay before epoch {e}")
+    if selected:
+        for ax in axes:
+            ax.axvline(selected, color="C3", linestyle="--", linewidth=1,
+                       label=f"selected: epoch {selected} (best_model.pth)")
+        ax2.plot([selected], [dict(zip(epochs, _col(rows, 5))).get(selected, np.nan)], "o", color="C3")
+        drawn.append(f"selected epoch {selected}")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=100)
@@ -88,7 +106,7 @@ def cam_overlay(frames, maps, alpha=0.5):
 
 def save_cam_strip(frames, maps, path, title="", max_frames=8, frame_labels=None):
     """Up to max_frames of a clip, evenly spaced: the frames (T, H, W, 3) in [0, 1] above, the
-    attention maps (T, H, W) in [0, 1] on top of them below."""
+    attention maps (T, H, W) in [0, 1] on top of them below, with the colour scale at the right."""
     T = len(frames)
     idx = np.unique(np.linspace(0, T - 1, min(T, max_frames)).round().astype(int))
     fig, axes = plt.subplots(2, len(idx), figsize=(1.9 * len(idx), 4.0), squeeze=False)
@@ -100,7 +118,13 @@ def save_cam_strip(frames, maps, path, title="", max_frames=8, frame_labels=None
         for r in range(2):
             axes[r, j].axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    width = fig.get_figwidth()
+    fig.tight_layout(rect=(0, 0, 1 - 1.2 / width, 1))  # room for the colour bar
+    bottom = axes[1, 0].get_position()
+    cax = fig.add_axes((1 - 1.05 / width, bottom.y0, 0.12 / width, bottom.height))
+    bar = fig.colorbar(plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1)), cax=cax)
+    bar.set_label("attention (per frame: min 0, max 1)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     atomic_savefig(fig, path, dpi=90)
     plt.close(fig)
 
@@ -134,6 +158,9 @@ def save_cam_figures(model, test_set, out_dir, device, num_videos=3, max_frames=
 
 
 def save_confusion_matrix(labels, preds, classes, path, title=""):
+    """Row-normalised confusion matrix: cell (true i, predicted j) is the share of class i's test
+    videos predicted as j, so each row sums to 1 (a class without test videos: a row of 0).
+    Returns the counts."""
     C = len(classes)
     cm = np.zeros((C, C), dtype=float)
     for t, p in zip(labels, preds):
@@ -150,8 +177,9 @@ def save_confusion_matrix(labels, preds, classes, path, title=""):
     ax.set_yticklabels(classes, fontsize=fs)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(f"{title}\nrows normalised: each row sums to 1 over the true class's test videos", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("share of the true class's test videos")
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
@@ -163,13 +191,15 @@ def save_per_class(per_class, counts, path, title=""):
     of test videos (a class with 1 video can only score 0 or 100). Classes without test videos
     are left out. per_class: {class: accuracy % or None}; counts: {class: videos}."""
     shown = sorted(((a, c) for c, a in per_class.items() if a is not None), key=lambda x: (-x[0], x[1]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(shown) + 2), 4.5))
+    # 0.3 inch per class: 8-point counts and names stay apart at GTEA-61's 61 classes
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(shown) + 2), 5))
     xs = np.arange(len(shown))
     ax.bar(xs, [a for a, _ in shown], color="C0")
     for x, (a, c) in zip(xs, shown):
-        ax.text(x, a + 1, str(counts[c]), ha="center", va="bottom", fontsize=6)
+        ax.text(x, a + 1, str(counts[c]), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(xs)
-    ax.set_xticklabels([c for _, c in shown], rotation=90, fontsize=6 if len(shown) > 20 else 8)
+    ax.set_xticklabels([c for _, c in shown], rotation=90, fontsize=8)
+    ax.set_xlim(-0.6, len(shown) - 0.4)
     ax.set_ylim(0, 110)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{title}\n(number above a bar: test videos of the class)", fontsize=9)

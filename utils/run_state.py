@@ -4,13 +4,15 @@ checks, the epoch selection and the writers of its files.
     <outDir>/stage<N>/
         args.json        the run's arguments (compared on --resume)
         log.csv          one row per epoch (LOG_COLUMNS)
-        last.pth         everything needed to resume exactly: weights, optimiser, scheduler, RNGs, rows
+        last.pth         everything needed to resume exactly: weights, optimiser, scheduler, RNGs, rows;
+                         removed when the stage finishes, unless --keepLast
         best_model.pth   the selected epoch's weights and run record (--select)
         curves.png       loss and accuracy per epoch
         summary.json     written when the stage ends
         tb/              TensorBoard events (utils/tensorboard.py)
 
 Files are written atomically (utils/io.py). Under torchrun only process 0 writes."""
+import contextlib
 import json
 import math
 import os
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from utils import distributed
-from utils.arguments import RESUME_KEYS
+from utils.arguments import RESUME_KEYS, hparam_names
 from utils.errors import UserError
 from utils.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 from utils.plots import save_curves
@@ -197,7 +199,8 @@ class StageRecord:
                            "rows": self.rows, "seconds": self.elapsed, "rng": rng_state(generator),
                            "tensorboard": self.board_rows}, os.path.join(d, "last.pth"))
         atomic_write_csv(os.path.join(d, "log.csv"), LOG_COLUMNS, self.rows)
-        save_curves(self.rows, os.path.join(d, "curves.png"), title=f"{exp.experiment} stage {exp.stage}")
+        save_curves(self.rows, os.path.join(d, "curves.png"), title=f"{exp.experiment} stage {exp.stage}",
+                    selected=self.selected_epoch)
         self.board.epoch(self.board_rows[-1])
 
     def interrupted(self, epoch):
@@ -218,10 +221,17 @@ class StageRecord:
                    "epochs": int(rows[-1][0]) if rows else 0, "seconds": round(self.elapsed, 1),
                    "num_test_videos": num_test, "test_videos_per_process": last_test.get("videos_per_process"),
                    "num_train_videos": num_train, "precision": exp.precision, "dataset": exp.args.datasetDir}
-        self.board.close(exp.resolved_args(), {k: summary[k] for k in
-                                               ("selected_test_accuracy", "best_test_accuracy", "final_test_accuracy")})
+        resolved = exp.resolved_args()
+        self.board.close({k: resolved[k] for k in hparam_names(exp.experiment) if k in resolved},
+                         {k: summary[k] for k in ("selected_test_accuracy", "best_test_accuracy",
+                                                  "final_test_accuracy")})
         summary["tensorboard_seconds"] = round(self.board.seconds, 3)
         if self.main:
             atomic_write_json(os.path.join(self.stage_dir, "summary.json"), summary)
+            # A finished stage is skipped by --resume (summary.json), so last.pth, two to three
+            # times best_model.pth's size with the optimiser's state, has no further use.
+            if not getattr(exp.args, "keepLast", False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.stage_dir, "last.pth"))
         distributed.barrier()  # the stage's files are complete before any process goes on
         return summary

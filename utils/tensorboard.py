@@ -11,7 +11,8 @@
   time/epoch_seconds                  train + evaluation seconds of the epoch
   time/clips_per_second               training clips per second of training time
 
-At the end of the stage: the run's arguments as hparams, with hparams/selected_test_accuracy,
+At the end of the stage: the arguments that define the run as hparams, the most compared first
+(utils/arguments.py hparam_names; booleans as booleans), with hparams/selected_test_accuracy,
 hparams/best_test_accuracy and hparams/final_test_accuracy as its metrics; the CAM figures as
 images cam/<video> (step: the selected epoch).
 
@@ -100,7 +101,7 @@ class Board:
         self.seconds += time.time() - t0
 
     def close(self, hparams, metrics):
-        """The run's settings and its result accuracies (hparams plugin), then close."""
+        """The run's settings, in the order given, and its result accuracies (hparams plugin), then close."""
         if self.writer is None:
             return
         t0 = time.time()
@@ -108,13 +109,34 @@ class Board:
         metrics = {f"hparams/{k}": float(v) for k, v in metrics.items()
                    if v is not None and math.isfinite(float(v))}
         # written into this run's file: SummaryWriter.add_hparams would start a run of its own
-        for summary in hparams_summary({k: _hparam(v) for k, v in sorted(hparams.items())}, metrics):
+        values = {k: _hparam(v) for k, v in hparams.items()}
+        for summary in _booleans_as_booleans(hparams_summary(values, metrics), values):
             self.writer.file_writer.add_summary(summary)
         for tag, v in metrics.items():
             self.writer.add_scalar(tag, v, self.last_epoch)
         self.writer.close()
         self.writer = None
         self.seconds += time.time() - t0
+
+
+def _booleans_as_booleans(summaries, values):
+    """torch's hparams() writes a bool as the number 0 or 1 (bool is an int to Python), which
+    TensorBoard shows as 0.0000: mark those hparams boolean and give them their bool value."""
+    from tensorboard.plugins.hparams.api_pb2 import DataType
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    flags = {k: v for k, v in values.items() if isinstance(v, bool)}
+    for summary in summaries:
+        for value in summary.value:
+            data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            if data.HasField("experiment"):
+                for info in data.experiment.hparam_infos:
+                    if info.name in flags:
+                        info.type = DataType.DATA_TYPE_BOOL
+            elif data.HasField("session_start_info"):
+                for k, v in flags.items():
+                    data.session_start_info.hparams[k].bool_value = v
+            value.metadata.plugin_data.content = data.SerializeToString()
+        yield summary
 
 
 def add_images(stage_dir, tag, paths, step):

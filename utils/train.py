@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from models.batch_share import batch_share
 from utils import distributed
+from utils.cli import show_progress
 from utils.data import set_epoch, to_device
 from utils.errors import NonFiniteLossError
 from utils.run_state import StageRecord
@@ -123,7 +124,7 @@ def train_one_epoch(exp, model, loader, optimizer, epoch, generator):
     shares = batches.shares() if hasattr(batches, "shares") else None
     meter = Meter()
     bar = tqdm(loader, desc=f"stage {exp.stage} epoch {epoch} train", leave=False, dynamic_ncols=True,
-               disable=not distributed.is_main())
+               disable=not bars(exp))
     for step, batch in enumerate(bar):
         share = shares[step] if shares else None
         batch = to_device(batch, exp.device)
@@ -164,7 +165,7 @@ def evaluate(exp, model, loader, keep_logits=False):
     meter = Meter()
     all_logits, all_labels, all_index = [], [], []
     for batch in tqdm(loader, desc=f"stage {exp.stage} evaluate", leave=False, dynamic_ncols=True,
-                      disable=not distributed.is_main()):
+                      disable=not bars(exp)):
         batch = to_device(batch, exp.device)
         with autocast(exp.device, exp.precision):
             out = exp.forward(model, batch, None, train=False)
@@ -201,7 +202,7 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
     start = record.begin(model, optimizer, scheduler, generator)
     num_epochs, main = exp.args.numEpochs, distributed.is_main()
     bar = tqdm(range(start, num_epochs + 1), initial=start - 1, total=num_epochs,
-               desc=f"{exp.experiment} stage {exp.stage}", dynamic_ncols=True, disable=not main)
+               desc=f"{exp.experiment} stage {exp.stage}", dynamic_ncols=True, disable=not bars(exp))
     epoch, test = start - 1, {}
     try:
         for epoch in bar:
@@ -219,7 +220,8 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
                          clips=len(train_loader.dataset), state=dict(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator))
             bar.set_postfix(train_acc=f"{train['acc']:.1f}", test_acc=f"{test['acc']:.1f}",
                             selected=record.selected_epoch)
-            tqdm.write(epoch_line(epoch, lr, train=train, test=test, val=val, seconds=seconds))
+            if main and not getattr(exp.args, "quiet", False):
+                tqdm.write(epoch_line(epoch, lr, train=train, test=test, val=val, seconds=seconds))
     except KeyboardInterrupt:
         record.interrupted(epoch)
         raise
@@ -227,7 +229,20 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
     return record.finish(test, len(train_loader.dataset), len(test_loader.dataset))
 
 
+def bars(exp):
+    """Progress bars: process 0 only, on a terminal, without --quiet."""
+    return distributed.is_main() and show_progress(getattr(exp.args, "quiet", False))
+
+
+def _finite(x):
+    return x is not None and math.isfinite(x)
+
+
 def epoch_line(epoch, lr, train, test, val, seconds):
+    """One line per epoch: the action loss and accuracy (train, val, test) and, in a stage whose
+    heads are on, the MS loss, the OP loss and the OP accuracy of the training clips."""
     val_text = f"val acc {val['acc']:5.1f}  " if val["acc"] is not None else ""
-    return (f"epoch {epoch:3d}  lr {lr:.2g}  train loss {train['loss']:.4f} acc {train['acc']:5.1f}  "
+    heads = (f"ms loss {train['ms_loss']:.4f}  " if _finite(train.get("ms_loss")) else "") + \
+        (f"op loss {train['op_loss']:.4f} acc {train['op_acc']:5.1f}  " if _finite(train.get("op_loss")) else "")
+    return (f"epoch {epoch:3d}  lr {lr:.2g}  train loss {train['loss']:.4f} acc {train['acc']:5.1f}  {heads}"
             f"{val_text}test loss {test['loss']:.4f} acc {test['acc']:5.1f}  ({seconds:.1f}s)")

@@ -92,7 +92,7 @@ from datasets.prepare.gtea61raw import frame_files
 from datasets.prepare.video import (VIDEO_EXTS, VideoError, estimated_frames, output_size, probe,
                                     read_frames, resized)
 from datasets.prepare.warpflow import RaftWeightsError, find_raft_weights
-from utils.cli import Parser
+from utils.cli import Parser, show_progress
 from utils.errors import UserError
 
 PARTS = ("frames", "flow", "mmaps")
@@ -512,8 +512,9 @@ def check_space(jobs, layout, args):
     free = shutil.disk_usage(args.out).free
     def size(b):
         return f"{b / 1e9:.1f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
-    print(f"estimated output {size(need)} ({BYTES_PER_PIXEL[layout]:.2f} bytes per pixel and frame, "
-          f"{layout} layout); {size(free)} free on {args.out}", file=sys.stderr)
+    if not args.quiet:
+        print(f"estimated output {size(need)} ({BYTES_PER_PIXEL[layout]:.2f} bytes per pixel and frame, "
+              f"{layout} layout); {size(free)} free on {args.out}", file=sys.stderr)
     if need > free and not args.noSpaceCheck:
         raise UserError(f"--outDir {args.out}: the output is estimated at {size(need)} and its disk has "
                         f"{size(free)} free: free space, choose --outDir on a larger disk, a smaller "
@@ -649,7 +650,8 @@ def parse_args(argv):
     p.add_argument("--overwrite", action="store_true", help="remake parts that are already there")
     p.add_argument("--skipBad", action="store_true", help="exit 0 even if some videos could not be read")
     p.add_argument("--raftWeights", default=None, help="torchvision RAFT state dict (default: the torch hub cache)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="print warnings and errors only (the progress bar is drawn on a terminal only anyway)")
     p.add_argument("--noSpaceCheck", action="store_true",
                    help="write even if the estimated output exceeds the free disk space")
     return p.parse_args(argv)
@@ -706,7 +708,7 @@ class _Lock:
 
 def _progress_bar(total, quiet):
     from tqdm import tqdm
-    return tqdm(total=total, unit="frame", disable=quiet, dynamic_ncols=True, smoothing=0.1,
+    return tqdm(total=total, unit="frame", disable=not show_progress(quiet), dynamic_ncols=True, smoothing=0.1,
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} frames [{elapsed}<{remaining}, {rate_fmt}]")
 
 
@@ -803,8 +805,9 @@ def main(argv=None):
         worker_opts = {k: v for k, v in opts.items() if k not in ("_frames", "_videos", "_spans")}
         what = ", ".join(only)
         method = f"{args.flow}{'' if args.noWarp else ' + warp'}" if opts["_needs_method"] else ""
-        print(f"preparing {len(jobs)} video(s) ({what}{'; ' + method if method else ''}; {layout} layout) "
-              f"into {args.out}" + (f"; {done} already done" if done else ""), file=sys.stderr, flush=True)
+        if not args.quiet:
+            print(f"preparing {len(jobs)} video(s) ({what}{'; ' + method if method else ''}; {layout} layout) "
+                  f"into {args.out}" + (f"; {done} already done" if done else ""), file=sys.stderr, flush=True)
         t0 = time.time()
         try:
             results = run_jobs(jobs, worker_opts, args.workers, args.quiet)
@@ -816,8 +819,9 @@ def main(argv=None):
     bad = [(rel, err) for rel, _, err, _ in results if err] + [(err.split(":")[0], err) for err in label_errors]
     frames_done = sum(n for _, n, _, _ in results)
     secs = time.time() - t0
-    print(f"done: {len(results) - len(bad)} video(s), {frames_done} frames in {secs:.1f} s "
-          f"({frames_done / max(secs, 1e-9):.1f} frames/s) -> {args.out}", file=sys.stderr)
+    if not args.quiet:
+        print(f"done: {len(results) - len(bad)} video(s), {frames_done} frames in {secs:.1f} s "
+              f"({frames_done / max(secs, 1e-9):.1f} frames/s) -> {args.out}", file=sys.stderr)
     refused = sorted((rel, found["refused"]) for rel, _, _, found in results if found.get("refused"))
     if refused:  # dense_flow's rule: no homography from <= 50 matches or <= 25 inliers
         listing = ", ".join(f"{rel} {r}" for rel, r in refused[:10]) + (", ..." if len(refused) > 10 else "")
