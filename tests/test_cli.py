@@ -75,7 +75,7 @@ def parser_of(module, monkeypatch):
     return caught.value.args[0]
 
 
-TOOLS = ["utils.evaluation", "predict", "replicate", "bench", "datasets.prepare.prepare", "datasets.prepare.synthetic",
+TOOLS = ["tools.evaluation", "predict", "replicate", "bench", "datasets.prepare.prepare", "datasets.prepare.synthetic",
          "datasets.prepare.long_video", "datasets.prepare.quality", "tools.verify_original"]
 
 

@@ -389,7 +389,7 @@ def test_mean_class_accuracy_is_the_mean_over_classes(tmp_path, monkeypatch):
 
     import datasets.prepare.synthetic as syn
     from models import EgoRNN
-    from utils import evaluation
+    from tools import evaluation
     from tests.test_models import _original_rgb_state
     data = tmp_path / "data"
     assert syn.main(["--outDir", str(data), "--classes", "3", "--instances", "3", "--users", "S2", "--size", "48x36",

@@ -1,5 +1,7 @@
-"""The workbench beside the paper's code: checks, measurements and the demo, not the method.
+"""The workbench beside the paper's code: scoring, checks, measurements and the demo, not the method.
 
+    evaluation.py       evaluate.py's work: a checkpoint scored on the test videos with the original's
+                        test pipeline, predictions.csv, summary.json, the figures
     verify_original.py  the original Ego-RNN code run next to this one, compared step by step
                         (`python -m tools.verify_original`)
     bench_original.py   the original's stage 2 timed, for `bench.py --compareOriginal`

@@ -53,7 +53,7 @@ from datasets.transforms import _BILINEAR, TF, ClipTransform, resize_size
 from models.backbone import imagenet_cache_path
 from models.checkpoints import load_checkpoint
 from models.recipe import DEFAULTS, TEST_USERS, TRAIN_USERS
-from utils import evaluation
+from tools import evaluation
 from utils.arguments import base_parser
 from utils.cli import Parser
 from utils.paths import default_dataset_dir
