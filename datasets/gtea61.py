@@ -37,8 +37,9 @@ Videos, users and labels:
 Frame choice: by file NUMBER, as Ego-RNN's loaders open files (`image_%05d % floor(i)`):
   * N = the number of frame files of the video. RGB frame t is the file whose number is
     floor(i_t), i = linspace(1, N, seqLen, endpoint=False). A release numbered from 1 (the course
-    release, datasets.prepare) and one numbered from 0 (Ego-RNN's prepareGTEA61Dataset.py:
-    image_00000 ...) both give the original's frames; image_00000 is never shown.
+    release, datasets.prepare --videos) and one numbered from 0 (Ego-RNN's prepareGTEA61Dataset.py
+    and datasets.prepare --gtea61: image_00000 ...) both give the original's frames; image_00000
+    is never shown.
   * flow: the numbers present in both flow_x and flow_y, N_f = their count; a stack is the
     files numbered p .. p + stackSize - 1 from a start number p:
       test:     numSeg == 1: p = ceil((N_f - stackSize) / 2) (the original's centre stack);

@@ -462,10 +462,19 @@ def optimizer_summary(opt, kind=None):
             [{k: v for k, v in g.items() if k not in skip} for g in opt.param_groups])
 
 
+def compare_settings(ref, ours):
+    """(ok, [text]): the trainable parameter count and the optimiser settings of the two runs, set
+    before any step."""
+    (t1, c1, g1), (t2, c2, g2) = ref["optimizer"], ours["optimizer"]
+    same_opt = t1 == t2 and [sorted(g.items()) for g in g1] == [sorted(g.items()) for g in g2]
+    return c1 == c2 and same_opt, [f"trainable {c1:,} {'=' if c1 == c2 else '!='} {c2:,}",
+                                   f"same {t2} settings" if same_opt else f"optimisers differ: {t1} {g1} / {t2} {g2}"]
+
+
 def compare_training(ref, ours, noisy, dtype=torch.float32):
     """ref (the original), ours (this project), noisy (this project on the batch x (1 + 1 ulp noise)):
     dict(losses, step1, final: state dicts in this project's keys, optimizer summary; ours: start),
-    computed in `dtype`. Returns (ok, text).
+    computed in `dtype`. Returns a Verdict: (ok, text), and whether the settings agreed.
 
     After one step both codes must agree to float rounding (PARAM_TOL, FLOAT64_TOL in float64): same trainable set, lr,
     weight decay, eps, train/eval modes. Later steps amplify rounding (a ReLU that flips, batch
@@ -476,13 +485,12 @@ def compare_training(ref, ours, noisy, dtype=torch.float32):
     if set(ref["final"]) != set(ours["final"]):
         only = sorted(set(ref["final"]) ^ set(ours["final"]))
         return Verdict(False, f"different parameters and buffers, e.g. {only[0]}")
+    ok, parts = compare_settings(ref, ours)
+    if ours.get("stopped"):  # a non-finite loss: a difference of the numbers, found at that step
+        return Verdict(False, "; ".join(parts + [f"this project's run stopped: {ours['stopped']} (the original's "
+                                                 f"losses {'/'.join(f'{x:.5f}' for x in ref['losses'])})"]), ok)
     if len(ref["losses"]) != len(ours["losses"]) or not ours["losses"]:
         return Verdict(False, f"{len(ref['losses'])} and {len(ours['losses'])} losses")
-    (t1, c1, g1), (t2, c2, g2) = ref["optimizer"], ours["optimizer"]
-    same_opt = t1 == t2 and [sorted(g.items()) for g in g1] == [sorted(g.items()) for g in g2]
-    parts = [f"trainable {c1:,} {'=' if c1 == c2 else '!='} {c2:,}",
-             f"same {t2} settings" if same_opt else f"optimisers differ: {t1} {g1} / {t2} {g2}"]
-    ok = c1 == c2 and same_opt
     loss_floor, param_floor = (FLOAT64_TOL, FLOAT64_TOL) if dtype == torch.float64 else (LOSS_TOL, PARAM_TOL)
 
     loss1 = abs(ref["losses"][0] - ours["losses"][0])
@@ -625,17 +633,20 @@ def run_project(kind, stage, seed_path, batch, steps, args, num_classes, work, c
     optimizer = exp.make_optimizer(model)
     scheduler = exp.make_scheduler(optimizer)
     inputs, labels = batch
-    losses, step1 = [], None
-    for step in range(steps):
-        exp.set_train_mode(model)
-        data = {"rgb" if kind == "rgb" else "flow": inputs.to(dtype), "label": labels.clone()}
-        _, result = train_step(exp, model, data, optimizer, None, step)
-        losses.append(result["loss"].item())
-        scheduler.step()  # one step is one epoch here, as on the original's side
-        if step == 0:
-            step1 = _clone(_core(model).state_dict())
+    losses, step1, stopped = [], None, None
+    try:
+        for step in range(steps):
+            exp.set_train_mode(model)
+            data = {"rgb" if kind == "rgb" else "flow": inputs.to(dtype), "label": labels.clone()}
+            _, result = train_step(exp, model, data, optimizer, None, step)
+            losses.append(result["loss"].item())
+            scheduler.step()  # one step is one epoch here, as on the original's side
+            if step == 0:
+                step1 = _clone(_core(model).state_dict())
+    except NonFiniteLossError as e:  # the settings are still compared (compare_training)
+        stopped = str(e).split(";")[0]
     return dict(losses=losses, start=start, step1=step1, final=_clone(_core(model).state_dict()),
-                optimizer=optimizer_summary(optimizer))
+                optimizer=optimizer_summary(optimizer), stopped=stopped)
 
 
 def _core(model):
@@ -673,11 +684,17 @@ def _training_check(orig, kind, stage, script, factory_name, build, seed_path, b
     for k in ("step1", "final"):
         ref[k] = in_project_keys(ref[k], kind, C, args.memSize, os.path.join(work, "trained.pth"), dtype)
     ours = run_project(kind, stage, seed_path, batch, args.steps, args, C, os.path.join(work, "project"), classes, dtype)
+    if ours["stopped"]:
+        return compare_training(ref, ours, None, dtype)
     g = torch.Generator().manual_seed(args.seed)
     x = batch[0].to(dtype)
     noisy_batch = (x * (1 + NOISE[dtype] * torch.randn(x.shape, generator=g, dtype=dtype)), batch[1])
     noisy = run_project(kind, stage, seed_path, noisy_batch, args.steps, args, C, os.path.join(work, "project_noisy"),
                         classes, dtype)
+    if noisy["stopped"]:
+        return Verdict(False, "; ".join(compare_settings(ref, ours)[1] + [
+            f"this project's run on the batch x (1 + 1 ulp noise) stopped: {noisy['stopped']}: the check cannot tell "
+            "a difference from rounding here"]))
     return compare_training(ref, ours, noisy, dtype)
 
 
