@@ -14,8 +14,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
+# Two workers (pytest-xdist), one per core of a 2-core machine; whole modules per worker, in the
+# order tests/conftest.py gives them.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 demo: $(STAMP)
 	$(PY) -m datasets.prepare.synthetic --outDir $(DEMO_DATA) --ifMissing
