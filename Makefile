@@ -27,8 +27,10 @@ endif
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
 	touch $(STAMP)
 
-test: $(STAMP)  ## run the test suite (creates .venv if missing)
-	$(PY) -m pytest -q --durations=15
+# Two workers (pytest-xdist), one per core of a 2-core machine; whole modules per worker, in the
+# order tests/conftest.py gives them.
+test: $(STAMP)  ## run the test suite, two workers (creates .venv if missing)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 demo: $(STAMP)  ## synthetic dataset, SAMSOP-Net stages 1 and 2, evaluation (creates .venv if missing)
 	$(PY) -m datasets.prepare.synthetic --outDir $(DEMO_DATA) --ifMissing

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import run_here
 from tests.test_training import TINY, assert_one_line_error, read_log, run, synthetic_data
 from utils.checkpoint_record import check_config
 from utils.errors import UserError
@@ -118,26 +119,26 @@ def test_stage2_refuses_a_stage1_of_another_configuration(models_, data, tmp_pat
     # --numEpochs 1: a refusal that went missing fails in seconds, not at the timeout
     base = ["--datasetDir", data, "--outDir", tmp_path / "o", "--stage", "2", "--numEpochs", "1", "--stage1Dict", s1,
             *TINY]
-    assert_one_line_error(run("main_rgb.py", *base, "--noAttention", check=False),
+    assert_one_line_error(run_here("main_rgb.py", *base, "--noAttention"),
                           "--stage1Dict", "attention", "no attention (--noAttention)")
-    assert_one_line_error(run("main_ms_op.py", *base, "--seqLen", "5", check=False), "--seqLen 4", "--seqLen 5")
-    assert_one_line_error(run("main_ms.py", *base, "--memSize", "8", check=False), "--memSize 16", "--memSize 8")
-    assert_one_line_error(run("main_rgb.py", *base, "--trainUsers", "S1", "S3", check=False), "--trainUsers")
+    assert_one_line_error(run_here("main_ms_op.py", *base, "--seqLen", "5"), "--seqLen 4", "--seqLen 5")
+    assert_one_line_error(run_here("main_ms.py", *base, "--memSize", "8"), "--memSize 16", "--memSize 8")
+    assert_one_line_error(run_here("main_rgb.py", *base, "--trainUsers", "S1", "S3"), "--trainUsers")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
     # a val-selected stage 2 needs a val-selected stage 1 (else stage 1 trained on its val videos)
     ck = torch.load(s1, weights_only=True)
     ck["config"]["select"], ck["config"]["valFraction"] = "test", None
     torch.save(ck, tmp_path / "s1_test.pth")
-    assert_one_line_error(run("main_rgb.py", *base[:-len(TINY) - 1], tmp_path / "s1_test.pth", "--select", "val",
-                              *TINY, check=False), "--select test", "--select val")
+    assert_one_line_error(run_here("main_rgb.py", *base[:-len(TINY) - 1], tmp_path / "s1_test.pth", "--select", "val",
+                                   *TINY), "--select test", "--select val")
     # a stage-2 checkpoint, or a model of another experiment, is no stage 1
     ck = torch.load(s1, weights_only=True)
     ck["stage"], ck["experiment"] = 2, "ms_op"
     torch.save(ck, tmp_path / "s2.pth")
-    assert_one_line_error(run("main_ms_op.py", *base[:-len(TINY) - 1], tmp_path / "s2.pth", "--select", "val", *TINY,
-                              check=False), f"--stage1Dict {tmp_path / 's2.pth'} is a stage-2 checkpoint of ms_op")
+    assert_one_line_error(run_here("main_ms_op.py", *base[:-len(TINY) - 1], tmp_path / "s2.pth", "--select", "val",
+                                   *TINY), f"--stage1Dict {tmp_path / 's2.pth'} is a stage-2 checkpoint of ms_op")
     flow = models_ / "flow" / "stage1" / "best_model.pth"
-    assert_one_line_error(run("main_ms.py", *base[:-len(TINY) - 1], flow, *TINY, check=False),
+    assert_one_line_error(run_here("main_ms.py", *base[:-len(TINY) - 1], flow, *TINY),
                           f"--stage1Dict {flow} holds a flow model (flow), not an Ego-RNN stage 1")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
 
@@ -165,8 +166,8 @@ def test_stage2_from_the_same_configuration_runs_and_evaluates_to_its_training_a
 
 
 def test_overlapping_train_and_test_users_are_refused(data, tmp_path):
-    p = run("main_rgb.py", "--datasetDir", data, "--outDir", tmp_path, "--trainUsers", "S1", "S2",
-            "--testUsers", "S2", "--numEpochs", "1", *TINY, check=False)
+    p = run_here("main_rgb.py", "--datasetDir", data, "--outDir", tmp_path, "--trainUsers", "S1", "S2",
+                 "--testUsers", "S2", "--numEpochs", "1", *TINY)
     assert_one_line_error(p, "--trainUsers", "--testUsers", "S2")
     assert not tmp_path.joinpath("stage1").exists()
 
@@ -181,8 +182,8 @@ def test_evaluate_scores_the_checkpoints_test_users_only(models_, data, tmp_path
     rows = list(csv.reader(open(tmp_path / "ev" / "predictions.csv")))[1:]
     assert rows and all("/S3/" in r[0] for r in rows)
     # scoring a user the checkpoint was trained on needs --allowTrainUsers
-    p = run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow, "--testUsers", "S2",
-            "--outDir", tmp_path / "ev2", check=False)
+    p = run_here("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow, "--testUsers", "S2",
+                 "--outDir", tmp_path / "ev2")
     assert_one_line_error(p, "S2", "--allowTrainUsers")
     assert not (tmp_path / "ev2" / "predictions.csv").exists()
     run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow, "--testUsers", "S2",
@@ -193,12 +194,12 @@ def test_evaluate_scores_the_checkpoints_test_users_only(models_, data, tmp_path
 def test_stack_size_3_through_evaluate_and_two_stream(models_, data, tmp_path):
     flow = models_ / "flow" / "stage1" / "best_model.pth"
     rgb = models_ / "rgb" / "stage1" / "best_model.pth"
-    assert_one_line_error(run("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow,
-                              "--stackSize", "5", "--outDir", tmp_path / "ev4", check=False), "--stackSize 3")
+    assert_one_line_error(run_here("evaluate.py", "--model", "flow", "--datasetDir", data, "--modelStateDict", flow,
+                                   "--stackSize", "5", "--outDir", tmp_path / "ev4"), "--stackSize 3")
     # a flow model of other users is refused, naming them
     other = with_users(flow, tmp_path / "other.pth", ["S1", "S2", "S4"], ["S3"])
-    assert_one_line_error(run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "bad",
-                              "--flowModel", other, "--rgbModel", rgb, "--numEpochs", "1", *TINY, check=False),
+    assert_one_line_error(run_here("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "bad",
+                                   "--flowModel", other, "--rgbModel", rgb, "--numEpochs", "1", *TINY),
                           "--flowModel", "--trainUsers")
     # no --stackSize: the flow model's 3 is read back
     run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts", "--numEpochs", "1", "--flowModel",
@@ -209,6 +210,7 @@ def test_stack_size_3_through_evaluate_and_two_stream(models_, data, tmp_path):
     run("evaluate.py", "--model", "twostream", "--datasetDir", data, "--modelStateDict",
         tmp_path / "ts" / "stage1" / "best_model.pth", "--outDir", tmp_path / "ev5", "--numWorkers", "0")
     assert json.loads((tmp_path / "ev5" / "summary.json").read_text())["test_users"] == ["S2"]
-    assert_one_line_error(run("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts5", "--flowModel",
-                              flow, "--rgbModel", rgb, "--stackSize", "5", "--numEpochs", "1", *TINY, check=False),
+    assert_one_line_error(run_here("main_twostream.py", "--datasetDir", data, "--outDir", tmp_path / "ts5",
+                                   "--flowModel", flow, "--rgbModel", rgb, "--stackSize", "5", "--numEpochs", "1",
+                                   *TINY),
                           "--stackSize 3", "--stackSize 5")

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import run_here
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TINY = ["--pretrained", "none", "--frameSize", "64", "--seqLen", "4", "--trainBatchSize", "4", "--memSize", "16",
@@ -171,8 +173,8 @@ def test_evaluate_writes_predictions(runs, data, tmp_path):
     assert f"top-2 {s['top2_accuracy']:.2f}%" in p.stdout
     # the checkpoint's model kind and the asked one disagree
     for other in ("flow", "ms_op", "convlstm"):  # another family, another experiment, no attention
-        p = run("evaluate.py", "--model", other, "--datasetDir", data, "--outDir", tmp_path / "ev2",
-                "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth", check=False)
+        p = run_here("evaluate.py", "--model", other, "--datasetDir", data, "--outDir", tmp_path / "ev2",
+                     "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth")
         assert_one_line_error(p, "best_model.pth", f"--model {other}", "'rgb'")
         assert not (tmp_path / "ev2").exists()
 
@@ -250,8 +252,8 @@ def test_resume_with_other_settings_is_refused(runs, data, tmp_path):
     stage = tmp_path / "flow" / "stage1"
     (stage / "summary.json").unlink()  # an unfinished run
     before = (stage / "last.pth").stat().st_mtime_ns
-    p = run("main_flow.py", "--datasetDir", data, "--outDir", tmp_path / "flow", "--numEpochs", "2", "--resume",
-            "--lr", "0.5", *TINY, check=False)
+    p = run_here("main_flow.py", "--datasetDir", data, "--outDir", tmp_path / "flow", "--numEpochs", "2", "--resume",
+                 "--lr", "0.5", *TINY)
     assert_one_line_error(p, "--lr", "--overwrite")
     assert (stage / "last.pth").stat().st_mtime_ns == before
 
@@ -259,26 +261,9 @@ def test_resume_with_other_settings_is_refused(runs, data, tmp_path):
 def test_refuses_to_overwrite_results(runs, data):
     stage = runs / "flow" / "stage1"
     before = {f: (stage / f).stat().st_mtime_ns for f in ["log.csv", "best_model.pth", "last.pth"]}
-    p = run("main_flow.py", "--datasetDir", data, "--outDir", runs / "flow", "--numEpochs", "1", *TINY, check=False)
+    p = run_here("main_flow.py", "--datasetDir", data, "--outDir", runs / "flow", "--numEpochs", "1", *TINY)
     assert_one_line_error(p, "already holds results", "--resume", "--overwrite")
     assert before == {f: (stage / f).stat().st_mtime_ns for f in before}
-
-
-def run_at_once(cases, jobs=3):
-    """Run several short commands side by side (each mostly imports torch, single-threaded), so
-    that a dozen error checks cost a few imports' time, not a dozen. Returns their results in order."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    results, running, todo = [None] * len(cases), {}, list(enumerate(cases))
-    while todo or running:
-        while todo and len(running) < jobs:
-            i, args = todo.pop(0)
-            running[i] = subprocess.Popen([PY, *map(str, args)], cwd=ROOT, env=env, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        i = next(iter(running))
-        proc = running.pop(i)
-        out, err = proc.communicate(timeout=300)
-        results[i] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return results
 
 
 def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
@@ -309,8 +294,8 @@ def test_bad_inputs_give_one_line_errors(runs, data, tmp_path):
         (["evaluate.py", "--model", "rgb", "--datasetDir", other, "--outDir", tmp_path / "e",
           "--modelStateDict", runs / "rgb" / "stage2" / "best_model.pth"], "classes"),
     ]
-    for (args, needle), p in zip(cases, run_at_once([args for args, _ in cases])):
-        assert_one_line_error(p, needle)
+    for args, needle in cases:
+        assert_one_line_error(run_here(*args), needle)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pth"))
 
 
