@@ -230,7 +230,7 @@ class StageRecord:
             atomic_write_json(os.path.join(self.stage_dir, "summary.json"), summary)
             # A finished stage is skipped by --resume (summary.json), so last.pth, two to three
             # times best_model.pth's size with the optimiser's state, has no further use.
-            if not getattr(exp.args, "keepLast", False):
+            if not exp.args.keepLast:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.stage_dir, "last.pth"))
         distributed.barrier()  # the stage's files are complete before any process goes on

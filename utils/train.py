@@ -220,7 +220,7 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
                          clips=len(train_loader.dataset), state=dict(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator))
             bar.set_postfix(train_acc=f"{train['acc']:.1f}", test_acc=f"{test['acc']:.1f}",
                             selected=record.selected_epoch)
-            if main and not getattr(exp.args, "quiet", False):
+            if main and not exp.args.quiet:
                 tqdm.write(epoch_line(epoch, lr, train=train, test=test, val=val, seconds=seconds))
     except KeyboardInterrupt:
         record.interrupted(epoch)
@@ -231,7 +231,7 @@ def fit(exp, model, train_loader, test_loader, val_loader=None):
 
 def bars(exp):
     """Progress bars: process 0 only, on a terminal, without --quiet."""
-    return distributed.is_main() and show_progress(getattr(exp.args, "quiet", False))
+    return distributed.is_main() and show_progress(exp.args.quiet)
 
 
 def _finite(x):
