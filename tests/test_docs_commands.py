@@ -116,9 +116,13 @@ def test_every_make_target_is_defined_and_listed_by_make_help():
     assert not set(phony) - set(defined), f"declared, never defined: {set(phony) - set(defined)}"
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
-    listed = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # a make of its own: under `make test` the parent's MAKEFLAGS / MAKELEVEL would add "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    listed = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True,
+                            env=env).stdout
     names = [line.split()[0] for line in listed.splitlines() if line.startswith("  ")]
     assert sorted(names) == sorted(phony), listed
     # clean-demo removes the demo's outputs and nothing else
-    dry = subprocess.run(["make", "-n", "clean-demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run(["make", "-n", "clean-demo"], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env=env).stdout
     assert dry.split() == ["rm", "-rf", "experiments/demo_ms_op", "data/synthetic_gtea61"], dry

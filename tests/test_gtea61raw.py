@@ -29,7 +29,7 @@ SOURCE = {"S1/take_cup/1": ("S1_Cheese_C1", 2), "S1/take_cup/2": ("S1_Cheese_C1"
           "S1/take_cup/3": ("S1_Tea_C1", 2), "S1/stir_spoon,cup/1": ("S1_Cheese_C1", 5),
           "S2/take_cup/1": ("S2_Tea_C1", 2), "S2/put_cup/1": ("S2_Tea_C1", 3),
           "S2/stir_spoon,cup/1": ("S2_Tea_C1", 5), "S2/open_jam/1": ("S2_Tea_C1", 6)}
-FAST = ["--flow", "farneback", "--numWorkers", "1", "--quiet"]
+FAST = ["--flow", "farneback", "--numWorkers", "1"]
 
 
 def label_range(raw, stem, line):

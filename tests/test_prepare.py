@@ -29,7 +29,7 @@ cv2 = pytest.importorskip("cv2")
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-FAST = ["--flow", "farneback", "--numWorkers", "1", "--quiet"]
+FAST = ["--flow", "farneback", "--numWorkers", "1"]
 
 
 def tree_digest(root, skip=(markers.STATE,)):
